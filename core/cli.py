@@ -1,0 +1,201 @@
+"""The cloud's commands: serve, db, identity, all-in-one, config.
+
+``ha.cli`` adds the cluster's commands on top and is the ``haven`` entry point.
+Errors the operator can fix (bad config, bad option) print one line and exit 2;
+they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.common.config import ConfigError, HavenConfig, defaults_yaml, load_config
+from core.common.db import Database
+from core.common.logs import setup_logging
+
+LOG = logging.getLogger(__name__)
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """An operator mistake: printed as one line, exit code 2."""
+
+
+def config_from_args(args: argparse.Namespace) -> HavenConfig:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "state_dir", None):
+        overrides["state_dir"] = args.state_dir
+    for dotted in getattr(args, "set", None) or []:
+        key, sep, value = dotted.partition("=")
+        if not sep:
+            raise UsageError(f"--set wants KEY=VALUE, got {dotted!r}")
+        overrides[key] = yaml.safe_load(value)
+    return load_config(args.config or os.environ.get("HAVEN_CONFIG"), overrides)
+
+
+def open_database(cfg: HavenConfig) -> Database:
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    return Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries)
+
+
+def admin_password(cfg: HavenConfig) -> str:
+    """The bootstrap admin password: $HAVEN_ADMIN_PASSWORD, else one generated once
+    and kept (mode 0600) in the state directory."""
+    if os.environ.get("HAVEN_ADMIN_PASSWORD"):
+        return os.environ["HAVEN_ADMIN_PASSWORD"]
+    path = cfg.state_path / "admin-password"
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+# ---- commands ---------------------------------------------------------------------
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from core.common import migrate
+
+    db = open_database(config_from_args(args))
+    migrate.upgrade(db)
+    print(f"database at revision {migrate.current_revision(db)}")
+    return 0
+
+
+def cmd_db_version(args: argparse.Namespace) -> int:
+    from core.common import migrate
+
+    db = open_database(config_from_args(args))
+    print(f"current: {migrate.current_revision(db)}  head: {migrate.head_revision()}")
+    return 0
+
+
+def cmd_identity_bootstrap(args: argparse.Namespace) -> int:
+    from core.identity.bootstrap import bootstrap
+
+    cfg = config_from_args(args)
+    result = bootstrap(cfg, open_database(cfg), admin_password(cfg))
+    print(f"admin user {result.admin_user_id} on project {result.admin_project_id}"
+          f"{' (created)' if result.created_admin else ''}")
+    return 0
+
+
+def cmd_identity_rotate_keys(args: argparse.Namespace) -> int:
+    from core.common.tokens import KeyRepository
+
+    cfg = config_from_args(args)
+    keys = KeyRepository(cfg.fernet_key_dir, cfg.identity.max_active_keys)
+    if keys.setup():
+        print(f"created Fernet keys in {cfg.fernet_key_dir}")
+    indexes = keys.rotate()
+    print(f"rotated: primary {max(indexes)}, staged 0, keys {indexes}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from core.common.server import serve_gunicorn
+
+    cfg = config_from_args(args)
+    setup_logging(cfg.log.level, cfg.log.file)
+    if args.service != "identity":
+        raise UsageError(f"unknown service {args.service!r} (known: identity)")
+
+    def factory() -> Any:
+        from core.identity.app import create_app
+
+        return create_app(cfg, open_database(cfg))
+
+    serve_gunicorn(factory, args.listen or cfg.identity.listen, args.workers, args.threads,
+                   args.service)
+    return 0
+
+
+def cmd_all_in_one(args: argparse.Namespace) -> int:
+    from core.allinone import run_all_in_one
+
+    cfg = config_from_args(args)
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    return run_all_in_one(cfg, Path(args.clouds_yaml).expanduser(), admin_password(cfg))
+
+
+def cmd_config_defaults(_args: argparse.Namespace) -> int:
+    sys.stdout.write(defaults_yaml())
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    print("configuration is valid")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: $HAVEN_CONFIG or none)")
+    parser.add_argument("--state-dir", help="override state_dir")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set identity.listen=0.0.0.0:5000")
+
+
+def add_commands(sub: Any) -> None:
+    """Add the cloud's commands to an argparse sub-parser collection."""
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
+    p = db.add_parser("upgrade", help="migrate the schema to the newest revision")
+    _common(p)
+    p.set_defaults(func=cmd_db_upgrade)
+    p = db.add_parser("version", help="show the schema revision")
+    _common(p)
+    p.set_defaults(func=cmd_db_version)
+
+    ident = sub.add_parser("identity", help="identity service administration").add_subparsers(
+        dest="identity_cmd", required=True)
+    p = ident.add_parser("bootstrap", help="create the admin, the roles and the catalog")
+    _common(p)
+    p.set_defaults(func=cmd_identity_bootstrap)
+    p = ident.add_parser("rotate-keys", help="rotate the Fernet token keys")
+    _common(p)
+    p.set_defaults(func=cmd_identity_rotate_keys)
+
+    p = sub.add_parser("serve", help="run one API service under gunicorn")
+    p.add_argument("service", help="identity")
+    p.add_argument("--listen", help="HOST:PORT (default: from config)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=4)
+    _common(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("all-in-one", help="run the whole cloud in one process (make run)")
+    p.add_argument("--clouds-yaml", default="~/.config/openstack/clouds.yaml",
+                   help="clouds.yaml to add the 'haven' cloud to")
+    _common(p)
+    p.set_defaults(func=cmd_all_in_one)
+
+    cfg = sub.add_parser("config", help="configuration reference and checks").add_subparsers(
+        dest="config_cmd", required=True)
+    p = cfg.add_parser("defaults", help="print every setting with its default")
+    p.set_defaults(func=cmd_config_defaults)
+    p = cfg.add_parser("check", help="validate a config file")
+    _common(p)
+    p.set_defaults(func=cmd_config_check)
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse and dispatch; operator errors become one line on stderr and exit 2."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, UsageError) as exc:
+        print(f"haven: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

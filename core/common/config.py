@@ -1,0 +1,301 @@
+"""Haven's configuration: one YAML file, typed sections, documented defaults.
+
+Every key has a default and a docstring-like ``doc`` in its field metadata, so
+``haven config defaults`` can print a commented reference file and nothing is
+configured by folklore. Loading is strict: an unknown key or a value of the
+wrong type or range is refused at start with a message naming the key
+(``identity.token_expiration: must be an integer >= 60, got 'soon'``), because
+a typo silently falling back to a default is how clusters drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that Haven refuses; the message names the key."""
+
+
+def _doc(text: str, check: Callable[[Any], str | None] | None = None) -> dict[str, Any]:
+    return {"doc": text, "check": check}
+
+
+def _at_least(minimum: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value >= minimum else f"must be >= {minimum}, got {value}"
+
+    return check
+
+
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}, got {value}"
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
+def _listen_address(value: Any) -> str | None:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"must be HOST:PORT, got {value!r}"
+    return None
+
+
+def _database_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not str(value).startswith(("sqlite:", "mysql+pymysql:")):
+        return f"must be a sqlite: or mysql+pymysql: URL, got {value!r}"
+    return None
+
+
+@dataclass
+class DatabaseConfig:
+    url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "SQLAlchemy URL. Unset: a SQLite file haven.db in the state directory. "
+            "For Galera: mysql+pymysql://USER:PASS@HOST/haven?charset=utf8mb4",
+            _database_url,
+        ),
+    )
+    pool_size: int = field(default=5, metadata=_doc("Connections kept per process.", _at_least(1)))
+    max_retries: int = field(
+        default=10,
+        metadata=_doc(
+            "Retries of an idempotent unit of work after a deadlock or a lost connection "
+            "(Galera reports write-set conflicts as deadlocks).",
+            _at_least(0),
+        ),
+    )
+
+
+@dataclass
+class BusConfig:
+    driver: str = field(
+        default="local",
+        metadata=_doc("local (in-process, all-in-one only) or amqp.", _one_of("local", "amqp")),
+    )
+    urls: list[str] = field(
+        default_factory=list,
+        metadata=_doc("AMQP broker URLs, tried in order (amqp driver)."),
+    )
+
+
+@dataclass
+class IdentityConfig:
+    listen: str = field(
+        default="127.0.0.1:5000",
+        metadata=_doc("HOST:PORT the identity API listens on.", _listen_address),
+    )
+    token_expiration: int = field(
+        default=3600,
+        metadata=_doc("Token lifetime in seconds.", _between(60, 7 * 24 * 3600)),
+    )
+    max_active_keys: int = field(
+        default=3,
+        metadata=_doc(
+            "Fernet keys kept: one staged, one primary, the rest secondary. Must cover "
+            "token_expiration / rotation interval + 2 so rotation never strands a live token.",
+            _at_least(3),
+        ),
+    )
+    bcrypt_cost: int = field(
+        default=12,
+        metadata=_doc(
+            "bcrypt work factor for stored passwords. Never below Keystone's default (12).",
+            _between(12, 16),
+        ),
+    )
+    admin_user: str = field(default="admin", metadata=_doc("Name of the bootstrap admin user."))
+    admin_project: str = field(
+        default="admin", metadata=_doc("Name of the bootstrap admin project.")
+    )
+
+
+@dataclass
+class CatalogConfig:
+    region: str = field(default="RegionOne", metadata=_doc("Region id of every endpoint."))
+    public_host: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Host name or address clients use (the VIP in a cluster). Unset: the host "
+            "each service listens on."
+        ),
+    )
+    internal_host: str | None = field(
+        default=None, metadata=_doc("Host for internal endpoints. Unset: public_host.")
+    )
+    admin_host: str | None = field(
+        default=None, metadata=_doc("Host for admin endpoints. Unset: internal_host.")
+    )
+
+
+@dataclass
+class LogConfig:
+    level: str = field(
+        default="INFO",
+        metadata=_doc("Log level.", _one_of("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+    file: str | None = field(default=None, metadata=_doc("Log file. Unset: standard error."))
+
+
+@dataclass
+class HavenConfig:
+    state_dir: str = field(
+        default="./.haven",
+        metadata=_doc("Directory for the SQLite file, Fernet keys and other local state."),
+    )
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).resolve()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.state_path / 'haven.db'}"
+
+    @property
+    def fernet_key_dir(self) -> Path:
+        return self.state_path / "fernet-keys"
+
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(key, options[0], value)
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list, got {value!r}")
+        return [_convert(f"{key}[{i}]", item_type, v) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: must be a mapping of settings, got {value!r}")
+        return _build(typing.cast(type, tp), value, prefix=f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported setting type {tp!r}")  # a bug in the schema
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown setting (known here: {', '.join(sorted(fields))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        converted = _convert(key, hints[name], value)
+        check = fields[name].metadata.get("check")
+        if check is not None and converted is not None:
+            problem = check(converted)
+            if problem:
+                raise ConfigError(f"{key}: {problem}")
+        kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> HavenConfig:
+    """Read the YAML file at ``path`` (or nothing: all defaults), then apply ``overrides``.
+
+    ``overrides`` maps dotted keys to values (``{"state_dir": "/srv/haven"}``), the
+    way command-line options reach the config; they are checked like file values.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return _build(HavenConfig, data)
+
+
+def defaults_yaml() -> str:
+    """A commented YAML file of every setting with its default: the reference."""
+    lines: list[str] = ["# Haven configuration: every setting, with its default."]
+
+    def walk(cls: type, indent: str) -> None:
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(hint):
+                lines.append(f"{indent}{f.name}:")
+                walk(hint, indent + "  ")  # type: ignore[arg-type]
+                continue
+            lines.append(f"{indent}# {f.metadata.get('doc', '')}")
+            has_factory = f.default_factory is not dataclasses.MISSING
+            default = f.default_factory() if has_factory else f.default  # type: ignore[operator]
+            rendered = yaml.safe_dump(default, default_flow_style=True).strip()
+            rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"{indent}{f.name}: {rendered}")
+
+    walk(HavenConfig, "")
+    return "\n".join(lines) + "\n"

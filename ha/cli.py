@@ -1,0 +1,22 @@
+"""The ``haven`` command: the cloud's commands (core.cli) plus, later, the cluster's."""
+
+from __future__ import annotations
+
+import argparse
+
+from core import cli as core_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="haven", description="Haven private cloud")
+    sub = parser.add_subparsers(dest="command", required=True)
+    core_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return core_cli.run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
