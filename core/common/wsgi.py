@@ -209,7 +209,8 @@ class HavenPlugin:
 
 def make_app(db: Database, validator: TokenValidator | None, style: FaultStyle) -> bottle.Bottle:
     """A bottle app with Haven's plugin, request ids, and JSON for router errors too."""
-    app = bottle.Bottle(autojson=False, catchall=True)
+    app = bottle.Bottle(catchall=True)
+    app.config["json.enable"] = False  # the Haven plugin renders JSON itself
     app.install(HavenPlugin(db, validator, style))
 
     @app.hook("before_request")

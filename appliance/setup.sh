@@ -1,0 +1,62 @@
+#!/bin/bash
+# Install what Haven needs on a Debian 12 host, idempotently and quickly the second time.
+#
+#   appliance/setup.sh run    runtime only: Debian packages + .venv with Haven
+#   appliance/setup.sh test   also what the test suite needs (MariaDB server, test tools)
+#
+# Debian packages are installed only when one is missing (apt-get update costs
+# time); the virtual environment is rebuilt only when pyproject.toml or
+# constraints.txt changed since the last install (a stamp file records their hash).
+set -euo pipefail
+
+MODE="${1:-run}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${HAVEN_VENV:-$ROOT/.venv}"
+PYTHON=/usr/bin/python3   # Debian's Python: python3-rbd and friends live there
+
+RUN_PACKAGES=(python3 python3-venv python3-dev gcc make)
+TEST_PACKAGES=(mariadb-server mariadb-client)
+
+case "$MODE" in
+  run) PACKAGES=("${RUN_PACKAGES[@]}"); EXTRAS="" ;;
+  test) PACKAGES=("${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}"); EXTRAS="[test]" ;;
+  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+esac
+
+if [ "$(id -u)" != 0 ]; then
+  echo "haven setup: run as root (it installs Debian packages)" >&2
+  exit 2
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "haven setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # No init system here: keep package scripts from starting services; Haven starts its own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="$VENV/.haven-stamp"
+want="$MODE $(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# A test install also satisfies run; a run install does not satisfy test.
+if [ "$have" = "$want" ] || { [ "$MODE" = run ] && [ "${have/#test/run}" = "$want" ]; }; then
+  exit 0
+fi
+echo "haven setup: building $VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -c "$ROOT/constraints.txt" \
+  -e "$ROOT$EXTRAS" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+echo "$want" > "$stamp"

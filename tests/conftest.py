@@ -1,0 +1,159 @@
+"""Shared fixtures: real databases (SQLite file, throwaway MariaDB) and a live identity API.
+
+Every test that touches a database gets its own, migrated with the real Alembic
+migrations. MariaDB is a real ``mariadbd`` started once per test session with
+its own data directory and socket (no TCP port), and a fresh database per test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from core.common import migrate
+from core.common.config import HavenConfig, load_config
+from core.common.db import Database
+from core.common.server import AppServers, Listener
+
+ADMIN_PASSWORD = "admin-secret-for-tests"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class MariaDB:
+    socket_path: Path
+    process: subprocess.Popen[bytes]
+
+    def url(self, database: str) -> str:
+        return (f"mysql+pymysql://root@localhost/{database}"
+                f"?unix_socket={self.socket_path}&charset=utf8mb4")
+
+    def create_database(self) -> str:
+        import pymysql
+
+        name = f"haven_{uuid.uuid4().hex[:10]}"
+        conn = pymysql.connect(unix_socket=str(self.socket_path), user="root")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
+        return name
+
+
+def _start_mariadb(base: Path) -> MariaDB:
+    import pymysql
+
+    mariadbd = shutil.which("mariadbd", path="/usr/sbin:/usr/bin")
+    install_db = shutil.which("mariadb-install-db")
+    if not mariadbd or not install_db:
+        raise RuntimeError("MariaDB is not installed: run appliance/setup.sh test")
+    datadir, sock = base / "data", base / "mysqld.sock"
+    subprocess.run(
+        [install_db, "--no-defaults", f"--datadir={datadir}", "--user=root",
+         "--auth-root-authentication-method=normal", "--skip-test-db"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    log = base / "mysqld.log"
+    proc = subprocess.Popen(
+        [mariadbd, "--no-defaults", f"--datadir={datadir}", f"--socket={sock}",
+         "--skip-networking", "--user=root", f"--pid-file={base / 'mysqld.pid'}",
+         f"--log-error={log}", "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M",
+         "--innodb-flush-log-at-trx-commit=2", "--character-set-server=utf8mb4"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            pymysql.connect(unix_socket=str(sock), user="root").close()
+            return MariaDB(sock, proc)
+        except pymysql.err.OperationalError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("mariadbd did not start:\n" + log.read_text()[-2000:])
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
+    server = _start_mariadb(tmp_path_factory.mktemp("mariadb"))
+    yield server
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'haven.db'}"
+    server: MariaDB = request.getfixturevalue("mariadb")
+    return server.url(server.create_database())
+
+
+@pytest.fixture
+def haven_cfg(tmp_path: Path, db_url: str) -> HavenConfig:
+    return load_config(overrides={
+        "state_dir": str(tmp_path / "state"),
+        "database.url": db_url,
+        "identity.listen": f"127.0.0.1:{free_port()}",
+        "log.level": "WARNING",
+    })
+
+
+@pytest.fixture
+def database(haven_cfg: HavenConfig) -> Iterator[Database]:
+    haven_cfg.state_path.mkdir(parents=True, exist_ok=True)
+    db = Database(haven_cfg.database_url, pool_size=4, max_retries=5)
+    migrate.upgrade(db)
+    yield db
+    db.dispose()
+
+
+@dataclass
+class IdentityServer:
+    url: str
+    cfg: HavenConfig
+    db: Database
+
+    def password_token(self, user: str = "admin", password: str = ADMIN_PASSWORD,
+                       project: str | None = "admin") -> str:
+        body: dict[str, object] = {"auth": {"identity": {"methods": ["password"], "password": {
+            "user": {"name": user, "domain": {"id": "default"}, "password": password}}}}}
+        if project is not None:
+            body["auth"]["scope"] = {  # type: ignore[index]
+                "project": {"name": project, "domain": {"id": "default"}}}
+        resp = requests.post(f"{self.url}/v3/auth/tokens", json=body, timeout=30)
+        assert resp.status_code == 201, resp.text
+        return resp.headers["X-Subject-Token"]
+
+
+@pytest.fixture
+def identity(haven_cfg: HavenConfig, database: Database) -> Iterator[IdentityServer]:
+    """A real identity API (cheroot on a free loopback port), bootstrapped."""
+    from core.identity.app import create_app
+    from core.identity.bootstrap import bootstrap
+
+    bootstrap(haven_cfg, database, ADMIN_PASSWORD)
+    servers = AppServers([Listener("identity", haven_cfg.identity.listen,
+                                   create_app(haven_cfg, database))], threads=8)
+    servers.start()
+    yield IdentityServer(f"http://{haven_cfg.identity.listen}", haven_cfg, database)
+    servers.stop()
