@@ -10,9 +10,11 @@ every controller's next validation sees it through the shared database.
 from __future__ import annotations
 
 import base64
+import threading
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, and_, or_, select
+from sqlalchemy import BigInteger, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.common.db import Base
@@ -75,23 +77,81 @@ def _audit_text(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def is_revoked(session: Session, payload: TokenPayload) -> bool:
-    """True if any revocation event matches ``payload``."""
-    ev = RevocationEvent
-    matches = [
-        and_(ev.user_id == payload.user_id, ev.project_id.is_(None), ev.audit_id.is_(None)),
-    ]
-    if payload.audit_ids:
-        matches.append(ev.audit_id.in_([_audit_text(a) for a in payload.audit_ids]))
-    if payload.project_id is not None:
-        matches.append(
-            and_(ev.project_id == payload.project_id, ev.audit_id.is_(None),
-                 or_(ev.user_id.is_(None), ev.user_id == payload.user_id))
-        )
-    query = (
-        select(ev.id).where(ev.issued_before >= payload.issued_at).where(or_(*matches)).limit(1)
-    )
-    return session.execute(query).first() is not None
+_FINGERPRINT_SQL = (
+    "SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(id), 0) FROM revocation_events"
+)
+
+
+class RevocationCache:
+    """The current revocation events, held in memory and checked against the database
+    on every request.
+
+    Each request reads a fingerprint of the event table (count, max id, sum of
+    ids: one cheap query) and reloads the events only when it changed. Any
+    insert or prune changes the fingerprint, including a Galera commit whose
+    auto-increment id is lower than one already seen, so every request decides
+    on the database's current state while matching tokens costs dict lookups.
+    ``generation`` increases on every reload: caches of things that revocations
+    take away (roles, user state) are dropped when it moves.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fingerprint: tuple[int, int, int] | None = None
+        self.generation = 0
+        self._by_audit: dict[str, int] = {}
+        self._by_user: dict[str, int] = {}
+        self._by_project: dict[str, int] = {}
+        self._by_user_project: dict[tuple[str, str], int] = {}
+
+    def sync(self, session: Session) -> None:
+        """Bring the cache up to date with ``session``'s view of the database,
+        at most once per session (a request validates two tokens with one query)."""
+        if session.info.get("revocations_synced"):
+            return
+        row = session.connection().exec_driver_sql(_FINGERPRINT_SQL).one()
+        fingerprint = (int(row[0]), int(row[1]), int(row[2]))
+        if fingerprint != self._fingerprint:
+            events = session.execute(select(
+                RevocationEvent.audit_id, RevocationEvent.user_id, RevocationEvent.project_id,
+                RevocationEvent.issued_before)).all()
+            by_audit: dict[str, int] = {}
+            by_user: dict[str, int] = {}
+            by_project: dict[str, int] = {}
+            by_user_project: dict[tuple[str, str], int] = {}
+            for audit_id, user_id, project_id, before in events:
+                if audit_id is not None:
+                    index: dict[Any, int] = by_audit
+                    key: Any = audit_id
+                elif user_id is not None and project_id is not None:
+                    index, key = by_user_project, (user_id, project_id)
+                elif user_id is not None:
+                    index, key = by_user, user_id
+                else:
+                    index, key = by_project, project_id
+                index[key] = max(index.get(key, 0), before)
+            with self._lock:
+                self._by_audit, self._by_user = by_audit, by_user
+                self._by_project, self._by_user_project = by_project, by_user_project
+                self._fingerprint = fingerprint
+                self.generation += 1
+        session.info["revocations_synced"] = True
+
+    def is_revoked(self, payload: TokenPayload) -> bool:
+        """True if an event revokes ``payload`` (call :meth:`sync` first)."""
+        issued = payload.issued_at
+        if self._by_user.get(payload.user_id, -1) >= issued:
+            return True
+        for audit in payload.audit_ids:
+            if self._by_audit.get(_audit_text(audit), -1) >= issued:
+                return True
+        if payload.project_id is not None:
+            if self._by_project.get(payload.project_id, -1) >= issued:
+                return True
+            key = (payload.user_id, payload.project_id)
+            if self._by_user_project.get(key, -1) >= issued:
+                return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -119,13 +179,15 @@ class TokenValidator:
 
     def __init__(self, codec: TokenCodec) -> None:
         self.codec = codec
+        self.revocations = RevocationCache()
 
     def validate(self, session: Session, token: str) -> AuthContext:
         try:
             payload = self.codec.open(token)
         except TokenError as exc:
             raise Unauthorized(str(exc)) from exc
-        if is_revoked(session, payload):
+        self.revocations.sync(session)
+        if self.revocations.is_revoked(payload):
             raise Unauthorized("token revoked")
         return AuthContext(
             user_id=payload.user_id,

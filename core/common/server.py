@@ -102,6 +102,9 @@ def serve_gunicorn(
             self.cfg.set("proc_name", f"haven-{name}")
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("keepalive", 5)
+            # gunicorn >= 27 opens $HOME/.gunicorn/gunicorn.ctl by default; two services
+            # on one node would fight over it, and nothing here uses it.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Callable[..., Any]:
             return app_factory()

@@ -9,20 +9,19 @@ current names and the catalog.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.common.auth import AuthContext, TokenValidator, Unauthorized, expand_roles
+from core.common.auth import AuthContext, TokenValidator, Unauthorized
 from core.common.faults import BadRequest, Fault, NotFound
 from core.common.tokens import TokenCodec, TokenPayload, isoformat_us, new_audit_id, now_us
 from core.common.wsgi import field
 from core.identity.catalog import CatalogCache
-from core.identity.models import Domain, Project, Role, RoleAssignment, User
+from core.identity.lookups import DomainRec, Lookups, UserRec, user_rec
+from core.identity.models import Domain, User
 from core.identity.passwords import MAX_PASSWORD_BYTES, verify_password
 
 AUTH_FAILED = "The request you have made requires authentication."
@@ -30,51 +29,6 @@ AUTH_FAILED = "The request you have made requires authentication."
 
 def unauthorized(message: str = AUTH_FAILED) -> Fault:
     return Fault(message, 401)
-
-
-class RoleIds:
-    """Role name -> id, refreshed every few seconds (token bodies list both)."""
-
-    def __init__(self, ttl: float = 5.0) -> None:
-        self.ttl = ttl
-        self._map: dict[str, str] = {}
-        self._at = 0.0
-        self._lock = threading.Lock()
-
-    def get(self, session: Session) -> dict[str, str]:
-        if time.monotonic() - self._at >= self.ttl:
-            rows = session.execute(select(Role.name, Role.id)).all()
-            with self._lock:
-                self._map = {name: rid for name, rid in rows}
-                self._at = time.monotonic()
-        return self._map
-
-
-def find_domain(session: Session, ref: Mapping[str, Any], path: str) -> Domain:
-    if "id" in ref:
-        domain = session.get(Domain, field(ref, "id", str))
-    elif "name" in ref:
-        domain = session.scalars(
-            select(Domain).where(Domain.name == field(ref, "name", str))
-        ).first()
-    else:
-        raise BadRequest(f"Missing required field '{path}.id' or '{path}.name'.")
-    if domain is None:
-        raise unauthorized()
-    return domain
-
-
-def roles_on(session: Session, user_id: str, target_type: str, target_id: str) -> set[str]:
-    names = session.scalars(
-        select(Role.name)
-        .join(RoleAssignment, RoleAssignment.role_id == Role.id)
-        .where(
-            RoleAssignment.user_id == user_id,
-            RoleAssignment.target_type == target_type,
-            RoleAssignment.target_id == target_id,
-        )
-    ).all()
-    return expand_roles(set(names))
 
 
 class TokenService:
@@ -85,7 +39,18 @@ class TokenService:
         self.validator = validator
         self.lifetime_us = lifetime_s * 1_000_000
         self.catalog = CatalogCache()
-        self.role_ids = RoleIds()
+        self.lookups = Lookups(validator.revocations)
+
+    def _domain(self, session: Session, ref: Mapping[str, Any], path: str) -> DomainRec:
+        if "id" in ref:
+            domain = self.lookups.domain(session, field(ref, "id", str))
+        elif "name" in ref:
+            domain = self.lookups.domain_by_name(session, field(ref, "name", str))
+        else:
+            raise BadRequest(f"Missing required field '{path}.id' or '{path}.name'.")
+        if domain is None:
+            raise unauthorized()
+        return domain
 
     # ---- issue -------------------------------------------------------------------
     def issue(self, session: Session, body: Mapping[str, Any]) -> tuple[str, TokenPayload]:
@@ -96,6 +61,7 @@ class TokenService:
                              "expected a non-empty array of strings.")
         if len(methods) != 1 or methods[0] not in ("password", "token"):
             raise Fault(f"Unsupported authentication method(s): {', '.join(methods)}.", 401)
+        self.validator.revocations.sync(session)  # fresh caches for this decision
         now = now_us()
         if methods[0] == "password":
             user = self._password_user(session, field(identity, "password.user", dict))
@@ -103,7 +69,7 @@ class TokenService:
             audit_ids: tuple[bytes, ...] = (new_audit_id(),)
         else:
             original = self._token_auth(session, field(identity, "token.id", str))
-            token_user = session.get(User, original.user_id)
+            token_user = self.lookups.user(session, original.user_id)
             if token_user is None or not token_user.enabled:
                 raise unauthorized()
             user = token_user
@@ -122,7 +88,7 @@ class TokenService:
         )
         return self.codec.seal(payload), payload
 
-    def _password_user(self, session: Session, ref: Mapping[str, Any]) -> User:
+    def _password_user(self, session: Session, ref: Mapping[str, Any]) -> UserRec:
         password = field(ref, "password", str)
         if len(password.encode()) > MAX_PASSWORD_BYTES:
             raise BadRequest("Invalid input for field 'auth.identity.password.user.password': "
@@ -134,7 +100,7 @@ class TokenService:
             name = field(ref, "name", str)
             domain_ref = field(ref, "domain", dict)
             try:
-                domain = find_domain(session, domain_ref, "auth.identity.password.user.domain")
+                domain = self._domain(session, domain_ref, "auth.identity.password.user.domain")
             except Fault:
                 verify_password(password, None)  # same cost as a real check
                 raise
@@ -147,7 +113,7 @@ class TokenService:
         user_domain = session.get(Domain, user.domain_id)
         if not user.enabled or user_domain is None or not user_domain.enabled:
             raise unauthorized()
-        return user
+        return user_rec(user)
 
     def _token_auth(self, session: Session, token: str) -> TokenPayload:
         try:
@@ -156,42 +122,41 @@ class TokenService:
             raise unauthorized() from None
 
     def _scope(
-        self, session: Session, user: User, body: Mapping[str, Any]
-    ) -> tuple[str | None, str | None, set[str]]:
+        self, session: Session, user: UserRec, body: Mapping[str, Any]
+    ) -> tuple[str | None, str | None, frozenset[str]]:
         scope: dict[str, Any] | str | None = field(body, "auth.scope", (dict, str), default=None)
+        lookups = self.lookups
         if scope is None:
             if user.default_project_id:
-                project = session.get(Project, user.default_project_id)
+                project = lookups.project(session, user.default_project_id)
                 if project is not None and project.enabled:
-                    roles = roles_on(session, user.id, "project", project.id)
+                    roles = lookups.roles(session, user.id, "project", project.id)
                     if roles:
                         return project.id, None, roles
-            return None, None, set()
+            return None, None, frozenset()
         if isinstance(scope, str) or "system" in scope:
             raise BadRequest("System scope is not supported by Haven; scope to a project.")
         if "project" in scope:
             ref = field(scope, "project", dict)
             if "id" in ref:
-                project = session.get(Project, field(ref, "id", str))
+                project = lookups.project(session, field(ref, "id", str))
             else:
                 name = field(ref, "name", str)
-                domain = find_domain(session, field(ref, "domain", dict),
-                                     "auth.scope.project.domain")
-                project = session.scalars(
-                    select(Project).where(Project.domain_id == domain.id, Project.name == name)
-                ).first()
+                domain = self._domain(session, field(ref, "domain", dict),
+                                      "auth.scope.project.domain")
+                project = lookups.project_by_name(session, domain.id, name)
             if project is None or not project.enabled:
                 raise unauthorized()
-            pdomain = session.get(Domain, project.domain_id)
+            pdomain = lookups.domain(session, project.domain_id)
             if pdomain is None or not pdomain.enabled:
                 raise unauthorized()
-            roles = roles_on(session, user.id, "project", project.id)
+            roles = lookups.roles(session, user.id, "project", project.id)
             if not roles:
                 raise unauthorized(f"User {user.id} has no access to project {project.id}")
             return project.id, None, roles
         if "domain" in scope:
-            domain = find_domain(session, field(scope, "domain", dict), "auth.scope.domain")
-            roles = roles_on(session, user.id, "domain", domain.id)
+            domain = self._domain(session, field(scope, "domain", dict), "auth.scope.domain")
+            roles = lookups.roles(session, user.id, "domain", domain.id)
             if not roles or not domain.enabled:
                 raise unauthorized(f"User {user.id} has no access to domain {domain.id}")
             return None, domain.id, roles
@@ -204,16 +169,22 @@ class TokenService:
         except Unauthorized as exc:
             raise NotFound(f"Failed to validate token: {exc}") from None
 
-    def body(self, session: Session, payload: TokenPayload, catalog: bool = True) -> dict[str, Any]:
-        user = session.get(User, payload.user_id)
+    def body(self, session: Session, payload: TokenPayload, catalog: bool = True
+             ) -> dict[str, Any]:
+        """The Keystone token body for ``payload`` (cached like the lookups it is made of)."""
+        key = ("body", payload.audit_ids[0], payload.issued_at, catalog)
+        body = self.lookups.cached(key, lambda: self._render(session, payload, catalog))
+        assert body is not None
+        return body
+
+    def _render(self, session: Session, payload: TokenPayload, catalog: bool) -> dict[str, Any]:
+        lookups = self.lookups
+        user = lookups.user(session, payload.user_id)
         if user is None:
             raise NotFound("Could not find token: its user no longer exists.")
-        domains: dict[str, Domain | None] = {}
 
         def domain_ref(domain_id: str) -> dict[str, str]:
-            if domain_id not in domains:
-                domains[domain_id] = session.get(Domain, domain_id)
-            d = domains[domain_id]
+            d = lookups.domain(session, domain_id)
             return {"id": domain_id, "name": d.name if d else domain_id}
 
         token: dict[str, Any] = {
@@ -229,7 +200,7 @@ class TokenService:
             "issued_at": isoformat_us(payload.issued_at),
         }
         if payload.project_id is not None:
-            project = session.get(Project, payload.project_id)
+            project = lookups.project(session, payload.project_id)
             if project is None:
                 raise NotFound("Could not find token: its project no longer exists.")
             token["project"] = {"id": project.id, "name": project.name,
@@ -238,7 +209,7 @@ class TokenService:
         elif payload.domain_id is not None:
             token["domain"] = domain_ref(payload.domain_id)
         if payload.roles:
-            ids = self.role_ids.get(session)
+            ids = lookups.role_ids(session)
             token["roles"] = [{"id": ids.get(name, name), "name": name} for name in payload.roles]
         if catalog and payload.scope_type != 0:
             token["catalog"] = self.catalog.get(session)
