@@ -84,7 +84,7 @@ def _start_mariadb(base: Path) -> MariaDB:
         except pymysql.err.OperationalError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("mariadbd did not start:\n" + log.read_text()[-2000:])
+                raise RuntimeError("mariadbd did not start:\n" + log.read_text()[-2000:]) from None
             time.sleep(0.2)
 
 

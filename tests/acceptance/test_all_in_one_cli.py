@@ -91,8 +91,8 @@ def test_all_in_one_with_the_openstack_cli(paths: tuple[Path, Path]) -> None:
         listed = openstack(clouds, "project", "list", "-f", "json")
         assert {p["Name"] for p in json.loads(listed.stdout)} == {"admin", "demo"}
         assignments = openstack(clouds, "role", "assignment", "list", "--names", "-f", "json")
-        assert {"Role": "member", "Project": "demo@Default"}.items() <= [
-            a for a in json.loads(assignments.stdout) if a["User"] == "alice@Default"][0].items()
+        assert {"Role": "member", "Project": "demo@Default"}.items() <= next(
+            a for a in json.loads(assignments.stdout) if a["User"] == "alice@Default").items()
 
         alice = ("alice", "alice-pw", "demo")
         assert openstack(clouds, "token", "issue", user=alice).returncode == 0

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-import core.common.auth  # noqa: F401 - registers revocation_events
+import core.common.auth
 import core.identity.models  # noqa: F401
 from core.common import migrate
 from core.common.db import Base, Database, is_retryable

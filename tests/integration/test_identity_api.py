@@ -56,7 +56,7 @@ def test_password_token_has_keystone_shape(identity: IdentityServer) -> None:
     assert token["user"]["name"] == "admin"
     assert token["project"]["name"] == "admin"
     assert {r["name"] for r in token["roles"]} == {"admin", "member", "reader"}
-    identity_svc = [s for s in token["catalog"] if s["type"] == "identity"][0]
+    identity_svc = next(s for s in token["catalog"] if s["type"] == "identity")
     assert {e["interface"] for e in identity_svc["endpoints"]} == {"public", "internal", "admin"}
     assert token["expires_at"].endswith("Z")
 
@@ -241,3 +241,45 @@ def test_healthcheck_reports_database(identity: IdentityServer) -> None:
     assert resp.status_code == 200
     body = resp.json()
     assert body["status"] == "ok" and body["checks"]["database"]["ok"] is True
+
+
+def test_a_second_controller_sees_revocations_at_once(identity: IdentityServer) -> None:
+    """Two API processes on one database (two controllers): what one takes away,
+    the other refuses on its very next request, warm caches notwithstanding."""
+    from core.common.db import Database
+    from core.common.server import AppServers, Listener
+    from core.identity.app import create_app
+    from tests.conftest import free_port
+
+    listen = f"127.0.0.1:{free_port()}"
+    other_db = Database(identity.cfg.database_url)
+    servers = AppServers([Listener("identity", listen, create_app(identity.cfg, other_db))])
+    servers.start()
+    try:
+        other = IdentityServer(f"http://{listen}", identity.cfg, other_db)
+        admin = identity.password_token()
+        pid, uid = make_member(identity, admin)
+        member = identity.password_token("alice", "alice-pw", "demo")
+        rescope = {"auth": {"identity": {"methods": ["token"], "token": {"id": member}},
+                            "scope": {"project": {"id": pid}}}}
+        # warm the second controller's caches: validation body, roles, project
+        assert call(other, "GET", f"/v3/projects/{pid}", member).status_code == 200
+        assert call(other, "POST", "/v3/auth/tokens", json=rescope).status_code == 201
+        role = call(identity, "GET", "/v3/roles?name=member", admin).json()["roles"][0]["id"]
+        assert call(identity, "DELETE", f"/v3/projects/{pid}/users/{uid}/roles/{role}",
+                    admin).status_code == 204
+        assert call(other, "GET", f"/v3/projects/{pid}", member).status_code == 401
+        assert call(other, "POST", "/v3/auth/tokens", json=rescope).status_code == 401
+        other_admin = other.password_token()
+        assert call(other, "GET", "/v3/auth/tokens", other_admin,
+                    X_Subject_Token=member).status_code == 404
+        # a grant writes no event, yet a new login on the other controller sees it at once
+        assert call(identity, "PUT", f"/v3/projects/{pid}/users/{uid}/roles/{role}",
+                    admin).status_code == 204
+        fresh = other.password_token("alice", "alice-pw", "demo")
+        assert call(identity, "PATCH", f"/v3/users/{uid}", admin,
+                    json={"user": {"enabled": False}}).status_code == 200
+        assert call(other, "GET", f"/v3/projects/{pid}", fresh).status_code == 401
+    finally:
+        servers.stop()
+        other_db.dispose()
