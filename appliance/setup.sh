@@ -14,8 +14,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${HAVEN_VENV:-$ROOT/.venv}"
 PYTHON=/usr/bin/python3   # Debian's Python: python3-rbd and friends live there
 
-RUN_PACKAGES=(python3 python3-venv python3-dev gcc make)
-TEST_PACKAGES=(mariadb-server mariadb-client)
+RUN_PACKAGES=(python3 python3-venv python3-dev gcc make pkg-config libvirt-dev
+  libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio)
+TEST_PACKAGES=(mariadb-server mariadb-client rabbitmq-server)
 
 case "$MODE" in
   run) PACKAGES=("${RUN_PACKAGES[@]}"); EXTRAS="" ;;

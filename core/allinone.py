@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from core.common import migrate
+from core.common.clients import ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database
 from core.common.logs import setup_logging
@@ -69,22 +71,91 @@ def write_clouds_yaml(path: Path, auth_url: str, cfg: HavenConfig, password: str
     os.replace(tmp, path)
 
 
-def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str) -> int:
-    from core.identity.app import create_app
+TINY_IMAGE = "tiny"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_tiny_image(cfg: HavenConfig) -> Path:
+    """Build (once; the recipe skips work it already did) the tiny test guest."""
+    out = cfg.state_path / "tiny-image"
+    subprocess.run([sys.executable, str(REPO / "images" / "tiny" / "build.py"), "--out",
+                    str(out)], check=True, stdout=subprocess.DEVNULL)
+    return out / "tiny.qcow2"
+
+
+def ensure_tiny_image(clients: ServiceClients, path: Path) -> str:
+    """Upload the tiny guest as public image ``tiny`` unless an active one exists."""
+    found = clients.request("GET", "image", f"/v2/images?name={TINY_IMAGE}").json()["images"]
+    for image in found:
+        if image["status"] == "active":
+            return str(image["id"])
+    image = clients.request("POST", "image", "/v2/images", json={
+        "name": TINY_IMAGE, "disk_format": "qcow2", "container_format": "bare",
+        "visibility": "public", "min_ram": 128}).json()
+    with open(path, "rb") as data:
+        clients.request("PUT", "image", f"/v2/images/{image['id']}/file", data=data,
+                        headers={"Content-Type": "application/octet-stream"}, timeout=300)
+    return str(image["id"])
+
+
+def bootstrap_cloud(cfg: HavenConfig, db: Database, password: str) -> bool:
+    """Identity, flavors and the provider network; True if the admin was created."""
+    from core.compute.bootstrap import ensure_flavors
     from core.identity.bootstrap import bootstrap
+    from core.network.bootstrap import ensure_provider_network
+
+    result = bootstrap(cfg, db, password)
+    db.run_in_transaction(ensure_flavors)
+    db.run_in_transaction(lambda s: ensure_provider_network(s, cfg, result.admin_project_id))
+    return result.created_admin
+
+
+def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
+                   with_compute: bool = True) -> int:
+    from core.common.bus import make_bus
+    from core.compute.api import create_app as compute_app
+    from core.identity.app import create_app as identity_app
+    from core.image.api import create_app as image_app
+    from core.network.api import create_app as network_app
 
     setup_logging(cfg.log.level, cfg.log.file)
     db = Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries)
     migrate.upgrade(db)
-    result = bootstrap(cfg, db, password)
-    servers = AppServers([Listener("identity", cfg.identity.listen, create_app(cfg, db))])
+    created = bootstrap_cloud(cfg, db, password)
+    bus = make_bus("local")
+    clients = ServiceClients(cfg)
+    servers = AppServers([
+        Listener("identity", cfg.identity.listen, identity_app(cfg, db)),
+        Listener("compute", cfg.compute.listen, compute_app(cfg, db, bus, clients)),
+        Listener("image", cfg.image.listen, image_app(cfg, db)),
+        Listener("network", cfg.network.listen, network_app(cfg, db)),
+    ])
     try:
         servers.start()
     except OSError as exc:
         print(f"haven: error: cannot listen: {exc}", file=sys.stderr)
         return 1
-    bound = dict(servers.bound())
-    host, _, port = bound["identity"].rpartition(":")
+    agent = None
+    notes = []
+    try:
+        if with_compute:
+            from core.compute.agent import ComputeAgent
+            from core.compute.virt.daemons import ensure_libvirtd
+            from core.compute.virt.libvirt import LibvirtDriver
+
+            started = ensure_libvirtd(cfg.compute.libvirt_uri)
+            if started:
+                notes.append(f"started {' and '.join(started)}")
+            agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,
+                                                              cfg.compute.virt_type), clients)
+            agent.start()
+            image_id = ensure_tiny_image(clients, build_tiny_image(cfg))
+            notes.append(f"image '{TINY_IMAGE}' is {image_id}; flavors m1.tiny, m1.small; "
+                         f"network '{cfg.network.provider_name}'")
+    except Exception:
+        servers.stop()
+        raise
+    host, _, port = dict(servers.bound())["identity"].rpartition(":")
     auth_url = f"http://{cfg.catalog.public_host or host}:{port}/v3"
     try:
         write_clouds_yaml(clouds_yaml, auth_url, cfg, password, cfg.catalog.region)
@@ -94,8 +165,12 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str) -> int:
     print(f"Haven all-in-one (state in {cfg.state_path}, database {cfg.database_url})")
     for name, addr in servers.bound():
         print(f"  {name:10s} listening on http://{addr}")
+    if agent is not None:
+        print(f"  compute agent for host '{agent.host}' on {cfg.compute.libvirt_uri}")
+    for note in notes:
+        print(f"  {note}")
     print(f"  admin user '{cfg.identity.admin_user}' "
-          f"({'created' if result.created_admin else 'existing'}), password in "
+          f"({'created' if created else 'existing'}), password in "
           f"{cfg.state_path / 'admin-password'} unless $HAVEN_ADMIN_PASSWORD is set")
     print(f"  {clouds_note}")
     print(f"  try: openstack --os-cloud {CLOUD_NAME} token issue    (Ctrl-C stops)", flush=True)
@@ -103,7 +178,10 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str) -> int:
         signum = wait_for_signal()
         LOG.info("signal %d: stopping", signum)
     finally:
+        if agent is not None:
+            agent.stop()
         servers.stop()
+        bus.close()
         db.dispose()
     print("Haven stopped.", flush=True)
     return 0

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
+import socket
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -149,6 +151,95 @@ class CatalogConfig:
 
 
 @dataclass
+class ServiceUserConfig:
+    name: str = field(
+        default="haven-service",
+        metadata=_doc("User the services authenticate as when they call each other "
+                      "(the compute agent fetching images, creating ports)."),
+    )
+    project: str = field(default="service", metadata=_doc("Project of the service user."))
+    password: str | None = field(
+        default=None,
+        metadata=_doc("Its password. Unset: generated once into the state directory "
+                      "(all-in-one); a cluster sets it here, the same on every node."),
+    )
+
+
+@dataclass
+class ImageConfig:
+    listen: str = field(default="127.0.0.1:9292",
+                        metadata=_doc("HOST:PORT the image API listens on.", _listen_address))
+    store_dir: str | None = field(
+        default=None,
+        metadata=_doc("Where image data is kept. Unset: images/ in the state directory."),
+    )
+    max_image_size_gb: int = field(default=64, metadata=_doc("Largest upload accepted.",
+                                                             _between(1, 4096)))
+
+
+@dataclass
+class NetworkConfig:
+    listen: str = field(default="127.0.0.1:9696",
+                        metadata=_doc("HOST:PORT the network API listens on.", _listen_address))
+    provider_name: str = field(
+        default="provider", metadata=_doc("Name of the shared provider network bootstrap makes."))
+    provider_cidr: str = field(
+        default="192.0.2.0/24",
+        metadata=_doc("Its subnet. The default is TEST-NET-1 (RFC 5737): addresses that are "
+                      "never routed anywhere, safe for a demo."),
+    )
+
+
+@dataclass
+class ComputeConfig:
+    listen: str = field(default="127.0.0.1:8774",
+                        metadata=_doc("HOST:PORT the compute API listens on.", _listen_address))
+    host: str | None = field(
+        default=None, metadata=_doc("This hypervisor's name. Unset: the machine's host name."))
+    libvirt_uri: str = field(default="qemu:///system", metadata=_doc("libvirt connection URI."))
+    virt_type: str = field(
+        default="qemu",
+        metadata=_doc("Domain type: kvm where the host has usable KVM, qemu (TCG) elsewhere.",
+                      _one_of("kvm", "qemu")),
+    )
+    instances_dir: str | None = field(
+        default=None,
+        metadata=_doc("Instance disks and console logs; may be shared between hypervisors "
+                      "(what evacuation needs). Unset: instances/ in the state directory."),
+    )
+    heartbeat_interval: int = field(
+        default=5, metadata=_doc("Seconds between service heartbeats.", _between(1, 60)))
+    service_down_time: int = field(
+        default=30,
+        metadata=_doc("A service whose last heartbeat is older than this is down.",
+                      _between(3, 600)),
+    )
+    reconcile_interval: int = field(
+        default=20,
+        metadata=_doc("Seconds between full reconciliations of the database with libvirt "
+                      "(the bus only speeds work up; this finishes work whose message was "
+                      "lost).", _between(1, 3600)),
+    )
+    shutdown_timeout: int = field(
+        default=20,
+        metadata=_doc("Seconds a guest gets to power off on stop before it is forced off.",
+                      _between(0, 600)),
+    )
+    build_workers: int = field(default=8, metadata=_doc("Instances built in parallel per "
+                                                        "agent.", _between(1, 64)))
+    cpu_allocation_ratio: float = field(default=4.0, metadata=_doc("vCPU overcommit ratio."))
+    ram_allocation_ratio: float = field(default=1.0, metadata=_doc("RAM overcommit ratio."))
+    reserved_host_memory_mb: int = field(
+        default=512, metadata=_doc("RAM kept for the host itself.", _at_least(0)))
+    vcpus: int | None = field(default=None, metadata=_doc(
+        "vCPUs to report. Unset: what libvirt reports."))
+    memory_mb: int | None = field(default=None, metadata=_doc(
+        "RAM (MiB) to report. Unset: what libvirt reports."))
+    disk_gb: int | None = field(default=None, metadata=_doc(
+        "Disk (GiB) to report. Unset: free space of the instances directory."))
+
+
+@dataclass
 class LogConfig:
     level: str = field(
         default="INFO",
@@ -167,6 +258,10 @@ class HavenConfig:
     bus: BusConfig = field(default_factory=BusConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    service_user: ServiceUserConfig = field(default_factory=ServiceUserConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -180,6 +275,39 @@ class HavenConfig:
     @property
     def fernet_key_dir(self) -> Path:
         return self.state_path / "fernet-keys"
+
+    @property
+    def image_store_path(self) -> Path:
+        return Path(self.image.store_dir).resolve() if self.image.store_dir else (
+            self.state_path / "images")
+
+    @property
+    def instances_path(self) -> Path:
+        return Path(self.compute.instances_dir).resolve() if self.compute.instances_dir else (
+            self.state_path / "instances")
+
+    @property
+    def compute_host(self) -> str:
+        return self.compute.host or socket.gethostname()
+
+    def service_password(self) -> str:
+        """The service user's password: configured, or generated once into the state dir."""
+        if self.service_user.password:
+            return self.service_user.password
+        path = self.state_path / "service-password"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.state_path.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process of this node won the race
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+        return password
 
 
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import Float, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -35,6 +35,11 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Seconds since the epoch. 53 bits of mantissa: DOUBLE on MariaDB (a plain Float
+# would be single precision there: ~2 minutes of resolution at today's dates).
+Timestamp = Float(precision=53)
 
 
 class Base(DeclarativeBase):
@@ -144,3 +149,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE/DELETE matched: how a compare-and-swap learns whether it won."""
+    return int(result.rowcount)

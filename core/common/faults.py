@@ -3,7 +3,8 @@
 Handlers raise :class:`Fault` subclasses; the WSGI layer turns them into the
 JSON body the service's OpenStack counterpart uses, so stock clients print the
 message. Keystone wraps errors as ``{"error": {"code", "title", "message"}}``;
-Nova, Glance, Neutron and Cinder use ``{"<camelName>": {"code", "message"}}``.
+Nova, Glance and Cinder use ``{"<camelName>": {"code", "message"}}``; Neutron
+``{"NeutronError": {"type", "message", "detail"}}``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-FaultStyle = Literal["keystone", "nova"]
+FaultStyle = Literal["keystone", "nova", "neutron"]
 
 TITLES = {
     400: ("Bad Request", "badRequest"),
@@ -69,6 +70,10 @@ def fault_body(style: FaultStyle, status: int, message: str) -> str:
     body: dict[str, Any]
     if style == "keystone":
         body = {"error": {"code": status, "title": title, "message": message}}
+    elif style == "neutron":
+        kind = {400: "BadRequest", 401: "NotAuthorized", 403: "PolicyNotAuthorized",
+                404: "NotFound", 409: "Conflict"}.get(status, "NeutronError")
+        body = {"NeutronError": {"type": kind, "message": message, "detail": ""}}
     else:
         body = {key: {"code": status, "message": message}}
     return json.dumps(body)

@@ -51,6 +51,15 @@ def session() -> Session:
     return bottle.request.environ["haven.session"]
 
 
+def commit() -> None:
+    """Commit the request's work so far (others must see it before the handler goes on).
+
+    After this, a database error no longer re-runs the handler from the top.
+    """
+    bottle.request.environ["haven.session"].commit()
+    bottle.request.environ["haven.committed"] = True
+
+
 def auth() -> AuthContext:
     """The current request's validated caller."""
     return bottle.request.environ["haven.auth"]
@@ -115,11 +124,13 @@ class HavenPlugin:
     api = 2
 
     def __init__(
-        self, db: Database, validator: TokenValidator | None, style: FaultStyle
+        self, db: Database, validator: TokenValidator | None, style: FaultStyle,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.validator = validator
         self.style = style
+        self.prepare = prepare
 
     def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
         skip_auth = route.config.get("skip_auth", False) or self.validator is None
@@ -136,7 +147,10 @@ class HavenPlugin:
                 try:
                     return self._once(callback, skip_auth, args, kwargs)
                 except DBAPIError as exc:
-                    if not is_retryable(exc) or attempt >= self.db.max_retries:
+                    committed = bottle.request.environ.pop("haven.committed", False)
+                    # A handler that already committed part of its work must not run
+                    # again from the top (it would do that part twice).
+                    if committed or not is_retryable(exc) or attempt >= self.db.max_retries:
                         LOG.exception("database error")
                         return self.fault(Fault("The database is unavailable.", 503))
                     attempt += 1
@@ -152,6 +166,8 @@ class HavenPlugin:
         sess = self.db.sessions()
         environ["haven.session"] = sess
         try:
+            if self.prepare is not None:
+                self.prepare()
             if not skip_auth:
                 token = bottle.request.get_header("X-Auth-Token")
                 if not token:
@@ -207,11 +223,16 @@ class HavenPlugin:
         return fault_body(self.style, fault.status, fault.message)
 
 
-def make_app(db: Database, validator: TokenValidator | None, style: FaultStyle) -> bottle.Bottle:
-    """A bottle app with Haven's plugin, request ids, and JSON for router errors too."""
+def make_app(db: Database, validator: TokenValidator | None, style: FaultStyle,
+             prepare: Callable[[], None] | None = None) -> bottle.Bottle:
+    """A bottle app with Haven's plugin, request ids, and JSON for router errors too.
+
+    ``prepare`` runs before authentication on every routed request (the compute
+    API parses the microversion there) and may raise a Fault.
+    """
     app = bottle.Bottle(catchall=True)
     app.config["json.enable"] = False  # the Haven plugin renders JSON itself
-    app.install(HavenPlugin(db, validator, style))
+    app.install(HavenPlugin(db, validator, style, prepare))
 
     @app.hook("before_request")
     def _start() -> None:

@@ -38,6 +38,23 @@ class BootstrapResult:
     created_admin: bool
 
 
+def ensure_project(session: Session, name: str, description: str) -> Project:
+    project = session.scalars(select(Project).where(
+        Project.domain_id == DEFAULT_DOMAIN_ID, Project.name == name)).first()
+    if project is None:
+        project = Project(name=name, domain_id=DEFAULT_DOMAIN_ID, description=description,
+                          enabled=True)
+        session.add(project)
+        session.flush()
+    return project
+
+
+def grant(session: Session, user_id: str, project_id: str, role_id: str) -> None:
+    if session.get(RoleAssignment, (user_id, "project", project_id, role_id)) is None:
+        session.add(RoleAssignment(user_id=user_id, target_type="project", target_id=project_id,
+                                   role_id=role_id))
+
+
 def bootstrap(cfg: HavenConfig, db: Database, admin_password: str) -> BootstrapResult:
     KeyRepository(cfg.fernet_key_dir, cfg.identity.max_active_keys).setup()
 
@@ -54,15 +71,8 @@ def bootstrap(cfg: HavenConfig, db: Database, admin_password: str) -> BootstrapR
                 session.add(role)
                 session.flush()
             roles[name] = role
-        project = session.scalars(select(Project).where(
-            Project.domain_id == DEFAULT_DOMAIN_ID, Project.name == cfg.identity.admin_project)
-        ).first()
-        if project is None:
-            project = Project(name=cfg.identity.admin_project, domain_id=DEFAULT_DOMAIN_ID,
-                              description="Bootstrap project for the cloud administrator",
-                              enabled=True)
-            session.add(project)
-            session.flush()
+        project = ensure_project(session, cfg.identity.admin_project,
+                                 "Bootstrap project for the cloud administrator")
         user = session.scalars(select(User).where(
             User.domain_id == DEFAULT_DOMAIN_ID, User.name == cfg.identity.admin_user)
         ).first()
@@ -77,10 +87,25 @@ def bootstrap(cfg: HavenConfig, db: Database, admin_password: str) -> BootstrapR
         elif not verify_password(admin_password, user.password_hash):
             user.password_hash = hash_password(admin_password, cfg.identity.bcrypt_cost)
             revoke(session, user_id=user.id)
-        key = (user.id, "project", project.id, roles["admin"].id)
-        if session.get(RoleAssignment, key) is None:
-            session.add(RoleAssignment(user_id=user.id, target_type="project",
-                                       target_id=project.id, role_id=roles["admin"].id))
+        grant(session, user.id, project.id, roles["admin"].id)
+        service_project = ensure_project(session, cfg.service_user.project,
+                                         "Project of Haven's own service user")
+        service_user = session.scalars(select(User).where(
+            User.domain_id == DEFAULT_DOMAIN_ID, User.name == cfg.service_user.name)).first()
+        service_password = cfg.service_password()
+        if service_user is None:
+            service_user = User(name=cfg.service_user.name, domain_id=DEFAULT_DOMAIN_ID,
+                                enabled=True, default_project_id=service_project.id,
+                                password_hash=hash_password(service_password,
+                                                            cfg.identity.bcrypt_cost),
+                                created_at=datetime.now(UTC).replace(tzinfo=None),
+                                description="Haven services calling each other")
+            session.add(service_user)
+            session.flush()
+        elif not verify_password(service_password, service_user.password_hash):
+            service_user.password_hash = hash_password(service_password, cfg.identity.bcrypt_cost)
+            revoke(session, user_id=service_user.id)
+        grant(session, service_user.id, service_project.id, roles["admin"].id)
         sync_catalog(session, cfg)
         return BootstrapResult(user.id, project.id, created)
 

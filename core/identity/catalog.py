@@ -31,8 +31,13 @@ class CatalogService:
 
 
 def configured_services(cfg: HavenConfig) -> list[CatalogService]:
-    """The services this Haven runs, with where they listen; later services add lines."""
-    return [CatalogService("identity", "keystone", cfg.identity.listen, "/v3")]
+    """The services this Haven runs, with where they listen."""
+    return [
+        CatalogService("identity", "keystone", cfg.identity.listen, "/v3"),
+        CatalogService("compute", "nova", cfg.compute.listen, "/v2.1"),
+        CatalogService("image", "glance", cfg.image.listen, ""),
+        CatalogService("network", "neutron", cfg.network.listen, ""),
+    ]
 
 
 def endpoint_urls(cfg: HavenConfig, svc: CatalogService) -> dict[str, str]:

@@ -1,12 +1,27 @@
-"""Alembic environment: uses the engine handed over by core.common.migrate."""
+"""Alembic environment: uses the engine handed over by core.common.migrate.
+
+Haven's services share one database, so there is one schema history; each
+model module below registers its tables on the shared metadata.
+"""
 
 from __future__ import annotations
 
 from alembic import context
 
 import core.common.auth
-import core.identity.models  # noqa: F401 - registers the identity tables
+import core.compute.models
+import core.identity.models
+import core.image.models
+import core.network.models
 from core.common.db import Base
+
+MODEL_MODULES = (
+    core.common.auth,
+    core.compute.models,
+    core.identity.models,
+    core.image.models,
+    core.network.models,
+)
 
 config = context.config
 engine = config.attributes["engine"]

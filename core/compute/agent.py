@@ -1,0 +1,345 @@
+"""The compute agent: one per hypervisor, converging libvirt to the database.
+
+The database says what each instance should be; the agent makes it so with
+one idempotent function, :meth:`ComputeAgent.converge`, run for an instance
+whenever a bus nudge names it and, for every instance of this host, on each
+periodic reconciliation. Whatever happened before (a crash mid-build, a lost
+message, a duplicate one) the next run finishes the job exactly once, because
+each finishing step is a compare-and-swap on the instance row that also checks
+the instance is still on this host.
+
+The reconciliation also sweeps libvirt: a Haven domain whose instance is
+deleted, unknown, or recorded on another host (evacuated away while this host
+was dead) is destroyed and undefined, never started. Its disk is left alone:
+on shared storage the instance's new host is using it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.common.bus import Bus, Subscription
+from core.common.bus.base import Message
+from core.common.clients import ServiceCallError, ServiceClients
+from core.common.config import HavenConfig
+from core.common.db import Database, rowcount
+from core.common.timeutil import now
+from core.compute import scheduler, states
+from core.compute.images import ImageCache
+from core.compute.models import ComputeService, Instance, Migration
+from core.compute.virt.libvirt import (
+    DomainSpec,
+    LibvirtDriver,
+    VirtError,
+    disk_free_gb,
+    read_console,
+)
+
+LOG = logging.getLogger(__name__)
+
+
+class ComputeAgent:
+    def __init__(self, cfg: HavenConfig, db: Database, bus: Bus, driver: LibvirtDriver,
+                 clients: ServiceClients | None = None) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.bus = bus
+        self.driver = driver
+        self.host = cfg.compute_host
+        self.clients = clients or ServiceClients(cfg)
+        self.instances = cfg.instances_path
+        self.images = ImageCache(self.instances / "_base", self.clients)
+        self.pool = ThreadPoolExecutor(cfg.compute.build_workers,
+                                       thread_name_prefix="converge")
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._subscription: Subscription | None = None
+
+    # ---- life cycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self.instances.mkdir(parents=True, exist_ok=True)
+        self.register()
+        self.reconcile()  # before taking new work: stale domains go first
+        self._subscription = self.bus.subscribe(f"compute.{self.host}", self.on_message)
+        for name, period, fn in (
+            ("heartbeat", self.cfg.compute.heartbeat_interval, self.heartbeat),
+            ("reconcile", self.cfg.compute.reconcile_interval, self.reconcile),
+        ):
+            thread = threading.Thread(target=self._every, args=(period, fn),
+                                      name=f"agent-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        LOG.info("compute agent for host %s started", self.host)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._subscription is not None:
+            self._subscription.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _every(self, period: float, fn: Any) -> None:
+        while not self._stop.wait(period):
+            try:
+                fn()
+            except Exception:  # a failed round must not end the loop
+                LOG.exception("periodic %s failed", getattr(fn, "__name__", fn))
+
+    # ---- service row ---------------------------------------------------------------
+    def register(self) -> None:
+        """Create or refresh this host's service row with its resources."""
+        info = self.driver.host_info()
+        c = self.cfg.compute
+        vcpus = c.vcpus or info.vcpus
+        memory = c.memory_mb or info.memory_mb
+        disk = c.disk_gb or disk_free_gb(self.instances)
+        ts = now()
+
+        def unit(sess: Session) -> None:
+            row = sess.scalars(select(ComputeService).where(
+                ComputeService.host == self.host)).first()
+            if row is None:
+                row = ComputeService(host=self.host, enabled=True, forced_down=False,
+                                     reserved=False, created_at=ts, generation=0,
+                                     vcpus_used=0, memory_mb_used=0, disk_gb_used=0)
+                sess.add(row)
+            row.vcpus, row.memory_mb, row.disk_gb = vcpus, memory, disk
+            row.cpu_ratio, row.ram_ratio = c.cpu_allocation_ratio, c.ram_allocation_ratio
+            row.reserved_memory_mb = c.reserved_host_memory_mb
+            row.hypervisor_type = "QEMU" if c.virt_type == "qemu" else "KVM"
+            row.last_seen = row.started_at = row.updated_at = ts
+            row.generation = (row.generation or 0) + 1
+
+        self.db.run_in_transaction(unit)
+
+    def heartbeat(self) -> None:
+        ts = now()
+        self.db.run_in_transaction(lambda s: s.execute(
+            update(ComputeService).where(ComputeService.host == self.host)
+            .values(last_seen=ts)))
+
+    # ---- bus -------------------------------------------------------------------------
+    def on_message(self, message: Message) -> Message | None:
+        if message.get("method") == "console_log":
+            path = self.instances / str(message["instance"]) / "console.log"
+            return {"output": read_console(path, message.get("length"))}
+        instance_id = message.get("instance")
+        if isinstance(instance_id, str):
+            self.pool.submit(self.converge_logged, instance_id)
+        return None
+
+    # ---- reconciliation --------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Converge every instance of this host, and sweep foreign domains away."""
+        def mine(sess: Session) -> list[str]:
+            return list(sess.scalars(select(Instance.id).where(
+                Instance.host == self.host, Instance.deleted.is_(False))))
+
+        ids = set(self.db.run_in_transaction(mine))
+        for uuid in self.driver.domains():
+            if uuid not in ids:
+                self.pool.submit(self.converge_logged, uuid)
+        futures = [self.pool.submit(self.converge_logged, i) for i in ids]
+        for future in futures:
+            future.result()
+
+    def converge_logged(self, instance_id: str) -> None:
+        try:
+            self.converge(instance_id)
+        except Exception:
+            LOG.exception("converging %s failed; the next reconciliation retries", instance_id)
+
+    def _lock(self, instance_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(instance_id, threading.Lock())
+
+    def converge(self, instance_id: str) -> None:
+        """Make this host's view of one instance match the database (idempotent)."""
+        with self._lock(instance_id):
+            inst = self.db.run_in_transaction(lambda s: s.get(Instance, instance_id))
+            if inst is None or inst.deleted or inst.host != self.host:
+                self._remove_foreign_domain(instance_id, inst)
+                return
+            task = inst.task_state
+            if task == states.DELETING:
+                self._delete(inst)
+            elif inst.vm_state == states.BUILDING and task in (states.SPAWNING,
+                                                                states.SCHEDULING):
+                self._spawn(inst, rebuild=False)
+            elif task == states.REBUILDING:
+                self._spawn(inst, rebuild=True)
+            elif task == states.POWERING_OFF:
+                self.driver.shutdown(inst.id, self.cfg.compute.shutdown_timeout)
+                self._finish(inst, task, vm_state=states.STOPPED, power_state=states.SHUTDOWN)
+            elif task == states.POWERING_ON:
+                self._ensure_defined(inst)
+                self.driver.start(inst.id)
+                self._finish(inst, task, vm_state=states.ACTIVE, power_state=states.RUNNING)
+            elif task in (states.REBOOTING, states.REBOOTING_HARD):
+                self._ensure_defined(inst)
+                self.driver.reboot(inst.id, hard=task == states.REBOOTING_HARD)
+                self._finish(inst, task, vm_state=states.ACTIVE, power_state=states.RUNNING)
+            elif task is None:
+                self._sync_power(inst)
+
+    def _remove_foreign_domain(self, instance_id: str, inst: Instance | None) -> None:
+        if not self.driver.exists(instance_id):
+            return
+        where = "deleted" if inst is None or inst.deleted else f"on host {inst.host}"
+        LOG.warning("destroying domain of instance %s here: the instance is %s",
+                    instance_id, where)
+        self.driver.undefine(instance_id)
+        self.db.run_in_transaction(lambda s: s.execute(
+            update(Migration).where(Migration.instance_id == instance_id,
+                                    Migration.source_host == self.host,
+                                    Migration.status.in_(("accepted", "done")))
+            .values(status="source-cleaned", updated_at=now())))
+
+    # ---- steps -------------------------------------------------------------------------
+    def _finish(self, inst: Instance, from_task: str | None, **values: Any) -> bool:
+        """CAS the instance out of ``from_task`` if it is still ours and still in it."""
+        def unit(sess: Session) -> bool:
+            query = update(Instance).where(Instance.id == inst.id, Instance.host == self.host)
+            query = query.where(Instance.task_state == from_task if from_task else
+                                Instance.task_state.is_(None))
+            return rowcount(sess.execute(query.values(task_state=None, updated_at=now(),
+                                                      **values))) == 1
+
+        won = self.db.run_in_transaction(unit)
+        if not won:
+            LOG.info("instance %s moved on before %s finished; leaving it", inst.id, from_task)
+        return won
+
+    def _paths(self, inst: Instance) -> tuple[Path, Path, Path]:
+        directory = self.instances / inst.id
+        return directory, directory / "disk", directory / "console.log"
+
+    def _spec(self, inst: Instance) -> DomainSpec:
+        _, disk, console = self._paths(inst)
+        return DomainSpec(uuid=inst.id, name=inst.name, vcpus=inst.vcpus,
+                          memory_mb=inst.memory_mb, disk_path=disk, console_path=console,
+                          mac_address=inst.mac_address, project_id=inst.project_id)
+
+    def _ensure_defined(self, inst: Instance) -> None:
+        if not self.driver.exists(inst.id):
+            self.driver.define(self._spec(inst))
+
+    def _spawn(self, inst: Instance, rebuild: bool) -> None:
+        task = inst.task_state
+        directory, disk, _ = self._paths(inst)
+        try:
+            self.db.run_in_transaction(lambda s: s.execute(
+                update(Instance).where(Instance.id == inst.id, Instance.host == self.host,
+                                       Instance.spawn_started_at.is_(None))
+                .values(spawn_started_at=now())))
+            directory.mkdir(parents=True, exist_ok=True)
+            if not disk.exists():
+                if rebuild:
+                    raise VirtError(f"disk {disk} of evacuated instance not found on shared "
+                                    "storage; refusing to create an empty one")
+                self._create_disk(inst, disk)
+            self.driver.define(self._spec(inst))
+            start = not (rebuild and inst.vm_state == states.STOPPED)
+            if start:
+                self.driver.start(inst.id)
+        except (VirtError, ServiceCallError, OSError, subprocess.CalledProcessError) as exc:
+            LOG.error("spawning %s failed: %s", inst.id, exc)
+            self._fail(inst, task, f"Build of instance {inst.id} failed: {exc}")
+            return
+        vm_state = states.STOPPED if not start else states.ACTIVE
+        power = states.RUNNING if start else states.SHUTDOWN
+        if self._finish(inst, task, vm_state=vm_state, power_state=power, launched_at=now()):
+            if rebuild:
+                self.db.run_in_transaction(lambda s: s.execute(
+                    update(Migration).where(Migration.instance_id == inst.id,
+                                            Migration.dest_host == self.host,
+                                            Migration.status == "accepted")
+                    .values(status="done", updated_at=now())))
+            LOG.info("instance %s %s on %s", inst.id, "rebuilt" if rebuild else "spawned",
+                     self.host)
+
+    def _create_disk(self, inst: Instance, disk: Path) -> None:
+        base, fmt = self.images.ensure(inst.image_id)
+        tmp = disk.with_suffix(".creating")
+        cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base), str(tmp)]
+        if inst.root_gb:
+            cmd.append(f"{inst.root_gb}G")
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        tmp.rename(disk)
+
+    def _fail(self, inst: Instance, task: str | None, message: str) -> None:
+        def unit(sess: Session) -> None:
+            row = sess.get(Instance, inst.id)
+            if row is None or row.host != self.host or row.task_state != task:
+                return
+            row.vm_state, row.task_state, row.fault = states.ERROR, None, message[:2000]
+            row.updated_at = now()
+            if task != states.REBUILDING:
+                scheduler.release(sess, row)
+
+        self.db.run_in_transaction(unit)
+
+    def _delete(self, inst: Instance) -> None:
+        directory, _, _ = self._paths(inst)
+        self.driver.undefine(inst.id)
+        shutil.rmtree(directory, ignore_errors=True)
+        if inst.port_id:
+            self.clients.request("DELETE", "network", f"/v2.0/ports/{inst.port_id}",
+                                 expect=(204, 404))
+
+        def unit(sess: Session) -> None:
+            row = sess.get(Instance, inst.id)
+            if row is None or row.deleted or row.task_state != states.DELETING:
+                return
+            scheduler.release(sess, row)
+            row.vm_state, row.task_state, row.deleted = states.DELETED, None, True
+            row.deleted_at = row.updated_at = now()
+            row.power_state = states.NOSTATE
+
+        self.db.run_in_transaction(unit)
+        with self._locks_guard:
+            self._locks.pop(inst.id, None)
+        LOG.info("instance %s deleted from %s", inst.id, self.host)
+
+    def _sync_power(self, inst: Instance) -> None:
+        running = self.driver.is_running(inst.id)
+        if inst.vm_state == states.ACTIVE and not running:
+            LOG.warning("instance %s is not running but should be: marking it stopped",
+                        inst.id)
+            self._cas_idle(inst, states.ACTIVE, {"vm_state": states.STOPPED,
+                                                 "power_state": states.SHUTDOWN})
+        elif inst.vm_state == states.STOPPED and running:
+            LOG.warning("instance %s runs but should be stopped: stopping it", inst.id)
+            self.driver.destroy(inst.id)
+        elif running and inst.power_state != states.RUNNING:
+            self._cas_idle(inst, inst.vm_state, {"power_state": states.RUNNING})
+
+    def _cas_idle(self, inst: Instance, vm_state: str, values: dict[str, Any]) -> None:
+        self.db.run_in_transaction(lambda s: s.execute(
+            update(Instance).where(Instance.id == inst.id, Instance.host == self.host,
+                                   Instance.vm_state == vm_state,
+                                   Instance.task_state.is_(None))
+            .values(updated_at=now(), **values)))
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; for tests and tools."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

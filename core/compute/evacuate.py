@@ -1,0 +1,78 @@
+"""The API side of evacuation: move an instance of a dead host to another one.
+
+Nova's rule, kept: an instance is evacuated only when its host's compute
+service is down (forced down, or its heartbeat stale). Fencing is the
+evacuation controller's business (ha/evacuator); this call is the mechanism it
+uses. The move is one transaction: the source's claim is released, a host is
+claimed (reserved hosts first, anti-affinity kept), a migration record is left
+as the tombstone the source host reads when it returns, and the instance is
+marked ``rebuilding`` on its new host with a compare-and-swap.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.common.db import rowcount
+from core.common.faults import BadRequest, Conflict
+from core.common.timeutil import now
+from core.compute import scheduler, states
+from core.compute.api import ComputeContext
+from core.compute.models import ComputeService, Instance, Migration
+
+EVACUABLE = (states.ACTIVE, states.STOPPED, states.ERROR)
+
+
+def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
+                      target: str | None) -> str:
+    """Move ``inst`` off its (down) host; returns the new host. Raises 409/400."""
+    source = inst.host
+    if source is None:
+        raise Conflict(f"Instance {inst.id} has no host to evacuate from.")
+    svc = sess.scalars(select(ComputeService).where(ComputeService.host == source)).first()
+    if svc is not None and ctx.service_up(svc.last_seen, svc.forced_down):
+        raise Conflict(f"Compute service of {source} is still in use.")
+    if inst.vm_state not in EVACUABLE or inst.task_state not in (None, states.REBUILDING):
+        raise Conflict(f"Cannot evacuate instance {inst.id} in vm_state {inst.vm_state} "
+                       f"and task_state {inst.task_state}.")
+    if target is not None and target == source:
+        raise BadRequest("The target host is the instance's own host.")
+    # Compare-and-swap on the row as read: of two concurrent evacuations of one
+    # instance, exactly one goes on (the other gets 409), so it is never placed twice.
+    ts = now()
+    won = rowcount(sess.execute(
+        update(Instance).where(Instance.id == inst.id, Instance.host == source,
+                               Instance.updated_at == inst.updated_at,
+                               Instance.vm_state.in_(EVACUABLE))
+        .values(task_state=states.REBUILDING, updated_at=ts)))
+    if won != 1:
+        raise Conflict(f"Instance {inst.id} changed while being evacuated; not moved.")
+    sess.refresh(inst)
+    avoid, only, _ = scheduler.group_constraints(sess, inst.server_group_id, inst.id)
+    req = scheduler.Request(inst.vcpus, inst.memory_mb, inst.root_gb,
+                            avoid_hosts=avoid | {source},
+                            only_hosts=frozenset({target}) if target else only,
+                            use_reserved=True)
+    previous_vm = inst.vm_state
+    index = scheduler.load_index(sess, ctx.cfg.compute.service_down_time)
+    scheduler.release(sess, inst)
+    chosen = None
+    stats = scheduler.FilterStats()
+    for h in index.candidates(req, stats):
+        if scheduler.claim(sess, inst, h, req):
+            chosen = h.host
+            break
+    if chosen is None:
+        raise Conflict(f"No valid host to evacuate instance {inst.id} to "
+                       f"({scheduler.describe(stats)}).")
+    sess.add(Migration(instance_id=inst.id, source_host=source, dest_host=chosen,
+                       kind="evacuation", status="accepted", created_at=ts, updated_at=ts))
+    # a stopped instance stays stopped on its new host; anything else comes back active
+    inst.vm_state = states.STOPPED if previous_vm == states.STOPPED else states.ACTIVE
+    inst.task_state = states.REBUILDING
+    inst.power_state = states.NOSTATE
+    inst.fault = None
+    inst.updated_at = ts
+    sess.flush()
+    return chosen

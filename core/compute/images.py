@@ -1,0 +1,53 @@
+"""The compute agent's cache of base images, fetched from the image service.
+
+Each image is downloaded once per instances directory (which several hosts may
+share) into ``_base/<image id>``: an exclusive ``flock`` on a lock file beside it
+makes a second host or thread wait for the first download instead of doing its
+own, and the file is renamed into place only when complete and checked, so a
+crash never leaves a truncated base that overlays would silently point at.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from core.common.clients import ServiceCallError, ServiceClients
+
+
+class ImageCache:
+    def __init__(self, directory: Path, clients: ServiceClients) -> None:
+        self.directory = directory
+        self.clients = clients
+
+    def ensure(self, image_id: str) -> tuple[Path, str]:
+        """(path of the cached base image, its disk format), downloading it if needed."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / image_id
+        meta = self.directory / f"{image_id}.json"
+        with open(self.directory / f"{image_id}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists() and meta.exists():
+                return path, str(json.loads(meta.read_text())["disk_format"])
+            image = self.clients.request("GET", "image", f"/v2/images/{image_id}").json()
+            if image.get("status") != "active":
+                raise ServiceCallError(f"image {image_id} is {image.get('status')}")
+            part = path.with_suffix(".part")
+            md5 = hashlib.md5(usedforsecurity=False)
+            with open(part, "wb") as out:
+                for chunk in self.clients.download("image", f"/v2/images/{image_id}/file"):
+                    md5.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if image.get("checksum") and md5.hexdigest() != image["checksum"]:
+                part.unlink(missing_ok=True)
+                raise ServiceCallError(f"image {image_id} download corrupt (checksum)")
+            os.chmod(part, 0o444)  # bases are shared by many overlays: never written
+            os.replace(part, path)
+            meta.write_text(json.dumps({"disk_format": image["disk_format"],
+                                        "checksum": image.get("checksum")}))
+            return path, str(image["disk_format"])

@@ -1,0 +1,560 @@
+"""Server routes: create, list, show, delete, metadata, and actions.
+
+Create is done in three committed steps, each safe to repeat:
+
+1. validate everything the client sent (flavor here; image and network by
+   asking those services with the client's own token, as Nova does) and
+   insert the instance as BUILD/scheduling;
+2. create its port (the network service hands out the fixed IP);
+3. schedule: claim a host with a compare-and-swap (scheduler.py) and mark the
+   instance spawning on it; then nudge that host's agent over the bus.
+
+If no host fits, the instance goes to ERROR with Nova's "No valid host" fault
+and its port is released; nothing is over-committed. The agent does the rest
+and also finds the work on its own by reconciling the database, so a lost
+nudge only delays the boot.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import bottle
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from core.common import policy
+from core.common.bus import BusError
+from core.common.clients import ServiceCallError
+from core.common.db import rowcount
+from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound
+from core.common.timeutil import now
+from core.common.wsgi import auth, commit, field, json_body, session
+from core.compute import scheduler, states
+from core.compute.api import ComputeContext
+from core.compute.models import ComputeService, Flavor, Instance, InstanceMetadata, ServerGroup
+from core.compute.views import server_brief, server_detail
+
+LOG = logging.getLogger(__name__)
+UUID_RE = re.compile(r"^[0-9a-fA-F-]{32,36}$")
+NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
+MAX_METADATA = 128
+
+
+def base_url() -> str:
+    parts = bottle.request.urlparts
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def load_server(instance_id: str, write: bool = False) -> Instance:
+    inst = session().get(Instance, instance_id)
+    target = {"project_id": inst.project_id} if inst else {}
+    action = "compute:servers:write" if write else "compute:servers:read"
+    if inst is None or inst.deleted or not policy.allowed(auth(), action, target):
+        if inst is not None and not inst.deleted and write and policy.allowed(
+                auth(), "compute:servers:read", target):
+            raise Forbidden(f"Policy does not allow {action} on server {instance_id}.")
+        raise NotFound(f"Instance {instance_id} could not be found.")
+    return inst
+
+
+def metadata_of(sess: Session, instance_id: str) -> dict[str, str]:
+    return {m.key: m.value for m in sess.scalars(
+        select(InstanceMetadata).where(InstanceMetadata.instance_id == instance_id))}
+
+
+def check_metadata(meta: Any, path: str = "metadata") -> dict[str, str]:
+    if not isinstance(meta, dict):
+        raise BadRequest(f"Invalid input for field '{path}': expected an object.")
+    if len(meta) > MAX_METADATA:
+        raise BadRequest(f"Invalid input for field '{path}': at most {MAX_METADATA} items.")
+    for key, value in meta.items():
+        if not isinstance(value, str) or not key or len(key) > 255 or len(value) > 255:
+            raise BadRequest(f"Invalid input for field '{path}.{key}': keys and values must "
+                             "be strings of 1 to 255 characters.")
+    return dict(meta)
+
+
+def nudge(ctx: ComputeContext, inst: Instance) -> None:
+    """Tell the instance's host to look at it. A failure is only logged: the agent's
+    periodic reconciliation finds the work anyway."""
+    if not inst.host:
+        return
+    try:
+        ctx.bus.cast(f"compute.{inst.host}", {"instance": inst.id})
+    except BusError as exc:
+        LOG.warning("could not nudge %s about %s (reconcile will): %s", inst.host, inst.id, exc)
+
+
+def transition(sess: Session, inst: Instance, expect_vm: tuple[str, ...],
+               expect_task: tuple[str | None, ...], **values: Any) -> None:
+    """Compare-and-swap the instance's states; 409 if someone else moved it first."""
+    query = update(Instance).where(Instance.id == inst.id, Instance.vm_state.in_(expect_vm))
+    tasks = [t for t in expect_task if t is not None]
+    if None in expect_task:
+        query = query.where((Instance.task_state.in_(tasks)) | Instance.task_state.is_(None))
+    else:
+        query = query.where(Instance.task_state.in_(tasks))
+    if rowcount(sess.execute(query.values(updated_at=now(), **values))) != 1:
+        sess.refresh(inst)
+        raise Conflict(f"Cannot perform this action on instance {inst.id} while it is in "
+                       f"vm_state {inst.vm_state} and task_state {inst.task_state}.")
+    sess.refresh(inst)
+
+
+def lock_group(sess: Session, group_id: str) -> None:
+    """Bump the server group's generation before placing a member: concurrent
+    placements in one group then serialise on that row, so each sees the
+    others' hosts (anti-affinity holds under races)."""
+    for _ in range(50):
+        group = sess.get(ServerGroup, group_id)
+        if group is None:
+            return
+        sess.refresh(group)
+        if scheduler.bump_group(sess, group.id, group.generation):
+            return
+    raise Conflict(f"Server group {group_id} is too busy; retry.")
+
+
+def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
+    clients = ctx.clients
+
+    def user_token() -> str:
+        return auth().token
+
+    def resolve_image(ref: str) -> dict[str, Any]:
+        image_id = ref.rstrip("/").rsplit("/", 1)[-1]
+        if not UUID_RE.match(image_id):
+            raise BadRequest(f"Invalid imageRef provided: {ref}.")
+        try:
+            image = clients.request("GET", "image", f"/v2/images/{image_id}",
+                                    token=user_token()).json()
+        except ServiceCallError as exc:
+            if exc.status == 404:
+                raise BadRequest(f"Image {image_id} could not be found.") from None
+            raise Fault(f"Image service error: {exc}", 503) from None
+        if image.get("status") != "active":
+            raise BadRequest(f"Image {image_id} is not active.")
+        return dict(image)
+
+    def resolve_network(networks: Any) -> tuple[str | None, str | None]:
+        """(network id, pre-made port id) from the request's ``networks``."""
+        if networks == "none":
+            return None, None
+        if networks in (None, "auto"):
+            try:
+                found = clients.request("GET", "network", "/v2.0/networks",
+                                        token=user_token()).json()["networks"]
+            except ServiceCallError as exc:
+                raise Fault(f"Network service error: {exc}", 503) from None
+            if len(found) == 1:
+                return str(found[0]["id"]), None
+            if not found:
+                return None, None
+            raise Conflict("Multiple possible networks found, use a Network ID to be more "
+                           "specific.")
+        if not isinstance(networks, list) or not all(isinstance(n, dict) for n in networks):
+            raise BadRequest("Invalid input for field 'networks': expected 'auto', 'none' or "
+                             "a list of objects.")
+        if len(networks) != 1:
+            raise BadRequest("Invalid input for field 'networks': Haven attaches exactly one "
+                             "network per server.")
+        spec = networks[0]
+        if "port" in spec:
+            port_id = field(spec, "port", str)
+            try:
+                port = clients.request("GET", "network", f"/v2.0/ports/{port_id}",
+                                       token=user_token()).json()["port"]
+            except ServiceCallError as exc:
+                if exc.status == 404:
+                    raise BadRequest(f"Port {port_id} could not be found.") from None
+                raise Fault(f"Network service error: {exc}", 503) from None
+            if port["device_id"]:
+                raise Conflict(f"Port {port_id} is still in use.")
+            return str(port["network_id"]), port_id
+        net_id = field(spec, "uuid", str)
+        try:
+            clients.request("GET", "network", f"/v2.0/networks/{net_id}", token=user_token())
+        except ServiceCallError as exc:
+            if exc.status == 404:
+                raise BadRequest(f"Network {net_id} could not be found.") from None
+            raise Fault(f"Network service error: {exc}", 503) from None
+        return net_id, None
+
+    def attach_port(inst: Instance, network_id: str, port_id: str | None) -> None:
+        body = {"device_id": inst.id, "device_owner": "compute:nova"}
+        try:
+            if port_id is None:
+                port = clients.request("POST", "network", "/v2.0/ports", token=user_token(),
+                                       json={"port": {"network_id": network_id, **body}}
+                                       ).json()["port"]
+            else:
+                port = clients.request("PUT", "network", f"/v2.0/ports/{port_id}",
+                                       token=user_token(), json={"port": body}).json()["port"]
+        except ServiceCallError as exc:
+            if exc.status == 409:
+                raise Conflict(f"Cannot create a port for the server: {exc}") from None
+            raise Fault(f"Network service error: {exc}", 503) from None
+        inst.port_id = port["id"]
+        inst.mac_address = port["mac_address"]
+        if port["fixed_ips"]:
+            inst.fixed_ip = port["fixed_ips"][0]["ip_address"]
+
+    def release_port(inst: Instance) -> None:
+        if inst.port_id:
+            try:
+                clients.request("DELETE", "network", f"/v2.0/ports/{inst.port_id}",
+                                expect=(204, 404))
+            except ServiceCallError as exc:
+                LOG.warning("port %s of %s not released: %s", inst.port_id, inst.id, exc)
+
+    def schedule(instance_id: str) -> str | None:
+        """Claim a host for the instance (its own transaction, retried on conflicts)."""
+        def unit(sess: Session) -> str | None:
+            inst = sess.get(Instance, instance_id)
+            if inst is None or inst.task_state != states.SCHEDULING:
+                return inst.host if inst else None
+            if inst.server_group_id:
+                lock_group(sess, inst.server_group_id)
+            avoid, only, _ = scheduler.group_constraints(sess, inst.server_group_id, inst.id)
+            req = scheduler.Request(inst.vcpus, inst.memory_mb, inst.root_gb, avoid, only)
+            index = ctx.host_index(sess)
+            stats = scheduler.FilterStats()
+            for _ in range(3):
+                for h in index.candidates(req, stats):
+                    if scheduler.claim(sess, inst, h, req):
+                        index.consume(h.host, req)
+                        inst.task_state = states.SPAWNING
+                        inst.updated_at = now()
+                        return h.host
+                    row = sess.scalars(
+                        select(ComputeService).where(ComputeService.host == h.host)).first()
+                    if row is not None:
+                        sess.refresh(row)
+                        index.put(scheduler.host_state(row, ctx.cfg.compute.service_down_time))
+                index = ctx.host_index(sess, max_age=0.0)
+            LOG.info("no valid host for %s: %s", inst.id, scheduler.describe(stats))
+            inst.vm_state, inst.task_state = states.ERROR, None
+            inst.fault = NO_VALID_HOST
+            inst.updated_at = now()
+            return None
+
+        return ctx.db.run_in_transaction(unit)
+
+    @app.post("/v2.1/servers")
+    def create_server() -> dict[str, Any]:
+        policy.enforce(auth(), "compute:servers:create")
+        body = json_body()
+        spec = field(body, "server", dict)
+        name = field(spec, "name", str).strip()
+        if not name or len(name) > 255:
+            raise BadRequest("Invalid input for field 'server.name': 1 to 255 characters.")
+        image_ref = field(spec, "imageRef", str)
+        flavor_ref = str(field(spec, "flavorRef", (str, int))).rstrip("/").rsplit("/")[-1]
+        if field(spec, "max_count", int, 1) != 1 or field(spec, "min_count", int, 1) != 1:
+            raise BadRequest("Invalid input for field 'server.max_count': Haven creates one "
+                             "server per request.")
+        meta = check_metadata(spec.get("metadata", {}), "server.metadata")
+        hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
+        if not isinstance(hints, dict):
+            raise BadRequest("Invalid input for field 'os:scheduler_hints': an object.")
+        group_id = field(hints, "group", str, None)
+        sess = session()
+        flavor = sess.get(Flavor, flavor_ref)
+        if flavor is None or flavor.deleted:
+            raise BadRequest(f"Flavor {flavor_ref} could not be found.")
+        if group_id is not None:
+            group = sess.get(ServerGroup, group_id)
+            if group is None or group.deleted or not policy.allowed(
+                    auth(), "compute:server_groups:read", {"project_id": group.project_id}):
+                raise BadRequest(f"Invalid input for field 'os:scheduler_hints.group': "
+                                 f"server group {group_id} not found.")
+        image = resolve_image(image_ref)
+        needed_gb = max(int(image.get("min_disk") or 0),
+                        -(-int(image.get("virtual_size") or 0) // (1 << 30)))
+        if flavor.disk_gb and needed_gb > flavor.disk_gb:
+            raise BadRequest(f"Flavor's disk is too small for requested image: flavor disk "
+                             f"{flavor.disk_gb} GB, image needs {needed_gb} GB.")
+        if int(image.get("min_ram") or 0) > flavor.ram_mb:
+            raise BadRequest("Flavor's memory is too small for requested image.")
+        network_id, port_id = resolve_network(spec.get("networks"))
+        ts = now()
+        ctx_auth = auth()
+        inst = Instance(
+            name=name, project_id=ctx_auth.project_id, user_id=ctx_auth.user_id,
+            flavor_id=flavor.id, vcpus=flavor.vcpus, memory_mb=flavor.ram_mb,
+            root_gb=flavor.disk_gb, image_id=image["id"], network_id=network_id,
+            server_group_id=group_id, vm_state=states.BUILDING, task_state=states.SCHEDULING,
+            power_state=states.NOSTATE, key_name=field(spec, "key_name", str, None),
+            deleted=False, created_at=ts, updated_at=ts)
+        sess.add(inst)
+        sess.flush()
+        for key, value in meta.items():
+            sess.add(InstanceMetadata(instance_id=inst.id, key=key, value=value))
+        commit()  # step 1 done: the server exists (BUILD) whatever happens next
+        if network_id is not None:
+            try:
+                attach_port(inst, network_id, port_id)
+            except Fault as fault:
+                inst.vm_state, inst.task_state, inst.fault = states.ERROR, None, fault.message
+                commit()
+                raise
+            commit()
+        host = schedule(inst.id)
+        sess.refresh(inst)
+        if host is None:
+            release_port(inst)
+        else:
+            nudge(ctx, inst)
+        bottle.response.status = 202
+        return {"server": {"id": inst.id, "links": server_brief(base_url(), inst)["links"],
+                           "OS-DCF:diskConfig": "MANUAL", "security_groups": [
+                               {"name": "default"}], "adminPass": ""}}
+
+    def list_query() -> Any:
+        q = bottle.request.query
+        ctx_auth = auth()
+        query = select(Instance).where(Instance.deleted.is_(False)).order_by(
+            Instance.created_at.desc(), Instance.id)
+        all_tenants = q.get("all_tenants", "").lower() not in ("", "0", "false")
+        if all_tenants or "project_id" in q or "tenant_id" in q:
+            policy.enforce(ctx_auth, "compute:servers:all_tenants")
+            project = q.get("project_id") or q.get("tenant_id")
+            if project:
+                query = query.where(Instance.project_id == project)
+        else:
+            if ctx_auth.project_id is None:
+                raise Forbidden("A project-scoped token is needed to list servers.")
+            policy.enforce(ctx_auth, "compute:servers:read", {"project_id": ctx_auth.project_id})
+            query = query.where(Instance.project_id == ctx_auth.project_id)
+        name_filter = None
+        if "name" in q:  # Nova matches names as a regular expression
+            try:
+                name_filter = re.compile(q["name"])
+            except re.error:
+                raise BadRequest(f"Invalid regular expression for 'name': {q['name']}") from None
+        if "host" in q:
+            policy.enforce(ctx_auth, "compute:servers:all_tenants")
+            query = query.where(Instance.host == q["host"])
+        if "image" in q:
+            query = query.where(Instance.image_id == q["image"])
+        if "flavor" in q:
+            query = query.where(Instance.flavor_id == q["flavor"])
+        rows = [i for i in session().scalars(query)
+                if name_filter is None or name_filter.search(i.name)]
+        if "status" in q:
+            wanted = q["status"].upper()
+            rows = [i for i in rows if states.api_status(i.vm_state, i.task_state) == wanted]
+        if "marker" in q:
+            ids = [i.id for i in rows]
+            if q["marker"] not in ids:
+                raise BadRequest(f"marker [{q['marker']}] not found")
+            rows = rows[ids.index(q["marker"]) + 1:]
+        if "limit" in q:
+            try:
+                rows = rows[: max(0, int(q["limit"]))]
+            except ValueError:
+                raise BadRequest("Invalid input for query parameter 'limit'.") from None
+        return rows
+
+    network_names: dict[str, str] = {}
+
+    def network_name(network_id: str | None) -> str | None:
+        if network_id is None:
+            return None
+        if network_id not in network_names:
+            try:
+                net = clients.request("GET", "network", f"/v2.0/networks/{network_id}").json()
+                network_names[network_id] = net["network"]["name"] or network_id
+            except ServiceCallError:
+                return network_id
+        return network_names[network_id]
+
+    def detail(inst: Instance) -> dict[str, Any]:
+        is_admin = auth().is_admin
+        host_up = None
+        if is_admin and inst.host:
+            svc = session().scalars(select(ComputeService).where(
+                ComputeService.host == inst.host)).first()
+            host_up = ctx.service_up(svc.last_seen, svc.forced_down) if svc else False
+        return server_detail(base_url(), inst, metadata_of(session(), inst.id),
+                             network_name(inst.network_id), is_admin, host_up)
+
+    @app.get("/v2.1/servers")
+    def list_servers() -> dict[str, Any]:
+        return {"servers": [server_brief(base_url(), i) for i in list_query()]}
+
+    @app.get("/v2.1/servers/detail")
+    def list_servers_detail() -> dict[str, Any]:
+        return {"servers": [detail(i) for i in list_query()]}
+
+    @app.get("/v2.1/servers/<instance_id>")
+    def show_server(instance_id: str) -> dict[str, Any]:
+        return {"server": detail(load_server(instance_id))}
+
+    @app.put("/v2.1/servers/<instance_id>")
+    def update_server(instance_id: str) -> dict[str, Any]:
+        inst = load_server(instance_id, write=True)
+        spec = field(json_body(), "server", dict)
+        if "name" in spec:
+            name = field(spec, "name", str).strip()
+            if not name or len(name) > 255:
+                raise BadRequest("Invalid input for field 'server.name': 1 to 255 characters.")
+            inst.name = name
+        inst.updated_at = now()
+        return {"server": detail(inst)}
+
+    @app.delete("/v2.1/servers/<instance_id>")
+    def delete_server(instance_id: str) -> None:
+        inst = load_server(instance_id, write=True)
+        if inst.task_state == states.DELETING:
+            bottle.response.status = 204
+            return
+        sess = session()
+        if inst.host is None:
+            # never placed: nothing runs anywhere, finish here
+            transition(sess, inst, states.VM_STATES, states.TASK_STATES,
+                       vm_state=states.DELETED, task_state=None, deleted=True,
+                       deleted_at=now())
+            commit()
+            release_port(inst)
+        else:
+            transition(sess, inst, states.VM_STATES, states.TASK_STATES,
+                       task_state=states.DELETING)
+            commit()
+            nudge(ctx, inst)
+        bottle.response.status = 204
+
+    # ---- metadata ------------------------------------------------------------
+    @app.get("/v2.1/servers/<instance_id>/metadata")
+    def get_metadata(instance_id: str) -> dict[str, Any]:
+        return {"metadata": metadata_of(session(), load_server(instance_id).id)}
+
+    def replace_metadata(instance_id: str, merge: bool) -> dict[str, Any]:
+        inst = load_server(instance_id, write=True)
+        meta = check_metadata(field(json_body(), "metadata", dict))
+        sess = session()
+        if not merge:
+            sess.execute(delete(InstanceMetadata).where(InstanceMetadata.instance_id == inst.id))
+            sess.flush()
+        for key, value in meta.items():
+            sess.merge(InstanceMetadata(instance_id=inst.id, key=key, value=value))
+        sess.flush()
+        current = metadata_of(sess, inst.id)
+        if len(current) > MAX_METADATA:
+            raise BadRequest(f"Invalid input for field 'metadata': at most {MAX_METADATA}.")
+        return {"metadata": current}
+
+    app.route("/v2.1/servers/<instance_id>/metadata", "POST",
+              lambda instance_id: replace_metadata(instance_id, merge=True))
+    app.route("/v2.1/servers/<instance_id>/metadata", "PUT",
+              lambda instance_id: replace_metadata(instance_id, merge=False))
+
+    @app.get("/v2.1/servers/<instance_id>/metadata/<key>")
+    def get_meta_item(instance_id: str, key: str) -> dict[str, Any]:
+        meta = metadata_of(session(), load_server(instance_id).id)
+        if key not in meta:
+            raise NotFound(f"Metadata item {key} was not found.")
+        return {"meta": {key: meta[key]}}
+
+    @app.put("/v2.1/servers/<instance_id>/metadata/<key>")
+    def set_meta_item(instance_id: str, key: str) -> dict[str, Any]:
+        inst = load_server(instance_id, write=True)
+        item = check_metadata(field(json_body(), "meta", dict), "meta")
+        if list(item) != [key]:
+            raise BadRequest("Request body and URI mismatch: 'meta' must hold exactly the "
+                             "key in the URL.")
+        session().merge(InstanceMetadata(instance_id=inst.id, key=key, value=item[key]))
+        return {"meta": item}
+
+    @app.delete("/v2.1/servers/<instance_id>/metadata/<key>")
+    def delete_meta_item(instance_id: str, key: str) -> None:
+        inst = load_server(instance_id, write=True)
+        row = session().get(InstanceMetadata, (inst.id, key))
+        if row is None:
+            raise NotFound(f"Metadata item {key} was not found.")
+        session().delete(row)
+
+    # ---- actions ---------------------------------------------------------------
+    @app.post("/v2.1/servers/<instance_id>/action")
+    def server_action(instance_id: str) -> Any:
+        body = json_body()
+        if len(body) != 1:
+            raise BadRequest("An action body holds exactly one action.")
+        action, args = next(iter(body.items()))
+        handler = ACTIONS.get(action)
+        if handler is None:
+            raise BadRequest(f"There is no such action: {action}")
+        return handler(instance_id, args if args is not None else {})
+
+    def stop(instance_id: str, _args: Any) -> None:
+        inst = load_server(instance_id, write=True)
+        transition(session(), inst, (states.ACTIVE,), (None,), task_state=states.POWERING_OFF)
+        commit()
+        nudge(ctx, inst)
+        bottle.response.status = 202
+
+    def start(instance_id: str, _args: Any) -> None:
+        inst = load_server(instance_id, write=True)
+        transition(session(), inst, (states.STOPPED,), (None,), task_state=states.POWERING_ON)
+        commit()
+        nudge(ctx, inst)
+        bottle.response.status = 202
+
+    def reboot(instance_id: str, args: Any) -> None:
+        if not isinstance(args, dict):
+            raise BadRequest("Invalid input for field 'reboot': expected an object.")
+        kind = field(args, "type", str)
+        if kind.upper() not in ("SOFT", "HARD"):
+            raise BadRequest("Invalid input for field 'reboot.type': SOFT or HARD.")
+        inst = load_server(instance_id, write=True)
+        task = states.REBOOTING if kind.upper() == "SOFT" else states.REBOOTING_HARD
+        allowed_vm = (states.ACTIVE,) if task == states.REBOOTING else (states.ACTIVE,
+                                                                         states.STOPPED,
+                                                                         states.ERROR)
+        transition(session(), inst, allowed_vm, (None, states.REBOOTING), task_state=task)
+        commit()
+        nudge(ctx, inst)
+        bottle.response.status = 202
+
+    def console_output(instance_id: str, args: Any) -> dict[str, Any]:
+        inst = load_server(instance_id)
+        length = field(args, "length", (int, str), None) if isinstance(args, dict) else None
+        try:
+            lines = int(length) if length is not None else None
+        except ValueError:
+            raise BadRequest("Invalid input for field 'length': an integer.") from None
+        if inst.host is None or inst.vm_state == states.BUILDING:
+            raise Conflict(f"Instance {instance_id} is not ready: no console yet.")
+        try:
+            reply = ctx.bus.call(f"compute.{inst.host}", {"method": "console_log",
+                                                          "instance": inst.id,
+                                                          "length": lines}, timeout=15)
+        except BusError as exc:
+            raise Fault(f"Console of instance {instance_id} unavailable: {exc}", 503) from None
+        return {"output": reply.get("output", "")}
+
+    def evacuate(instance_id: str, args: Any) -> dict[str, Any]:
+        from core.compute.evacuate import evacuate_instance
+
+        policy.enforce(auth(), "compute:evacuate")
+        if not isinstance(args, dict):
+            raise BadRequest("Invalid input for field 'evacuate': expected an object.")
+        target = field(args, "host", str, None)
+        inst = load_server(instance_id, write=True)
+        evacuate_instance(ctx, session(), inst, target)
+        commit()
+        nudge(ctx, inst)
+        bottle.response.status = 200
+        return {"adminPass": ""}
+
+    def create_image(_instance_id: str, _args: Any) -> None:
+        raise BadRequest("createImage is not supported yet by Haven.")
+
+    ACTIONS = {
+        "os-stop": stop, "os-start": start, "reboot": reboot,
+        "os-getConsoleOutput": console_output, "evacuate": evacuate,
+        "createImage": create_image,
+    }

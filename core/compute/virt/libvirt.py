@@ -1,0 +1,231 @@
+"""The libvirt driver: domains for Haven instances, and nothing else.
+
+Domains are named ``haven-<instance uuid>`` and carry the instance uuid as
+their libvirt uuid, so the agent can tell its domains from anyone else's and
+never touches the latter. Every operation is idempotent (starting a running
+domain, destroying a missing one are no-ops): the agent may repeat any step
+after a crash.
+
+Disks are qcow2 overlays in ``<instances>/<uuid>/disk`` over a cached base
+image; the serial console is appended to ``<instances>/<uuid>/console.log``.
+NICs are tap devices (``type='ethernet'``) with the port's MAC: plugged into
+nothing in the all-in-one, so no guest traffic leaves the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import libvirt
+
+LOG = logging.getLogger(__name__)
+PREFIX = "haven-"
+METADATA_NS = "https://haven.invalid/xmlns/instance/1.0"
+
+
+class VirtError(Exception):
+    """libvirt refused or failed an operation."""
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    uuid: str
+    name: str
+    vcpus: int
+    memory_mb: int
+    disk_path: Path
+    console_path: Path
+    mac_address: str | None
+    project_id: str
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    vcpus: int
+    memory_mb: int
+
+
+def domain_xml(spec: DomainSpec, virt_type: str) -> str:
+    dom = ET.Element("domain", type=virt_type)
+    ET.SubElement(dom, "name").text = PREFIX + spec.uuid
+    ET.SubElement(dom, "uuid").text = spec.uuid
+    meta = ET.SubElement(dom, "metadata")
+    inst = ET.SubElement(meta, f"{{{METADATA_NS}}}instance")
+    ET.SubElement(inst, f"{{{METADATA_NS}}}name").text = spec.name
+    ET.SubElement(inst, f"{{{METADATA_NS}}}project").text = spec.project_id
+    ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mb)
+    ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    ET.SubElement(os_el, "boot", dev="hd")
+    features = ET.SubElement(dom, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(dom, "clock", offset="utc")
+    ET.SubElement(dom, "on_poweroff").text = "destroy"
+    ET.SubElement(dom, "on_reboot").text = "restart"
+    ET.SubElement(dom, "on_crash").text = "destroy"
+    devices = ET.SubElement(dom, "devices")
+    disk = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="qcow2", cache="none")
+    ET.SubElement(disk, "source", file=str(spec.disk_path))
+    ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    if spec.mac_address:
+        nic = ET.SubElement(devices, "interface", type="ethernet")
+        ET.SubElement(nic, "mac", address=spec.mac_address)
+        ET.SubElement(nic, "model", type="virtio")
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(spec.console_path), append="on")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="file")
+    ET.SubElement(console, "source", path=str(spec.console_path), append="on")
+    ET.SubElement(console, "target", type="serial", port="0")
+    ET.SubElement(devices, "memballoon", model="none")
+    ET.register_namespace("haven", METADATA_NS)
+    return ET.tostring(dom, encoding="unicode")
+
+
+class LibvirtDriver:
+    """One libvirt connection, reopened when it breaks (libvirtd restarted)."""
+
+    def __init__(self, uri: str, virt_type: str = "qemu") -> None:
+        self.uri = uri
+        self.virt_type = virt_type
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                LOG.warning("libvirt connection to %s lost; reconnecting", self.uri)
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise VirtError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
+            return self._conn
+
+    def _lookup(self, uuid: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn().lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise VirtError(str(exc)) from exc
+
+    def host_info(self) -> HostInfo:
+        _model, memory_mb, cpus, *_ = self.conn().getInfo()
+        return HostInfo(vcpus=int(cpus), memory_mb=int(memory_mb))
+
+    def domains(self) -> dict[str, bool]:
+        """Haven's domains on this host: uuid -> running."""
+        out = {}
+        for dom in self.conn().listAllDomains():
+            if dom.name().startswith(PREFIX):
+                out[dom.UUIDString()] = bool(dom.isActive())
+        return out
+
+    def is_running(self, uuid: str) -> bool:
+        dom = self._lookup(uuid)
+        return bool(dom is not None and dom.isActive())
+
+    def exists(self, uuid: str) -> bool:
+        return self._lookup(uuid) is not None
+
+    def define(self, spec: DomainSpec) -> None:
+        try:
+            self.conn().defineXML(domain_xml(spec, self.virt_type))
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"cannot define {spec.uuid}: {exc}") from exc
+
+    def start(self, uuid: str) -> None:
+        dom = self._lookup(uuid)
+        if dom is None:
+            raise VirtError(f"domain {uuid} is not defined")
+        if dom.isActive():
+            return
+        try:
+            dom.create()
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"cannot start {uuid}: {exc}") from exc
+
+    def destroy(self, uuid: str) -> None:
+        """Force off (no-op when already off or missing)."""
+        dom = self._lookup(uuid)
+        if dom is None or not dom.isActive():
+            return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            if dom.isActive():
+                raise VirtError(f"cannot destroy {uuid}: {exc}") from exc
+
+    def undefine(self, uuid: str) -> None:
+        dom = self._lookup(uuid)
+        if dom is None:
+            return
+        self.destroy(uuid)
+        try:
+            dom.undefine()
+        except libvirt.libvirtError as exc:
+            if self._lookup(uuid) is not None:
+                raise VirtError(f"cannot undefine {uuid}: {exc}") from exc
+
+    def shutdown(self, uuid: str, timeout: float) -> None:
+        """ACPI power-off, then force off after ``timeout`` seconds."""
+        dom = self._lookup(uuid)
+        if dom is None or not dom.isActive():
+            return
+        if timeout > 0:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.shutdown()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if not dom.isActive():
+                    return
+                time.sleep(0.5)
+            LOG.info("%s ignored ACPI shutdown for %ss: forcing it off", uuid, timeout)
+        self.destroy(uuid)
+
+    def reboot(self, uuid: str, hard: bool) -> None:
+        dom = self._lookup(uuid)
+        if dom is None:
+            raise VirtError(f"domain {uuid} is not defined")
+        if hard or not dom.isActive():
+            self.destroy(uuid)
+            self.start(uuid)
+            return
+        try:
+            dom.reboot(libvirt.VIR_DOMAIN_REBOOT_DEFAULT)
+        except libvirt.libvirtError:
+            self.destroy(uuid)
+            self.start(uuid)
+
+
+def read_console(path: Path, lines: int | None, max_bytes: int = 1 << 20) -> str:
+    """The last ``lines`` lines (all when None) of a console log, at most ``max_bytes``."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - max_bytes))
+        text = handle.read().decode("utf-8", errors="replace")
+    if lines is not None:
+        text = "\n".join(text.splitlines()[-lines:]) + ("\n" if lines else "")
+    return text
+
+
+def disk_free_gb(path: Path) -> int:
+    st = os.statvfs(path)
+    return int(st.f_bavail * st.f_frsize // (1 << 30))

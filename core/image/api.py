@@ -1,0 +1,369 @@
+"""The image API (Glance v2 subset) and its app factory.
+
+Upload path: the image row is claimed ``queued -> saving`` with a
+compare-and-swap (two concurrent uploads cannot both write), the body is
+streamed to a temporary file in the store while its size and hashes are
+computed, the data is inspected with qemu-img (formats.py), then renamed into
+place and the row set ``active``. Any failure leaves the row ``queued`` and no
+partial data behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bottle
+from sqlalchemy import or_, select, update
+
+from core.common import policy
+from core.common.auth import TokenValidator
+from core.common.config import HavenConfig
+from core.common.db import Database, rowcount
+from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound, TooLarge
+from core.common.health import add_healthcheck
+from core.common.policy import admin
+from core.common.timeutil import iso, now
+from core.common.tokens import KeyRepository, TokenCodec
+from core.common.wsgi import auth, commit, field, json_body, make_app, session
+from core.image.formats import ImageFormatError, inspect
+from core.image.models import (
+    CONTAINER_FORMATS,
+    DISK_FORMATS,
+    VISIBILITIES,
+    Image,
+    ImageProperty,
+    ImageTag,
+)
+
+CORE_FIELDS = {"id", "name", "status", "visibility", "protected", "owner", "disk_format",
+               "container_format", "size", "virtual_size", "checksum", "os_hash_algo",
+               "os_hash_value", "min_disk", "min_ram", "created_at", "updated_at", "tags",
+               "self", "file", "schema", "os_hidden", "locations", "direct_url"}
+READ_ONLY = {"id", "status", "size", "virtual_size", "checksum", "os_hash_algo",
+             "os_hash_value", "created_at", "updated_at", "self", "file", "schema",
+             "locations", "direct_url"}
+
+RULES = {
+    "image:publicize": admin,
+}
+
+
+def image_view(img: Image, props: dict[str, str], tags: list[str]) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": img.id, "name": img.name, "status": img.status, "visibility": img.visibility,
+        "protected": img.protected, "owner": img.owner, "disk_format": img.disk_format,
+        "container_format": img.container_format, "size": img.size,
+        "virtual_size": img.virtual_size, "checksum": img.checksum,
+        "os_hash_algo": img.os_hash_algo, "os_hash_value": img.os_hash_value,
+        "min_disk": img.min_disk, "min_ram": img.min_ram, "os_hidden": False,
+        "created_at": iso(img.created_at), "updated_at": iso(img.updated_at), "tags": tags,
+        "self": f"/v2/images/{img.id}", "file": f"/v2/images/{img.id}/file",
+        "schema": "/v2/schemas/image",
+    }
+    view.update(props)
+    return view
+
+
+class ImageStore:
+    """Image data as files ``<id>`` in one directory (shared storage in a cluster)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, image_id: str) -> Path:
+        return self.directory / image_id
+
+    def delete(self, image_id: str) -> None:
+        self.path(image_id).unlink(missing_ok=True)
+
+
+def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
+    policy.register(RULES)
+    validator = TokenValidator(TokenCodec(KeyRepository(cfg.fernet_key_dir,
+                                                        cfg.identity.max_active_keys)))
+    store = ImageStore(cfg.image_store_path)
+    max_bytes = cfg.image.max_image_size_gb << 30
+    app = make_app(db, validator, style="nova")
+
+    def store_writable() -> None:
+        if not os.access(store.directory, os.W_OK):
+            raise OSError(f"image store {store.directory} is not writable")
+
+    add_healthcheck(app, "image", {"database": db.ping, "bus": None, "store": store_writable})
+
+    def visible(img: Image) -> bool:
+        ctx = auth()
+        return ctx.is_admin or img.visibility in ("public", "community") or (
+            img.owner == ctx.project_id)
+
+    def load(image_id: str) -> Image:
+        img = session().get(Image, image_id)
+        if img is None or img.status == "deleted" or not visible(img):
+            raise NotFound(f"No image found with ID {image_id}")
+        return img
+
+    def render(img: Image) -> dict[str, Any]:
+        s = session()
+        props = {p.name: p.value for p in s.scalars(
+            select(ImageProperty).where(ImageProperty.image_id == img.id))}
+        tags = list(s.scalars(select(ImageTag.value).where(ImageTag.image_id == img.id)))
+        return image_view(img, props, tags)
+
+    def may_modify(img: Image) -> None:
+        ctx = auth()
+        if not ctx.is_admin and img.owner != ctx.project_id:
+            raise Forbidden("You are not permitted to modify this image.")
+
+    def set_attr(img: Image, key: str, value: Any) -> None:
+        if key in READ_ONLY:
+            raise Forbidden(f"Attribute '{key}' is read-only.")
+        if key == "visibility":
+            if value not in VISIBILITIES:
+                raise BadRequest(f"Invalid input for field 'visibility': {value!r}")
+            if value == "public" and not policy.allowed(auth(), "image:publicize"):
+                raise Forbidden("Only an administrator can make an image public.")
+        elif key == "disk_format":
+            if img.status != "queued":
+                raise Forbidden("disk_format can only change before data is uploaded.")
+            if value not in DISK_FORMATS:
+                raise BadRequest(f"Invalid input for field 'disk_format': {value!r} "
+                                 f"(supported: {', '.join(DISK_FORMATS)})")
+        elif key == "container_format":
+            if value not in CONTAINER_FORMATS:
+                raise BadRequest(f"Invalid input for field 'container_format': {value!r}")
+        elif key in ("min_disk", "min_ram"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise BadRequest(f"Invalid input for field '{key}': expected a non-negative "
+                                 "integer.")
+        elif key == "protected":
+            if not isinstance(value, bool):
+                raise BadRequest("Invalid input for field 'protected': expected boolean.")
+        elif key == "name":
+            if value is not None and (not isinstance(value, str) or len(value) > 255):
+                raise BadRequest("Invalid input for field 'name': a string up to 255.")
+        elif key == "owner" and not auth().is_admin:
+            raise Forbidden("Only an administrator can change the owner.")
+        if key in CORE_FIELDS:
+            setattr(img, key, value)
+            return
+        if not isinstance(value, str) or len(key) > 255:
+            raise BadRequest(f"Invalid input for property '{key}': values must be strings.")
+        prop = session().get(ImageProperty, (img.id, key))
+        if prop is None:
+            session().add(ImageProperty(image_id=img.id, name=key, value=value))
+        else:
+            prop.value = value
+
+    @app.get("/", skip_auth=True)
+    def versions() -> dict[str, Any]:
+        bottle.response.status = 300
+        base = bottle.request.urlparts
+        href = f"{base.scheme}://{base.netloc}/v2/"
+        return {"versions": [{"id": "v2.16", "status": "CURRENT",
+                              "links": [{"rel": "self", "href": href}]}]}
+
+    @app.get("/v2/images")
+    def list_images() -> dict[str, Any]:
+        q = bottle.request.query
+        ctx = auth()
+        query = select(Image).where(Image.status != "deleted").order_by(Image.created_at.desc())
+        if not ctx.is_admin:
+            query = query.where(or_(Image.visibility.in_(("public", "community")),
+                                    Image.owner == ctx.project_id))
+        for key in ("name", "status", "visibility", "owner", "disk_format"):
+            if key in q:
+                query = query.where(getattr(Image, key) == q[key])
+        images = [render(i) for i in session().scalars(query)]
+        return {"images": images, "first": "/v2/images", "schema": "/v2/schemas/images"}
+
+    @app.post("/v2/images")
+    def create_image() -> dict[str, Any]:
+        body = json_body()
+        ts = now()
+        img = Image(status="queued", owner=auth().project_id, visibility="shared",
+                    protected=False, min_disk=0, min_ram=0, created_at=ts, updated_at=ts)
+        if "id" in body:
+            img.id = field(body, "id", str)
+            if session().get(Image, img.id) is not None:
+                raise Conflict(f"Image with identifier {img.id} already exists!")
+        session().add(img)
+        session().flush()
+        for key, value in body.items():
+            if key in ("id", "tags"):
+                continue
+            set_attr(img, key, value)
+        for tag in field(body, "tags", list, []):
+            if not isinstance(tag, str):
+                raise BadRequest("Invalid input for field 'tags': strings only.")
+            session().merge(ImageTag(image_id=img.id, value=tag))
+        bottle.response.status = 201
+        session().flush()
+        return render(img)
+
+    @app.get("/v2/images/<image_id>")
+    def show_image(image_id: str) -> dict[str, Any]:
+        return render(load(image_id))
+
+    @app.route("/v2/images/<image_id>", method="PATCH")
+    def patch_image(image_id: str) -> dict[str, Any]:
+        img = load(image_id)
+        may_modify(img)
+        try:
+            ops = json.loads(bottle.request.body.read())
+        except ValueError as exc:
+            raise BadRequest(f"Malformed JSON in request body: {exc}") from None
+        if not isinstance(ops, list):
+            raise BadRequest("Request body must be a JSON array of patch operations.")
+        for i, op in enumerate(ops):
+            if not isinstance(op, dict):
+                raise BadRequest(f"Patch operation {i} must be an object.")
+            kind = field(op, "op", str)
+            path = field(op, "path", str).lstrip("/")
+            if kind in ("add", "replace"):
+                if path == "tags":
+                    session().query(ImageTag).filter(ImageTag.image_id == img.id).delete()
+                    for tag in field(op, "value", list):
+                        session().merge(ImageTag(image_id=img.id, value=str(tag)))
+                else:
+                    set_attr(img, path, op.get("value"))
+            elif kind == "remove":
+                if path in CORE_FIELDS:
+                    raise Forbidden(f"Attribute '{path}' cannot be removed.")
+                prop = session().get(ImageProperty, (img.id, path))
+                if prop is None:
+                    raise Conflict(f"Property {path} does not exist.")
+                session().delete(prop)
+            else:
+                raise BadRequest(f"Invalid input for field 'op': {kind!r}")
+        img.updated_at = now()
+        session().flush()
+        return render(img)
+
+    @app.delete("/v2/images/<image_id>")
+    def delete_image(image_id: str) -> None:
+        img = load(image_id)
+        may_modify(img)
+        if img.protected:
+            raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
+        img.status = "deleted"
+        img.updated_at = now()
+        store.delete(img.id)
+
+    @app.route("/v2/images/<image_id>/tags/<tag>", method="PUT")
+    def add_tag(image_id: str, tag: str) -> None:
+        img = load(image_id)
+        may_modify(img)
+        session().merge(ImageTag(image_id=img.id, value=tag))
+
+    @app.route("/v2/images/<image_id>/tags/<tag>", method="DELETE")
+    def delete_tag(image_id: str, tag: str) -> None:
+        img = load(image_id)
+        may_modify(img)
+        row = session().get(ImageTag, (img.id, tag))
+        if row is None:
+            raise NotFound(f"Tag {tag} not found")
+        session().delete(row)
+
+    @app.route("/v2/images/<image_id>/file", method="PUT", raw_body=True)
+    def upload(image_id: str) -> None:
+        img = load(image_id)
+        may_modify(img)
+        if not img.disk_format or not img.container_format:
+            raise BadRequest("Set disk_format and container_format before uploading data.")
+        claimed = rowcount(session().execute(
+            update(Image).where(Image.id == img.id, Image.status == "queued")
+            .values(status="saving", updated_at=now())))
+        if claimed != 1:
+            raise Conflict(f"Image {image_id} is {img.status}: data can be uploaded only once.")
+        commit()  # other requests must see 'saving' while the data streams in
+        final = store.path(img.id)
+        part = final.with_suffix(".part")
+        try:
+            size, md5, sha512 = _receive(bottle.request.environ, part, max_bytes)
+            info = inspect(part, img.disk_format)
+            os.replace(part, final)
+        except (ImageFormatError, TooLarge, BadRequest) as exc:
+            part.unlink(missing_ok=True)
+            _reset(db, img.id)
+            if isinstance(exc, ImageFormatError):
+                raise BadRequest(f"Image data rejected: {exc}") from None
+            raise
+        except BaseException:
+            part.unlink(missing_ok=True)
+            _reset(db, img.id)
+            raise
+        img = session().get(Image, image_id) or img
+        img.size, img.checksum, img.os_hash_algo, img.os_hash_value = size, md5, "sha512", sha512
+        img.virtual_size = info.virtual_size
+        img.status = "active"
+        img.updated_at = now()
+
+    @app.get("/v2/images/<image_id>/file")
+    def download(image_id: str) -> Any:
+        img = load(image_id)
+        if img.status != "active":
+            bottle.response.status = 204
+            return b""
+        path = store.path(img.id)
+        if not path.exists():
+            raise Fault(f"Image {image_id} data is missing from the store.", 503)
+        bottle.response.content_type = "application/octet-stream"
+        bottle.response.set_header("Content-Length", str(path.stat().st_size))
+        if img.checksum:
+            bottle.response.set_header("Content-MD5", img.checksum)
+        return _stream(path)
+
+    return app
+
+
+def _reset(db: Database, image_id: str) -> None:
+    def unit(s: Any) -> None:
+        s.execute(update(Image).where(Image.id == image_id, Image.status == "saving")
+                  .values(status="queued", updated_at=now()))
+
+    db.run_in_transaction(unit)
+
+
+def _receive(environ: dict[str, Any], part: Path, max_bytes: int) -> tuple[int, str, str]:
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    remaining = int(length) if length else None
+    if remaining is not None and remaining > max_bytes:
+        raise TooLarge(f"Image larger than the {max_bytes >> 30} GiB limit.")
+    chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+    if remaining is None and not chunked:
+        raise BadRequest("Upload needs a Content-Length or chunked transfer encoding.")
+    md5, sha512, size = hashlib.md5(usedforsecurity=False), hashlib.sha512(), 0
+    with open(part, "wb") as out:
+        while remaining is None or remaining > 0:
+            want = 1 << 20 if remaining is None else min(1 << 20, remaining)
+            chunk = stream.read(want)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise TooLarge(f"Image larger than the {max_bytes >> 30} GiB limit.")
+            md5.update(chunk)
+            sha512.update(chunk)
+            out.write(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    if remaining:
+        raise BadRequest(f"Upload ended {remaining} bytes short of its Content-Length.")
+    if size == 0:
+        raise BadRequest("Upload is empty.")
+    return size, md5.hexdigest(), sha512.hexdigest()
+
+
+def _stream(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            yield chunk

@@ -1,0 +1,395 @@
+"""The network API (Neutron v2.0 subset: networks, subnets, ports) and its app factory.
+
+Visibility follows Neutron: a project sees its own resources and shared
+networks; an admin sees everything. Ports carry their fixed IPs from IPAM, so
+every server shows an address in ``addresses``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable
+from typing import Any
+
+import bottle
+from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from core.common.auth import AuthContext, TokenValidator
+from core.common.config import HavenConfig
+from core.common.db import Database
+from core.common.faults import BadRequest, Conflict, Forbidden, NotFound
+from core.common.health import add_healthcheck
+from core.common.timeutil import iso, now
+from core.common.tokens import KeyRepository, TokenCodec
+from core.common.wsgi import auth, field, json_body, make_app, session
+from core.network import ipam
+from core.network.models import IPAllocation, Network, Port, Subnet
+
+
+def network_view(n: Network, subnets: list[str]) -> dict[str, Any]:
+    return {
+        "id": n.id, "name": n.name, "tenant_id": n.project_id or "",
+        "project_id": n.project_id or "", "status": "ACTIVE",
+        "admin_state_up": n.admin_state_up, "shared": n.shared, "router:external": n.external,
+        "subnets": subnets, "mtu": n.mtu, "provider:network_type": n.network_type,
+        "provider:physical_network": n.physical_network, "provider:segmentation_id": None,
+        "availability_zones": [], "availability_zone_hints": [], "description": n.description,
+        "port_security_enabled": False, "ipv4_address_scope": None, "ipv6_address_scope": None,
+        "is_default": False, "tags": [], "revision_number": 0,
+        "created_at": iso(n.created_at), "updated_at": iso(n.updated_at),
+    }
+
+
+def subnet_view(s: Subnet) -> dict[str, Any]:
+    return {
+        "id": s.id, "name": s.name, "network_id": s.network_id,
+        "tenant_id": s.project_id or "", "project_id": s.project_id or "", "ip_version": 4,
+        "cidr": s.cidr, "gateway_ip": s.gateway_ip,
+        "allocation_pools": [{"start": s.pool_start, "end": s.pool_end}],
+        "enable_dhcp": s.enable_dhcp, "dns_nameservers": [], "host_routes": [],
+        "description": s.description, "subnetpool_id": None, "ipv6_ra_mode": None,
+        "ipv6_address_mode": None, "service_types": [], "tags": [], "revision_number": 0,
+        "created_at": iso(s.created_at), "updated_at": iso(s.updated_at),
+    }
+
+
+def port_view(p: Port, fixed_ips: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "id": p.id, "name": p.name, "network_id": p.network_id,
+        "tenant_id": p.project_id or "", "project_id": p.project_id or "",
+        "mac_address": p.mac_address, "fixed_ips": fixed_ips, "device_id": p.device_id,
+        "device_owner": p.device_owner, "status": p.status, "admin_state_up": p.admin_state_up,
+        "binding:host_id": p.host_id, "binding:vif_type": "tap" if p.host_id else "unbound",
+        "binding:vnic_type": "normal", "binding:profile": {}, "binding:vif_details": {},
+        "security_groups": [], "allowed_address_pairs": [], "extra_dhcp_opts": [],
+        "port_security_enabled": False, "description": p.description, "tags": [],
+        "revision_number": 0, "created_at": iso(p.created_at), "updated_at": iso(p.updated_at),
+    }
+
+
+def _owner(ctx: AuthContext, body: dict[str, Any], kind: str) -> str | None:
+    requested = body.get("project_id", body.get("tenant_id"))
+    if requested is not None and requested != ctx.project_id:
+        if not ctx.is_admin:
+            raise Forbidden(f"Only an administrator may create a {kind} for another project.")
+        return str(requested)
+    return ctx.project_id
+
+
+def _mac() -> str:
+    return "fa:16:3e:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3))
+
+
+def create_network_row(s: Any, name: str, project_id: str | None, shared: bool,
+                       external: bool = False, physical: str | None = "provider") -> Network:
+    ts = now()
+    net = Network(name=name, project_id=project_id, shared=shared, external=external,
+                  admin_state_up=True, network_type="flat", physical_network=physical,
+                  mtu=1500, description="", created_at=ts, updated_at=ts)
+    s.add(net)
+    s.flush()
+    return net
+
+
+def create_subnet_row(s: Any, net: Network, name: str, cidr: str, gateway: str | None,
+                      project_id: str | None) -> Subnet:
+    start, end = ipam.default_pool(cidr, gateway)
+    ts = now()
+    sub = Subnet(name=name, network_id=net.id, project_id=project_id, cidr=cidr,
+                 gateway_ip=gateway, pool_start=start, pool_end=end, enable_dhcp=False,
+                 description="", created_at=ts, updated_at=ts)
+    s.add(sub)
+    s.flush()
+    return sub
+
+
+def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
+    validator = TokenValidator(TokenCodec(KeyRepository(cfg.fernet_key_dir,
+                                                        cfg.identity.max_active_keys)))
+    app = make_app(db, validator, style="neutron")
+    add_healthcheck(app, "network", {"database": db.ping, "bus": None})
+
+    def net_visible(n: Network) -> bool:
+        ctx = auth()
+        return ctx.is_admin or n.shared or n.project_id == ctx.project_id
+
+    def owned(project_id: str | None) -> bool:
+        ctx = auth()
+        return ctx.is_admin or project_id == ctx.project_id
+
+    def load_network(network_id: str) -> Network:
+        n = session().get(Network, network_id)
+        if n is None or not net_visible(n):
+            raise NotFound(f"Network {network_id} could not be found.")
+        return n
+
+    def load_subnet(subnet_id: str) -> Subnet:
+        s = session().get(Subnet, subnet_id)
+        if s is None or not (owned(s.project_id) or net_visible(load_network(s.network_id))):
+            raise NotFound(f"Subnet {subnet_id} could not be found.")
+        return s
+
+    def load_port(port_id: str) -> Port:
+        p = session().get(Port, port_id)
+        if p is None or not owned(p.project_id):
+            raise NotFound(f"Port {port_id} could not be found.")
+        return p
+
+    def subnet_ids(network_id: str) -> list[str]:
+        return list(session().scalars(select(Subnet.id).where(Subnet.network_id == network_id)))
+
+    def fixed_ips(port_id: str) -> list[dict[str, str]]:
+        rows = session().execute(select(IPAllocation.subnet_id, IPAllocation.ip_address).where(
+            IPAllocation.port_id == port_id)).all()
+        return [{"subnet_id": sid, "ip_address": ip} for sid, ip in rows]
+
+    def filtered(query: Any, model: type, keys: tuple[str, ...]) -> Any:
+        q = bottle.request.query
+        for key in keys:
+            if key in q:
+                column = "project_id" if key == "tenant_id" else key
+                values = q.getall(key)
+                query = query.where(getattr(model, column).in_(values))
+        return query
+
+    def register_version_routes() -> None:
+        @app.get("/", skip_auth=True)
+        def versions() -> dict[str, Any]:
+            parts = bottle.request.urlparts
+            href = f"{parts.scheme}://{parts.netloc}/v2.0/"
+            return {"versions": [{"id": "v2.0", "status": "CURRENT",
+                                  "links": [{"rel": "self", "href": href}]}]}
+
+        @app.get("/v2.0")
+        @app.get("/v2.0/")
+        def resources() -> dict[str, Any]:
+            return {"resources": [{"name": n, "collection": f"{n}s", "links": []}
+                                  for n in ("network", "subnet", "port")]}
+
+        @app.get("/v2.0/extensions")
+        def extensions() -> dict[str, Any]:
+            return {"extensions": []}
+
+    register_version_routes()
+
+    @app.get("/v2.0/networks")
+    def list_networks() -> dict[str, Any]:
+        ctx = auth()
+        query = select(Network).order_by(Network.created_at)
+        if not ctx.is_admin:
+            query = query.where(or_(Network.shared.is_(True), Network.project_id == ctx.project_id))
+        query = filtered(query, Network, ("id", "name", "tenant_id", "project_id"))
+        q = bottle.request.query
+        if "shared" in q:
+            query = query.where(Network.shared.is_(q["shared"].lower() == "true"))
+        if "router:external" in q:
+            query = query.where(Network.external.is_(q["router:external"].lower() == "true"))
+        return {"networks": [network_view(n, subnet_ids(n.id))
+                             for n in session().scalars(query)]}
+
+    @app.post("/v2.0/networks")
+    def create_network() -> dict[str, Any]:
+        body = field(json_body(), "network", dict)
+        ctx = auth()
+        shared = field(body, "shared", bool, False)
+        external = field(body, "router:external", bool, False)
+        if (shared or external) and not ctx.is_admin:
+            raise Forbidden("Only an administrator may create shared or external networks.")
+        net = create_network_row(session(), field(body, "name", str, ""),
+                                 _owner(ctx, body, "network"), shared, external,
+                                 field(body, "provider:physical_network", str, None))
+        net.description = field(body, "description", str, "")
+        net.admin_state_up = field(body, "admin_state_up", bool, True)
+        bottle.response.status = 201
+        return {"network": network_view(net, [])}
+
+    @app.get("/v2.0/networks/<network_id>")
+    def show_network(network_id: str) -> dict[str, Any]:
+        n = load_network(network_id)
+        return {"network": network_view(n, subnet_ids(n.id))}
+
+    @app.put("/v2.0/networks/<network_id>")
+    def update_network(network_id: str) -> dict[str, Any]:
+        n = load_network(network_id)
+        if not owned(n.project_id):
+            raise NotFound(f"Network {network_id} could not be found.")
+        body = field(json_body(), "network", dict)
+        if "name" in body:
+            n.name = field(body, "name", str)
+        if "description" in body:
+            n.description = field(body, "description", str)
+        if "admin_state_up" in body:
+            n.admin_state_up = field(body, "admin_state_up", bool)
+        if "shared" in body:
+            if not auth().is_admin:
+                raise Forbidden("Only an administrator may share a network.")
+            n.shared = field(body, "shared", bool)
+        n.updated_at = now()
+        return {"network": network_view(n, subnet_ids(n.id))}
+
+    @app.delete("/v2.0/networks/<network_id>")
+    def delete_network(network_id: str) -> None:
+        n = load_network(network_id)
+        if not owned(n.project_id):
+            raise NotFound(f"Network {network_id} could not be found.")
+        in_use = session().scalars(select(Port.id).where(Port.network_id == n.id).limit(1)).first()
+        if in_use:
+            raise Conflict(f"Unable to complete operation on network {network_id}. "
+                           "There are one or more ports still in use on the network.")
+        session().execute(delete(Subnet).where(Subnet.network_id == n.id))
+        session().delete(n)
+
+    @app.get("/v2.0/subnets")
+    def list_subnets() -> dict[str, Any]:
+        ctx = auth()
+        query = select(Subnet).order_by(Subnet.created_at)
+        if not ctx.is_admin:
+            shared = select(Network.id).where(Network.shared.is_(True))
+            query = query.where(or_(Subnet.project_id == ctx.project_id,
+                                    Subnet.network_id.in_(shared)))
+        query = filtered(query, Subnet, ("id", "name", "network_id", "tenant_id", "project_id",
+                                         "cidr"))
+        return {"subnets": [subnet_view(s) for s in session().scalars(query)]}
+
+    @app.post("/v2.0/subnets")
+    def create_subnet() -> dict[str, Any]:
+        body = field(json_body(), "subnet", dict)
+        net = load_network(field(body, "network_id", str))
+        if not owned(net.project_id):
+            raise Forbidden("Only the network's owner or an administrator may add subnets.")
+        if field(body, "ip_version", int, 4) != 4:
+            raise BadRequest("Invalid input for field 'ip_version': only 4 is supported.")
+        cidr_text = field(body, "cidr", str)
+        try:
+            cidr = ipaddress.ip_network(cidr_text, strict=True)
+        except ValueError as exc:
+            raise BadRequest(f"Invalid input for field 'cidr': {exc}") from None
+        if cidr.version != 4 or cidr.prefixlen > 30:
+            raise BadRequest("Invalid input for field 'cidr': an IPv4 network of /30 or larger.")
+        gateway: str | None = field(body, "gateway_ip", str, str(next(cidr.hosts())))
+        if gateway is not None and ipaddress.ip_address(gateway) not in cidr:
+            raise BadRequest(f"Invalid input for field 'gateway_ip': {gateway} not in {cidr}.")
+        if "gateway_ip" in body and body["gateway_ip"] is None:
+            gateway = None
+        sub = create_subnet_row(session(), net, field(body, "name", str, ""), str(cidr), gateway,
+                                _owner(auth(), body, "subnet"))
+        pools = field(body, "allocation_pools", list, [])
+        if pools:
+            try:
+                start = ipaddress.ip_address(field(pools[0], "start", str))
+                end = ipaddress.ip_address(field(pools[0], "end", str))
+            except ValueError as exc:
+                raise BadRequest(f"Invalid input for field 'allocation_pools': {exc}") from None
+            if start not in cidr or end not in cidr or int(end) < int(start):
+                raise BadRequest("Invalid input for field 'allocation_pools': not in the cidr.")
+            sub.pool_start, sub.pool_end = str(start), str(end)
+        sub.enable_dhcp = field(body, "enable_dhcp", bool, False)
+        sub.description = field(body, "description", str, "")
+        bottle.response.status = 201
+        return {"subnet": subnet_view(sub)}
+
+    @app.get("/v2.0/subnets/<subnet_id>")
+    def show_subnet(subnet_id: str) -> dict[str, Any]:
+        return {"subnet": subnet_view(load_subnet(subnet_id))}
+
+    @app.delete("/v2.0/subnets/<subnet_id>")
+    def delete_subnet(subnet_id: str) -> None:
+        sub = load_subnet(subnet_id)
+        if not owned(sub.project_id):
+            raise NotFound(f"Subnet {subnet_id} could not be found.")
+        if session().scalars(select(IPAllocation.port_id).where(
+                IPAllocation.subnet_id == sub.id).limit(1)).first():
+            raise Conflict(f"Unable to complete operation on subnet {subnet_id}: "
+                           "one or more ports have an IP allocation from this subnet.")
+        session().delete(sub)
+
+    @app.get("/v2.0/ports")
+    def list_ports() -> dict[str, Any]:
+        ctx = auth()
+        query = select(Port).order_by(Port.created_at)
+        if not ctx.is_admin:
+            query = query.where(Port.project_id == ctx.project_id)
+        query = filtered(query, Port, ("id", "name", "network_id", "device_id", "device_owner",
+                                       "tenant_id", "project_id", "mac_address"))
+        return {"ports": [port_view(p, fixed_ips(p.id)) for p in session().scalars(query)]}
+
+    @app.post("/v2.0/ports")
+    def create_port() -> dict[str, Any]:
+        body = field(json_body(), "port", dict)
+        net = load_network(field(body, "network_id", str))
+        ts = now()
+        port = Port(name=field(body, "name", str, ""), network_id=net.id,
+                    project_id=_owner(auth(), body, "port"),
+                    mac_address=field(body, "mac_address", str, _mac()),
+                    device_id=field(body, "device_id", str, ""),
+                    device_owner=field(body, "device_owner", str, ""),
+                    host_id=field(body, "binding:host_id", str, ""), status="DOWN",
+                    admin_state_up=field(body, "admin_state_up", bool, True),
+                    description=field(body, "description", str, ""), created_at=ts,
+                    updated_at=ts)
+        session().add(port)
+        try:
+            session().flush()
+        except IntegrityError:
+            raise Conflict(f"MAC address {port.mac_address} is in use on network "
+                           f"{net.id}.") from None
+        subnets = list(session().scalars(select(Subnet).where(Subnet.network_id == net.id)))
+        requested = field(body, "fixed_ips", list, None)
+        if requested is None:
+            for sub in subnets[:1]:
+                ipam.allocate(session(), sub, port.id)
+        else:
+            for i, ip in enumerate(requested):
+                if not isinstance(ip, dict):
+                    raise BadRequest(f"Invalid input for field 'fixed_ips[{i}]': an object.")
+                sub_id = ip.get("subnet_id")
+                candidates = [s for s in subnets if sub_id in (None, s.id)]
+                if not candidates:
+                    raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].subnet_id': "
+                                     f"no subnet {sub_id} on network {net.id}.")
+                address = ip.get("ip_address")
+                if address is not None and sub_id is None:
+                    candidates = [s for s in subnets if ipaddress.ip_address(str(address))
+                                  in ipaddress.ip_network(s.cidr)] or candidates
+                ipam.allocate(session(), candidates[0], port.id,
+                              str(address) if address is not None else None)
+        bottle.response.status = 201
+        return {"port": port_view(port, fixed_ips(port.id))}
+
+    @app.get("/v2.0/ports/<port_id>")
+    def show_port(port_id: str) -> dict[str, Any]:
+        p = load_port(port_id)
+        return {"port": port_view(p, fixed_ips(p.id))}
+
+    @app.put("/v2.0/ports/<port_id>")
+    def update_port(port_id: str) -> dict[str, Any]:
+        p = load_port(port_id)
+        body = field(json_body(), "port", dict)
+        setters: dict[str, Callable[[Any], None]] = {
+            "name": lambda v: setattr(p, "name", v),
+            "description": lambda v: setattr(p, "description", v),
+            "device_id": lambda v: setattr(p, "device_id", v),
+            "device_owner": lambda v: setattr(p, "device_owner", v),
+            "binding:host_id": lambda v: setattr(p, "host_id", v),
+        }
+        for key in body:
+            if key == "admin_state_up":
+                p.admin_state_up = field(body, key, bool)
+            elif key == "status" and auth().is_admin:
+                p.status = field(body, key, str)
+            elif key in setters:
+                setters[key](field(body, key, str))
+            else:
+                raise BadRequest(f"Invalid input for field '{key}': cannot be updated.")
+        p.updated_at = now()
+        return {"port": port_view(p, fixed_ips(p.id))}
+
+    @app.delete("/v2.0/ports/<port_id>")
+    def delete_port(port_id: str) -> None:
+        p = load_port(port_id)
+        session().execute(delete(IPAllocation).where(IPAllocation.port_id == p.id))
+        session().delete(p)
+
+    return app

@@ -1,0 +1,25 @@
+"""The shared provider network bootstrap makes (idempotent)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.common.config import HavenConfig
+from core.network.api import create_network_row, create_subnet_row
+from core.network.models import Network
+
+
+def ensure_provider_network(session: Session, cfg: HavenConfig, admin_project_id: str
+                            ) -> Network:
+    name = cfg.network.provider_name
+    net = session.scalars(select(Network).where(Network.name == name,
+                                                Network.shared.is_(True))).first()
+    if net is None:
+        net = create_network_row(session, name, admin_project_id, shared=True, external=True)
+        cidr = cfg.network.provider_cidr
+        gateway = str(next(ipaddress.ip_network(cidr).hosts()))
+        create_subnet_row(session, net, f"{name}-subnet", cidr, gateway, admin_project_id)
+    return net

@@ -1,0 +1,79 @@
+"""IP address management: pick a free address of a subnet and hold it.
+
+Candidates are drawn at random from the free addresses (not the lowest), so
+concurrent creates on different API processes rarely pick the same one; when
+they do, the unique key on (subnet, address) makes one of them fail, inside a
+savepoint, and it simply tries another address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.common.faults import BadRequest, Conflict
+from core.network.models import IPAllocation, Subnet
+
+
+def pool_addresses(subnet: Subnet) -> tuple[int, int]:
+    return int(ipaddress.ip_address(subnet.pool_start)), int(ipaddress.ip_address(subnet.pool_end))
+
+
+def default_pool(cidr: str, gateway: str | None) -> tuple[str, str]:
+    net = ipaddress.ip_network(cidr)
+    first = int(net.network_address) + 1
+    last = int(net.broadcast_address) - 1
+    if gateway is not None and int(ipaddress.ip_address(gateway)) == first:
+        first += 1
+    return str(ipaddress.ip_address(first)), str(ipaddress.ip_address(last))
+
+
+def allocate(session: Session, subnet: Subnet, port_id: str, wanted: str | None = None) -> str:
+    """Hold an address of ``subnet`` for ``port_id``: ``wanted`` or a free one."""
+    if wanted is not None:
+        try:
+            addr = ipaddress.ip_address(wanted)
+        except ValueError:
+            raise BadRequest(f"Invalid input for field 'ip_address': {wanted!r}") from None
+        if addr not in ipaddress.ip_network(subnet.cidr):
+            raise BadRequest(f"IP address {wanted} is not in subnet {subnet.cidr}.")
+        if not _try_hold(session, subnet.id, str(addr), port_id):
+            raise Conflict(f"IP address {wanted} already allocated in subnet {subnet.id}.")
+        return str(addr)
+    first, last = pool_addresses(subnet)
+    used = {int(ipaddress.ip_address(a)) for a in session.scalars(
+        select(IPAllocation.ip_address).where(IPAllocation.subnet_id == subnet.id))}
+    gateway = int(ipaddress.ip_address(subnet.gateway_ip)) if subnet.gateway_ip else None
+    size = last - first + 1
+    for _ in range(64):
+        free = size - len(used)
+        if free <= 0:
+            break
+        candidate = first + random.randrange(size)
+        if candidate in used or candidate == gateway:
+            # walk to the next free address from the random start
+            for step in range(size):
+                c = first + (candidate - first + step) % size
+                if c not in used and c != gateway:
+                    candidate = c
+                    break
+            else:
+                break
+        text = str(ipaddress.ip_address(candidate))
+        if _try_hold(session, subnet.id, text, port_id):
+            return text
+        used.add(candidate)  # taken concurrently: try another
+    raise Conflict(f"No more IP addresses available on subnet {subnet.id}.")
+
+
+def _try_hold(session: Session, subnet_id: str, address: str, port_id: str) -> bool:
+    try:
+        with session.begin_nested():
+            session.add(IPAllocation(subnet_id=subnet_id, ip_address=address, port_id=port_id))
+        return True
+    except IntegrityError:
+        return False
