@@ -16,6 +16,7 @@ PYTHON=/usr/bin/python3   # Debian's Python: python3-rbd and friends live there
 
 RUN_PACKAGES=(python3 python3-venv python3-dev gcc make pkg-config libvirt-dev
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio)
+RUN_PACKAGES+=(syslinux syslinux-common mtools dosfstools)
 TEST_PACKAGES=(mariadb-server mariadb-client rabbitmq-server)
 
 case "$MODE" in

@@ -77,7 +77,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_tiny_image(cfg: HavenConfig) -> Path:
     """Build (once; the recipe skips work it already did) the tiny test guest."""
-    out = cfg.state_path / "tiny-image"
+    out = Path(cfg.compute.demo_image_dir) if cfg.compute.demo_image_dir else (
+        cfg.state_path / "tiny-image")
     subprocess.run([sys.executable, str(REPO / "images" / "tiny" / "build.py"), "--out",
                     str(out)], check=True, stdout=subprocess.DEVNULL)
     return out / "tiny.qcow2"

@@ -90,6 +90,19 @@ def cmd_identity_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from core.allinone import bootstrap_cloud
+    from core.common import migrate
+
+    cfg = config_from_args(args)
+    db = open_database(cfg)
+    migrate.upgrade(db)
+    created = bootstrap_cloud(cfg, db, admin_password(cfg))
+    print(f"cloud bootstrapped (admin {'created' if created else 'existing'}): identity, "
+          f"flavors, network '{cfg.network.provider_name}'")
+    return 0
+
+
 def cmd_identity_rotate_keys(args: argparse.Namespace) -> int:
     from core.common.tokens import KeyRepository
 
@@ -102,21 +115,75 @@ def cmd_identity_rotate_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVICES = ("identity", "compute", "image", "network")
+
+
+def app_factory(cfg: HavenConfig, service: str) -> Callable[[], Any]:
+    """A factory that builds ``service``'s WSGI app (called in each gunicorn worker,
+    after the fork, so every worker has its own database pool and bus connection)."""
+
+    def factory() -> Any:
+        db = open_database(cfg)
+        if service == "identity":
+            from core.identity.app import create_app as identity_app
+
+            return identity_app(cfg, db)
+        if service == "image":
+            from core.image.api import create_app as image_app
+
+            return image_app(cfg, db)
+        if service == "network":
+            from core.network.api import create_app as network_app
+
+            return network_app(cfg, db)
+        from core.common.bus import make_bus
+        from core.compute.api import create_app as compute_app
+
+        return compute_app(cfg, db, make_bus(cfg.bus.driver, cfg.bus.urls, "compute-api"))
+
+    return factory
+
+
+def listen_of(cfg: HavenConfig, service: str) -> str:
+    return str(getattr(cfg, service).listen)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from core.common.server import serve_gunicorn
 
     cfg = config_from_args(args)
+    if args.service not in SERVICES:
+        raise UsageError(f"unknown service {args.service!r} (known: {', '.join(SERVICES)})")
+    if args.workers < 1 or args.threads < 1:
+        raise UsageError("--workers and --threads must be at least 1")
     setup_logging(cfg.log.level, cfg.log.file)
-    if args.service != "identity":
-        raise UsageError(f"unknown service {args.service!r} (known: identity)")
+    serve_gunicorn(app_factory(cfg, args.service), args.listen or listen_of(cfg, args.service),
+                   args.workers, args.threads, args.service)
+    return 0
 
-    def factory() -> Any:
-        from core.identity.app import create_app
 
-        return create_app(cfg, open_database(cfg))
+def cmd_compute_agent(args: argparse.Namespace) -> int:
+    """Run this hypervisor's compute agent in the foreground until SIGTERM/SIGINT."""
+    from core.common.bus import make_bus
+    from core.common.server import wait_for_signal
+    from core.compute.agent import ComputeAgent
+    from core.compute.virt.libvirt import LibvirtDriver
 
-    serve_gunicorn(factory, args.listen or cfg.identity.listen, args.workers, args.threads,
-                   args.service)
+    cfg = config_from_args(args)
+    setup_logging(cfg.log.level, cfg.log.file)
+    if cfg.bus.driver == "local":
+        raise UsageError("the compute agent runs in its own process: set bus.driver to amqp "
+                         "(the local bus only works inside the all-in-one)")
+    db = open_database(cfg)
+    bus = make_bus(cfg.bus.driver, cfg.bus.urls, f"compute-{cfg.compute_host}")
+    agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,
+                                                      cfg.compute.virt_type))
+    agent.start()
+    try:
+        wait_for_signal()
+    finally:
+        agent.stop()
+        bus.close()
     return 0
 
 
@@ -125,7 +192,8 @@ def cmd_all_in_one(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.state_path.mkdir(parents=True, exist_ok=True)
-    return run_all_in_one(cfg, Path(args.clouds_yaml).expanduser(), admin_password(cfg))
+    return run_all_in_one(cfg, Path(args.clouds_yaml).expanduser(), admin_password(cfg),
+                          with_compute=not args.no_compute)
 
 
 def cmd_config_defaults(_args: argparse.Namespace) -> int:
@@ -157,6 +225,11 @@ def add_commands(sub: Any) -> None:
     _common(p)
     p.set_defaults(func=cmd_db_version)
 
+    p = sub.add_parser("bootstrap", help="migrate, then create the admin, roles, catalog, "
+                       "flavors and the provider network (idempotent)")
+    _common(p)
+    p.set_defaults(func=cmd_bootstrap)
+
     ident = sub.add_parser("identity", help="identity service administration").add_subparsers(
         dest="identity_cmd", required=True)
     p = ident.add_parser("bootstrap", help="create the admin, the roles and the catalog")
@@ -167,14 +240,20 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_identity_rotate_keys)
 
     p = sub.add_parser("serve", help="run one API service under gunicorn")
-    p.add_argument("service", help="identity")
+    p.add_argument("service", help=", ".join(SERVICES))
     p.add_argument("--listen", help="HOST:PORT (default: from config)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=4)
     _common(p)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("compute-agent", help="run this hypervisor's compute agent")
+    _common(p)
+    p.set_defaults(func=cmd_compute_agent)
+
     p = sub.add_parser("all-in-one", help="run the whole cloud in one process (make run)")
+    p.add_argument("--no-compute", action="store_true",
+                   help="API services only: no libvirt, no compute agent, no tiny image")
     p.add_argument("--clouds-yaml", default="~/.config/openstack/clouds.yaml",
                    help="clouds.yaml to add the 'haven' cloud to")
     _common(p)

@@ -225,6 +225,11 @@ class ComputeConfig:
         metadata=_doc("Seconds a guest gets to power off on stop before it is forced off.",
                       _between(0, 600)),
     )
+    demo_image_dir: str | None = field(
+        default=None,
+        metadata=_doc("Where the all-in-one builds the tiny demo guest (uploaded as image "
+                      "'tiny'). Unset: tiny-image/ in the state directory."),
+    )
     build_workers: int = field(default=8, metadata=_doc("Instances built in parallel per "
                                                         "agent.", _between(1, 64)))
     cpu_allocation_ratio: float = field(default=4.0, metadata=_doc("vCPU overcommit ratio."))

@@ -33,6 +33,7 @@ from core.common.bus.base import Message
 from core.common.clients import ServiceCallError, ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
+from core.common.settings import cloud_id
 from core.common.timeutil import now
 from core.compute import scheduler, states
 from core.compute.images import ImageCache
@@ -70,6 +71,8 @@ class ComputeAgent:
     # ---- life cycle ------------------------------------------------------------------
     def start(self) -> None:
         self.instances.mkdir(parents=True, exist_ok=True)
+        if self.driver.cloud_id is None:
+            self.driver.cloud_id = cloud_id(self.db)
         self.register()
         self.reconcile()  # before taking new work: stale domains go first
         self._subscription = self.bus.subscribe(f"compute.{self.host}", self.on_message)
@@ -231,7 +234,8 @@ class ComputeAgent:
         _, disk, console = self._paths(inst)
         return DomainSpec(uuid=inst.id, name=inst.name, vcpus=inst.vcpus,
                           memory_mb=inst.memory_mb, disk_path=disk, console_path=console,
-                          mac_address=inst.mac_address, project_id=inst.project_id)
+                          mac_address=inst.mac_address, project_id=inst.project_id,
+                          cloud_id=self.driver.cloud_id or "")
 
     def _ensure_defined(self, inst: Instance) -> None:
         if not self.driver.exists(inst.id):

@@ -386,7 +386,7 @@ class _Replies:
         with self.lock:
             waiters, self.waiters = self.waiters, {}
         for slot in waiters.values():
-            slot.put({"ok": False, "error": why})
+            slot.put({"ok": False, "error": why, "lost": True})
 
     def _run(self) -> None:
         reconnect = False
@@ -556,6 +556,8 @@ class AmqpBus:
                 raise BusTimeout(f"no reply from {topic} within {timeout}s") from None
         finally:
             replies.unregister(correlation_id)
+        if reply.get("lost"):
+            raise BusError(f"call to {topic}: {reply.get('error')}")
         if not reply.get("ok"):
             raise BusError(f"{topic} failed: {reply.get('error')}")
         result = reply.get("result")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from alembic import context
 
 import core.common.auth
+import core.common.settings
 import core.compute.models
 import core.identity.models
 import core.image.models

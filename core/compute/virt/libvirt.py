@@ -44,6 +44,7 @@ class DomainSpec:
     console_path: Path
     mac_address: str | None
     project_id: str
+    cloud_id: str
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ def domain_xml(spec: DomainSpec, virt_type: str) -> str:
     inst = ET.SubElement(meta, f"{{{METADATA_NS}}}instance")
     ET.SubElement(inst, f"{{{METADATA_NS}}}name").text = spec.name
     ET.SubElement(inst, f"{{{METADATA_NS}}}project").text = spec.project_id
+    ET.SubElement(inst, f"{{{METADATA_NS}}}cloud").text = spec.cloud_id
     ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mb)
     ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
     os_el = ET.SubElement(dom, "os")
@@ -94,9 +96,10 @@ def domain_xml(spec: DomainSpec, virt_type: str) -> str:
 class LibvirtDriver:
     """One libvirt connection, reopened when it breaks (libvirtd restarted)."""
 
-    def __init__(self, uri: str, virt_type: str = "qemu") -> None:
+    def __init__(self, uri: str, virt_type: str = "qemu", cloud_id: str | None = None) -> None:
         self.uri = uri
         self.virt_type = virt_type
+        self.cloud_id = cloud_id
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
 
@@ -116,24 +119,43 @@ class LibvirtDriver:
             return self._conn
 
     def _lookup(self, uuid: str) -> libvirt.virDomain | None:
+        """The domain with ``uuid`` if it is this cloud's (others are never touched)."""
         try:
-            return self.conn().lookupByUUIDString(uuid)
+            dom = self.conn().lookupByUUIDString(uuid)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise VirtError(str(exc)) from exc
+        if not dom.name().startswith(PREFIX) or self._cloud_of(dom) != self.cloud_id:
+            return None
+        return dom
 
     def host_info(self) -> HostInfo:
         _model, memory_mb, cpus, *_ = self.conn().getInfo()
         return HostInfo(vcpus=int(cpus), memory_mb=int(memory_mb))
 
     def domains(self) -> dict[str, bool]:
-        """Haven's domains on this host: uuid -> running."""
+        """This cloud's domains on this host: uuid -> running.
+
+        Only domains stamped with this driver's cloud id count: another Haven
+        sharing the libvirtd, or anything not made by Haven, is invisible here.
+        """
         out = {}
         for dom in self.conn().listAllDomains():
-            if dom.name().startswith(PREFIX):
+            if dom.name().startswith(PREFIX) and self._cloud_of(dom) == self.cloud_id:
                 out[dom.UUIDString()] = bool(dom.isActive())
         return out
+
+    @staticmethod
+    def _cloud_of(dom: libvirt.virDomain) -> str | None:
+        try:
+            xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+        except libvirt.libvirtError:
+            return None
+        node = ET.fromstring(xml).find(f"{{{METADATA_NS}}}cloud")
+        if node is None:
+            node = ET.fromstring(xml).find("cloud")
+        return node.text if node is not None else None
 
     def is_running(self, uuid: str) -> bool:
         dom = self._lookup(uuid)

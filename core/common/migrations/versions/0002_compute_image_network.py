@@ -1,4 +1,4 @@
-"""compute image and network tables
+"""compute, image and network tables; cloud settings
 
 Revision ID: 0002
 Revises: 0001
@@ -17,6 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "haven_settings",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_haven_settings")),
+    )
     op.create_table(
         "compute_services",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -298,6 +304,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("haven_settings")
     with op.batch_alter_table("ip_allocations", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_ip_allocations_port_id"))
 
