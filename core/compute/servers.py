@@ -248,12 +248,13 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         policy.enforce(auth(), "compute:servers:create")
         body = json_body()
         spec = field(body, "server", dict)
-        name = field(spec, "name", str).strip()
+        name = field(body, "server.name", str).strip()
         if not name or len(name) > 255:
             raise BadRequest("Invalid input for field 'server.name': 1 to 255 characters.")
-        image_ref = field(spec, "imageRef", str)
-        flavor_ref = str(field(spec, "flavorRef", (str, int))).rstrip("/").rsplit("/")[-1]
-        if field(spec, "max_count", int, 1) != 1 or field(spec, "min_count", int, 1) != 1:
+        image_ref = field(body, "server.imageRef", str)
+        flavor_ref = str(field(body, "server.flavorRef", (str, int))).rstrip("/").rsplit("/")[-1]
+        if (field(body, "server.max_count", int, 1) != 1
+                or field(body, "server.min_count", int, 1) != 1):
             raise BadRequest("Invalid input for field 'server.max_count': Haven creates one "
                              "server per request.")
         meta = check_metadata(spec.get("metadata", {}), "server.metadata")
@@ -287,7 +288,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
             flavor_id=flavor.id, vcpus=flavor.vcpus, memory_mb=flavor.ram_mb,
             root_gb=flavor.disk_gb, image_id=image["id"], network_id=network_id,
             server_group_id=group_id, vm_state=states.BUILDING, task_state=states.SCHEDULING,
-            power_state=states.NOSTATE, key_name=field(spec, "key_name", str, None),
+            power_state=states.NOSTATE, key_name=field(body, "server.key_name", str, None),
             deleted=False, created_at=ts, updated_at=ts)
         sess.add(inst)
         sess.flush()

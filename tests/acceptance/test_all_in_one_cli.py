@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,50 +12,8 @@ import pytest
 import requests
 import yaml
 
+from tests.acceptance.helpers import BIN, AllInOne, openstack
 from tests.conftest import free_port
-
-BIN = Path(sys.executable).parent
-
-
-class AllInOne:
-    """A running ``haven all-in-one`` with its output collected."""
-
-    def __init__(self, state: Path, clouds: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("OS_", "HAVEN_"))}
-        self.proc = subprocess.Popen(
-            [str(BIN / "haven"), "all-in-one", "--state-dir", str(state), "--clouds-yaml",
-             str(clouds), "--set", f"identity.listen=127.0.0.1:{port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(60):
-            self.proc.kill()
-            raise AssertionError("all-in-one did not start:\n" + "".join(self.lines))
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if "Ctrl-C stops" in line:
-                self.ready.set()
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout=30)
-
-
-def openstack(clouds: Path, *args: str, user: tuple[str, str, str] | None = None
-              ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    env["OS_CLIENT_CONFIG_FILE"] = str(clouds)
-    cmd = [str(BIN / "openstack"), "--os-cloud", "haven"]
-    if user:
-        cmd += ["--os-username", user[0], "--os-password", user[1],
-                "--os-project-name", user[2]]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=env,
-                          timeout=120)
 
 
 @pytest.fixture
@@ -89,7 +43,7 @@ def test_all_in_one_with_the_openstack_cli(paths: tuple[Path, Path]) -> None:
                           "member")
         assert added.returncode == 0, added.stderr
         listed = openstack(clouds, "project", "list", "-f", "json")
-        assert {p["Name"] for p in json.loads(listed.stdout)} == {"admin", "demo"}
+        assert {p["Name"] for p in json.loads(listed.stdout)} == {"admin", "demo", "service"}
         assignments = openstack(clouds, "role", "assignment", "list", "--names", "-f", "json")
         assert {"Role": "member", "Project": "demo@Default"}.items() <= next(
             a for a in json.loads(assignments.stdout) if a["User"] == "alice@Default").items()

@@ -30,6 +30,15 @@ Why it is built this way:
 Known limit: a broker that accepts a publish but never confirms it (a quorum queue that
 lost its majority) holds the cast until the connection fails; pika's blocking adapter
 has no public per-publish timeout.
+
+Seen with RabbitMQ 3.10.8 (Debian 12), and why the retries below exist: when two
+connections declare a *new* quorum queue at the same moment (a consumer starting while
+someone casts), the second one may get its first publish nacked, or its basic.consume
+may crash its channel (connection closed with 541 INTERNAL_ERROR); both pass once the
+queue's Raft member runs, so a nack is retried and a consumer reconnects. And a quorum
+queue created less than about a second before the broker is SIGKILLed comes back empty
+and leaderless (every publish nacked until an operator deletes it or triggers an
+election): create the topic queues at deployment, not on the first cast.
 """
 
 from __future__ import annotations
@@ -229,7 +238,8 @@ class _Publisher:
             self.lock.release()
 
     def _publish(self, queue_name: str, body: bytes, properties: Any, deadline: float) -> None:
-        redeclared = nacked = False
+        redeclared = nack_warned = False
+        nacked_since: float | None = None
         backoff = 0.05
         while True:
             if self.bus._closed.is_set():
@@ -249,12 +259,19 @@ class _Publisher:
                 redeclared = True
                 continue
             except pika.exceptions.NackError:
-                # A quorum queue nacks while it cannot take the message (no leader yet,
-                # e.g. just after a broker restart): that is transient, publish again.
-                if not nacked:
-                    LOG.warning("bus: %s refused a message for %s (nack); retrying",
-                                self.where, queue_name)
-                nacked = True
+                # A quorum queue nacks while it cannot take the message: no leader yet,
+                # e.g. when another connection is declaring the new queue at this very
+                # moment (common: a consumer starting), or just after a broker restart.
+                # That is transient: publish again. If it lasts, say so.
+                now = time.monotonic()
+                if nacked_since is None:
+                    nacked_since = now
+                    LOG.info("bus: %s refused a message for %s (nack); retrying",
+                             self.where, queue_name)
+                elif not nack_warned and now - nacked_since > 2.0:
+                    nack_warned = True
+                    LOG.warning("bus: %s keeps refusing messages for %s (nack; a quorum "
+                                "queue without a leader?); retrying", self.where, queue_name)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self._drop()
                 if exc.reply_code in _FATAL_CHANNEL_CODES:
@@ -267,7 +284,7 @@ class _Publisher:
             # may be there twice, which is fine (at-least-once)
             if time.monotonic() + backoff >= deadline:
                 raise BusError(f"{queue_name}: no broker confirmed the message in time"
-                               + (" (nacked)" if nacked else ""))
+                               + (" (nacked)" if nacked_since is not None else ""))
             time.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 
