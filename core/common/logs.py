@@ -23,3 +23,6 @@ def setup_logging(level: str = "INFO", path: str | None = None) -> None:
     logging.getLogger("haven.access").setLevel(
         logging.INFO if level == "DEBUG" else logging.WARNING
     )
+    # pika logs every failed connection attempt at ERROR with a traceback; the bus
+    # logs its own reconnects at WARNING, which is what an operator needs.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

@@ -63,7 +63,11 @@ from core.common.bus.base import BusError, BusTimeout, Handler, Message
 
 LOG = logging.getLogger(__name__)
 
-QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+# A message whose handler kills its consumer every time would otherwise be redelivered
+# forever; after this many deliveries RabbitMQ drops it. Dropping a nudge is safe (the
+# consumer reconciles from the database). Fixed at first declaration: changing queue
+# arguments later makes the broker refuse the declaration (PRECONDITION_FAILED).
+QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": 20}
 PERSISTENT = 2  # delivery_mode
 # Channel-close codes that another try cannot fix: access refused, and precondition
 # failed (the queue exists with other arguments, e.g. as a classic queue).
