@@ -104,6 +104,7 @@ class ComputeAgent:
     # ---- service row ---------------------------------------------------------------
     def register(self) -> None:
         """Create or refresh this host's service row with its resources."""
+        self.instances.mkdir(parents=True, exist_ok=True)
         info = self.driver.host_info()
         c = self.cfg.compute
         vcpus = c.vcpus or info.vcpus
