@@ -157,3 +157,69 @@ def identity(haven_cfg: HavenConfig, database: Database) -> Iterator[IdentitySer
     servers.start()
     yield IdentityServer(f"http://{haven_cfg.identity.listen}", haven_cfg, database)
     servers.stop()
+
+
+@dataclass
+class Services:
+    """identity, image and network APIs in-process on one database, with tokens."""
+
+    cfg: HavenConfig
+    db: Database
+    admin_token: str
+
+    def url(self, service: str) -> str:
+        return f"http://{getattr(self.cfg, service).listen}"
+
+    def call(self, method: str, service: str, path: str, token: str | None = None,
+             **kwargs: object) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+        headers["X-Auth-Token"] = token or self.admin_token
+        return requests.request(method, self.url(service) + path, headers=headers,
+                                timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def token(self, user: str, password: str, project: str) -> str:
+        resp = requests.post(f"{self.url('identity')}/v3/auth/tokens", timeout=30, json={
+            "auth": {"identity": {"methods": ["password"], "password": {"user": {
+                "name": user, "domain": {"id": "default"}, "password": password}}},
+                "scope": {"project": {"name": project, "domain": {"id": "default"}}}}})
+        assert resp.status_code == 201, resp.text
+        return resp.headers["X-Subject-Token"]
+
+    def member(self, project: str, user: str, password: str = "pw") -> str:
+        """A member of a new ``project``; returns its token."""
+        pid = self.call("POST", "identity", "/v3/projects",
+                        json={"project": {"name": project}}).json()["project"]["id"]
+        uid = self.call("POST", "identity", "/v3/users", json={
+            "user": {"name": user, "password": password}}).json()["user"]["id"]
+        role = self.call("GET", "identity", "/v3/roles?name=member").json()["roles"][0]["id"]
+        self.call("PUT", "identity", f"/v3/projects/{pid}/users/{uid}/roles/{role}")
+        return self.token(user, password, project)
+
+
+@pytest.fixture
+def services(tmp_path: Path, db_url: str) -> Iterator[Services]:
+    from core.allinone import bootstrap_cloud
+    from core.identity.app import create_app as identity_app
+    from core.image.api import create_app as image_app
+    from core.network.api import create_app as network_app
+
+    overrides: dict[str, object] = {"state_dir": str(tmp_path / "state"),
+                                    "database.url": db_url, "log.level": "WARNING"}
+    for service in ("identity", "compute", "image", "network"):
+        overrides[f"{service}.listen"] = f"127.0.0.1:{free_port()}"
+    cfg = load_config(overrides=overrides)
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    db = Database(cfg.database_url, pool_size=8)
+    migrate.upgrade(db)
+    bootstrap_cloud(cfg, db, ADMIN_PASSWORD)
+    servers = AppServers([
+        Listener("identity", cfg.identity.listen, identity_app(cfg, db)),
+        Listener("image", cfg.image.listen, image_app(cfg, db)),
+        Listener("network", cfg.network.listen, network_app(cfg, db)),
+    ], threads=12)
+    servers.start()
+    svc = Services(cfg, db, "")
+    svc.admin_token = svc.token("admin", ADMIN_PASSWORD, "admin")
+    yield svc
+    servers.stop()
+    db.dispose()

@@ -350,9 +350,15 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
                     raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].subnet_id': "
                                      f"no subnet {sub_id} on network {net.id}.")
                 address = ip.get("ip_address")
-                if address is not None and sub_id is None:
-                    candidates = [s for s in subnets if ipaddress.ip_address(str(address))
-                                  in ipaddress.ip_network(s.cidr)] or candidates
+                if address is not None:
+                    try:
+                        wanted = ipaddress.ip_address(str(address))
+                    except ValueError:
+                        raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].ip_address'"
+                                         f": {address!r} is not an IP address.") from None
+                    if sub_id is None:
+                        candidates = [s for s in subnets
+                                      if wanted in ipaddress.ip_network(s.cidr)] or candidates
                 ipam.allocate(session(), candidates[0], port.id,
                               str(address) if address is not None else None)
         bottle.response.status = 201

@@ -1,0 +1,60 @@
+"""The libvirt driver against libvirt's built-in test driver (``test:///default``):
+fast checks of the XML and of idempotence; real QEMU boots are in the acceptance tests."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from core.compute.virt.libvirt import DomainSpec, LibvirtDriver, domain_xml, read_console
+
+
+def spec(cloud: str = "cloud-a") -> DomainSpec:
+    return DomainSpec(str(uuid.uuid4()), "vm", 1, 256, Path("/srv/i/disk"),
+                      Path("/srv/i/console.log"), "fa:16:3e:00:00:01", "proj", cloud)
+
+
+def test_domain_xml_is_tcg_with_a_persistent_console_and_the_cloud_stamp() -> None:
+    s = spec()
+    root = ET.fromstring(domain_xml(s, "qemu"))
+    assert root.get("type") == "qemu"
+    assert root.findtext("name") == f"haven-{s.uuid}" and root.findtext("uuid") == s.uuid
+    disk = root.find("devices/disk")
+    assert disk is not None
+    assert disk.find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert disk.find("source").get("file") == "/srv/i/disk"  # type: ignore[union-attr]
+    serial = root.find("devices/serial/source")
+    assert serial is not None and serial.get("append") == "on"
+    assert root.find("devices/graphics") is None
+    assert "cloud-a" in domain_xml(s, "qemu")
+
+
+def test_operations_are_idempotent_and_other_clouds_are_invisible() -> None:
+    mine, theirs = LibvirtDriver("test:///default", "qemu", "cloud-a"), LibvirtDriver(
+        "test:///default", "qemu", "cloud-b")
+    s = spec("cloud-a")
+    mine.define(s)
+    mine.define(s)  # redefining is fine
+    mine.start(s.uuid)
+    mine.start(s.uuid)  # starting a running domain is a no-op
+    assert mine.is_running(s.uuid) and mine.domains() == {s.uuid: True}
+    assert s.uuid not in theirs.domains()
+    theirs.undefine(s.uuid)  # another cloud cannot touch it
+    assert mine.exists(s.uuid)
+    mine.reboot(s.uuid, hard=True)
+    assert mine.is_running(s.uuid)
+    mine.shutdown(s.uuid, timeout=0)
+    mine.destroy(s.uuid)  # destroying a stopped domain is a no-op
+    assert not mine.is_running(s.uuid)
+    mine.undefine(s.uuid)
+    mine.undefine(s.uuid)  # and undefining a missing one too
+    assert not mine.exists(s.uuid)
+
+
+def test_console_tail(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    assert read_console(log, 10) == ""
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert read_console(log, 2) == "line 98\nline 99\n"
+    assert read_console(log, None).count("\n") == 100
