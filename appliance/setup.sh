@@ -17,7 +17,8 @@ PYTHON=/usr/bin/python3   # Debian's Python: python3-rbd and friends live there
 RUN_PACKAGES=(python3 python3-venv python3-dev gcc make pkg-config libvirt-dev
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio)
 RUN_PACKAGES+=(syslinux syslinux-common mtools dosfstools)
-TEST_PACKAGES=(mariadb-server mariadb-client rabbitmq-server)
+TEST_PACKAGES=(mariadb-server mariadb-client rabbitmq-server pacemaker corosync pcs crmsh
+  resource-agents fence-agents pacemaker-cli-utils libxml2-utils)
 
 case "$MODE" in
   run) PACKAGES=("${RUN_PACKAGES[@]}"); EXTRAS="" ;;
@@ -47,6 +48,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Haven's OCF agents, as ocf:haven:<name>: small wrappers that run the agent with the
+# venv's Python (the agents import Haven's own modules).
+OCF_DIR=/usr/lib/ocf/resource.d/haven
+mkdir -p "$OCF_DIR"
+for agent in "$ROOT"/agents/ocf/haven-*; do
+  name="$(basename "$agent")"
+  wrapper="#!/bin/sh
+exec \"$VENV/bin/python\" \"$agent\" \"\$@\""
+  if [ "$(cat "$OCF_DIR/$name" 2>/dev/null)" != "$wrapper" ]; then
+    printf '%s\n' "$wrapper" > "$OCF_DIR/$name"
+    chmod 755 "$OCF_DIR/$name"
+  fi
+done
 
 stamp="$VENV/.haven-stamp"
 want="$MODE $(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Float, MetaData, create_engine, event
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -39,7 +40,7 @@ NAMING = {
 
 # Seconds since the epoch. 53 bits of mantissa: DOUBLE on MariaDB (a plain Float
 # would be single precision there: ~2 minutes of resolution at today's dates).
-Timestamp = Float(precision=53)
+Timestamp = Float(precision=53).with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
 
 
 class Base(DeclarativeBase):

@@ -167,6 +167,16 @@ class HostIndex:
                 h = self._states[name]
                 if h.reserved == reserved and host_passes(h, req, stats):
                     yield h
+        if stats is not None:
+            # Only reached when every candidate was refused. Disabled, down and
+            # (outside evacuation) reserved hosts are not in the orders, so they never
+            # met the filters: count them here, or a fleet that is all down reads as
+            # "no hypervisors are registered".
+            for h in list(self._states.values()):
+                if not h.schedulable:
+                    host_passes(h, req, stats)
+                elif h.reserved and not req.use_reserved:
+                    stats.add("reserved")
 
     def select(self, req: Request) -> HostState | None:
         return next(self.candidates(req), None)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import bottle
@@ -41,6 +43,9 @@ LOG = logging.getLogger(__name__)
 UUID_RE = re.compile(r"^[0-9a-fA-F-]{32,36}$")
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
 MAX_METADATA = 128
+# Claims an instance may lose to other schedulers before it goes to ERROR. Each loss
+# means another instance was placed, so this only bounds a pathological pile-up.
+MAX_CLAIM_ATTEMPTS = 30
 
 
 def base_url() -> str:
@@ -102,6 +107,18 @@ def transition(sess: Session, inst: Instance, expect_vm: tuple[str, ...],
         raise Conflict(f"Cannot perform this action on instance {inst.id} while it is in "
                        f"vm_state {inst.vm_state} and task_state {inst.task_state}.")
     sess.refresh(inst)
+
+
+def no_valid_host(sess: Session, instance_id: str) -> None:
+    """ERROR with Nova's fault, by CAS: only an instance still being scheduled."""
+    sess.execute(update(Instance).where(Instance.id == instance_id,
+                                        Instance.task_state == states.SCHEDULING)
+                 .values(vm_state=states.ERROR, task_state=None, fault=NO_VALID_HOST,
+                         updated_at=now()))
+
+
+class InstanceMoved(Exception):
+    """The instance left ``scheduling`` (deleted) while a host was being claimed."""
 
 
 def lock_group(sess: Session, group_id: str) -> None:
@@ -211,37 +228,88 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
                 LOG.warning("port %s of %s not released: %s", inst.port_id, inst.id, exc)
 
     def schedule(instance_id: str) -> str | None:
-        """Claim a host for the instance (its own transaction, retried on conflicts)."""
-        def unit(sess: Session) -> str | None:
+        """Claim a host for the instance; None (and the instance in ERROR) if none fits.
+
+        One transaction per claim attempt. A lost claim (another scheduler took
+        the host first) ends its transaction at once and the next attempt starts
+        afresh: on InnoDB, an UPDATE that waited for the winner's row lock keeps
+        that lock until its transaction ends even though it then matched
+        nothing, so a scheduler that went on to the next host in the same
+        transaction held locks on every host it lost, and three of them could
+        deadlock each other (seen with three API processes on MariaDB).
+        """
+        down_time = ctx.cfg.compute.service_down_time
+
+        def attempt(sess: Session, max_age: float) -> tuple[str, str | None]:
+            """("placed"|"done", host), ("lost", host), ("stale", None) or ("none", None)."""
             inst = sess.get(Instance, instance_id)
             if inst is None or inst.task_state != states.SCHEDULING:
-                return inst.host if inst else None
+                return "done", inst.host if inst else None
             if inst.server_group_id:
                 lock_group(sess, inst.server_group_id)
             avoid, only, _ = scheduler.group_constraints(sess, inst.server_group_id, inst.id)
             req = scheduler.Request(inst.vcpus, inst.memory_mb, inst.root_gb, avoid, only)
-            index = ctx.host_index(sess)
+            index = ctx.host_index(sess, max_age)
             stats = scheduler.FilterStats()
-            for _ in range(3):
-                for h in index.candidates(req, stats):
-                    if scheduler.claim(sess, inst, h, req):
-                        index.consume(h.host, req)
-                        inst.task_state = states.SPAWNING
-                        inst.updated_at = now()
-                        return h.host
-                    row = sess.scalars(
-                        select(ComputeService).where(ComputeService.host == h.host)).first()
-                    if row is not None:
-                        sess.refresh(row)
-                        index.put(scheduler.host_state(row, ctx.cfg.compute.service_down_time))
-                index = ctx.host_index(sess, max_age=0.0)
+            h = next(index.candidates(req, stats), None)
+            if h is not None:
+                if scheduler.claim(sess, inst, h, req):
+                    # the instance row too moves by compare-and-swap: a delete that came
+                    # in meanwhile wins, and this claim is rolled back with the transaction
+                    moved = rowcount(sess.execute(
+                        update(Instance).where(Instance.id == inst.id,
+                                               Instance.task_state == states.SCHEDULING)
+                        .values(host=h.host, claimed_host=h.host, scheduled_at=now(),
+                                task_state=states.SPAWNING, updated_at=now())))
+                    if moved != 1:
+                        raise InstanceMoved(inst.id)
+                    sess.expire(inst)
+                    index.consume(h.host, req)
+                    return "placed", h.host
+                row = sess.scalars(
+                    select(ComputeService).where(ComputeService.host == h.host)).first()
+                if row is not None:
+                    sess.refresh(row)
+                    index.put(scheduler.host_state(row, down_time))
+                else:  # the service was deleted: never offer it again
+                    index.put(replace(h, enabled=False))
+                return "lost", h.host
+            if max_age > 0.0:
+                return "stale", None  # the index may be old: decide again on a fresh one
             LOG.info("no valid host for %s: %s", inst.id, scheduler.describe(stats))
-            inst.vm_state, inst.task_state = states.ERROR, None
-            inst.fault = NO_VALID_HOST
-            inst.updated_at = now()
+            no_valid_host(sess, inst.id)
+            return "none", None
+
+        max_age = 1.0
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            try:
+                outcome, host = ctx.db.run_in_transaction(partial(attempt, max_age=max_age))
+            except InstanceMoved:
+                return None  # deleted while being placed: its claim was rolled back
+            if outcome in ("placed", "done", "none"):
+                return host
+            # "lost": another scheduler made progress; the index knows that host's new state
+            max_age = 0.0 if outcome == "stale" else 1.0
+
+        def give_up(sess: Session) -> str | None:
+            inst = sess.get(Instance, instance_id)
+            if inst is None or inst.task_state != states.SCHEDULING:
+                return inst.host if inst else None
+            LOG.warning("no host for %s after %d lost claims", inst.id, MAX_CLAIM_ATTEMPTS)
+            no_valid_host(sess, inst.id)
             return None
 
-        return ctx.db.run_in_transaction(unit)
+        return ctx.db.run_in_transaction(give_up)
+
+    def fail_scheduling(instance_id: str, message: str) -> None:
+        try:
+            ctx.db.run_in_transaction(lambda sess: sess.execute(
+                update(Instance).where(Instance.id == instance_id,
+                                       Instance.task_state == states.SCHEDULING)
+                .values(vm_state=states.ERROR, task_state=None, fault=message,
+                        updated_at=now())))
+        except Exception:  # the database is what failed: nothing more to do here
+            LOG.exception("could not mark %s as failed", instance_id)
 
     @app.post("/v2.1/servers")
     def create_server() -> dict[str, Any]:
@@ -303,7 +371,15 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
                 commit()
                 raise
             commit()
-        host = schedule(inst.id)
+        try:
+            host = schedule(inst.id)
+        except Exception:
+            # never leave a server in BUILD/scheduling with nothing left to move it on
+            LOG.exception("scheduling %s failed", inst.id)
+            fail_scheduling(inst.id, "Scheduling failed; please retry.")
+            release_port(inst)
+            raise Fault("Scheduling failed; the server was put in ERROR. Please retry.",
+                        503) from None
         sess.refresh(inst)
         if host is None:
             release_port(inst)
