@@ -153,10 +153,8 @@ class ComputeAgent:
                 Instance.host == self.host, Instance.deleted.is_(False))))
 
         ids = set(self.db.run_in_transaction(mine))
-        for uuid in self.driver.domains():
-            if uuid not in ids:
-                self.pool.submit(self.converge_logged, uuid)
-        futures = [self.pool.submit(self.converge_logged, i) for i in ids]
+        foreign = [uuid for uuid in self.driver.domains() if uuid not in ids]
+        futures = [self.pool.submit(self.converge_logged, i) for i in [*foreign, *ids]]
         for future in futures:
             future.result()
 
