@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from core.common.db import rowcount
@@ -212,22 +212,35 @@ class NoValidHost(Exception):
     """No host passes the filters (or every candidate was taken concurrently)."""
 
 
+def _claim_statement() -> Any:
+    """The claim UPDATE, built once with bound parameters (building this expression
+    costs more than running it)."""
+    cs = ComputeService
+    v: Any = bindparam("want_vcpus")
+    m: Any = bindparam("want_memory_mb")
+    d: Any = bindparam("want_disk_gb")
+    return (
+        update(cs)
+        .where(cs.host == bindparam("claim_host"), cs.generation == bindparam("read_generation"),
+               cs.enabled.is_(True), cs.forced_down.is_(False),
+               cs.vcpus_used + v <= cs.vcpus * cs.cpu_ratio,
+               cs.memory_mb_used + m <= cs.memory_mb * cs.ram_ratio - cs.reserved_memory_mb,
+               cs.disk_gb_used + d <= cs.disk_gb)
+        .values(vcpus_used=cs.vcpus_used + v, memory_mb_used=cs.memory_mb_used + m,
+                disk_gb_used=cs.disk_gb_used + d, generation=cs.generation + 1,
+                updated_at=bindparam("claimed_at"))
+    )
+
+
+CLAIM = _claim_statement()
+
+
 def claim(session: Session, instance: Instance, h: HostState, req: Request) -> bool:
     """Take ``req``'s resources on ``h`` if its generation is still ``h.generation``
     and it still has room. True when the claim (and ``instance.host``) is written."""
-    cs = ComputeService
-    won = rowcount(session.execute(
-        update(cs)
-        .where(cs.host == h.host, cs.generation == h.generation, cs.enabled.is_(True),
-               cs.forced_down.is_(False),
-               cs.vcpus_used + req.vcpus <= cs.vcpus * cs.cpu_ratio,
-               cs.memory_mb_used + req.memory_mb
-               <= cs.memory_mb * cs.ram_ratio - cs.reserved_memory_mb,
-               cs.disk_gb_used + req.disk_gb <= cs.disk_gb)
-        .values(vcpus_used=cs.vcpus_used + req.vcpus,
-                memory_mb_used=cs.memory_mb_used + req.memory_mb,
-                disk_gb_used=cs.disk_gb_used + req.disk_gb,
-                generation=cs.generation + 1, updated_at=now())))
+    won = rowcount(session.execute(CLAIM, {
+        "claim_host": h.host, "read_generation": h.generation, "want_vcpus": req.vcpus,
+        "want_memory_mb": req.memory_mb, "want_disk_gb": req.disk_gb, "claimed_at": now()}))
     if won != 1:
         return False
     instance.host = h.host
