@@ -1,0 +1,175 @@
+"""The compute API without a hypervisor: microversions, flavors, services, hypervisors,
+server groups, metadata and the action state machine (SQLite and a real MariaDB).
+
+Hosts are compute service rows written directly (what an agent registers), so
+placement is real but nothing boots; booting is the agent's and the
+acceptance tests' business.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from core.common.bus import make_bus
+from core.common.server import AppServers, Listener
+from core.common.timeutil import now
+from core.compute.api import create_app
+from core.compute.models import ComputeService
+from tests.conftest import Services
+
+
+class Compute:
+    def __init__(self, services: Services, tmp_path: Path) -> None:
+        self.services = services
+        self.bus = make_bus("local")
+        self.servers = AppServers([Listener("compute", services.cfg.compute.listen,
+                                            create_app(services.cfg, services.db, self.bus))])
+        self.servers.start()
+        self.url = f"http://{services.cfg.compute.listen}/v2.1"
+        disk = tmp_path / "t.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "8M"], check=True)
+        image = services.call("POST", "image", "/v2/images", json={
+            "name": "t", "disk_format": "qcow2", "container_format": "bare",
+            "visibility": "public"}).json()
+        services.call("PUT", "image", f"/v2/images/{image['id']}/file",
+                      data=disk.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+        self.image = image["id"]
+
+    def add_host(self, name: str, slots: int = 10) -> None:
+        """A host with room for ``slots`` m1.tiny (256 MiB) instances."""
+        def unit(s: Any) -> None:
+            s.add(ComputeService(host=name, enabled=True, forced_down=False, reserved=False,
+                                 last_seen=now(), vcpus=64, memory_mb=256 * slots,
+                                 disk_gb=1000, reserved_memory_mb=0, ram_ratio=1.0,
+                                 cpu_ratio=4.0, created_at=now(), updated_at=now()))
+        self.services.db.run_in_transaction(unit)
+
+    def call(self, method: str, path: str, token: str | None = None,
+             **kwargs: Any) -> requests.Response:
+        headers = {"X-Auth-Token": token or self.services.admin_token,
+                   **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def boot(self, name: str, token: str | None = None, **extra: Any) -> requests.Response:
+        return self.call("POST", "/servers", token, json={"server": {
+            "name": name, "imageRef": self.image, "flavorRef": "1", "networks": "auto"},
+            **extra})
+
+
+@pytest.fixture
+def compute(services: Services, tmp_path: Path) -> Iterator[Compute]:
+    c = Compute(services, tmp_path)
+    yield c
+    c.servers.stop()
+    c.bus.close()
+
+
+def test_microversions_are_echoed_and_bounded(compute: Compute) -> None:
+    plain = compute.call("GET", "/flavors")
+    assert plain.headers["OpenStack-API-Version"] == "compute 2.1"
+    asked = compute.call("GET", "/flavors", headers={"OpenStack-API-Version": "compute 2.11"})
+    assert asked.headers["OpenStack-API-Version"] == "compute 2.11"
+    assert asked.headers["X-OpenStack-Nova-API-Version"] == "2.11"
+    latest = compute.call("GET", "/flavors", headers={"X-OpenStack-Nova-API-Version": "latest"})
+    assert latest.headers["X-OpenStack-Nova-API-Version"] == "2.25"
+    assert compute.call("GET", "/flavors", headers={
+        "OpenStack-API-Version": "compute 2.99"}).status_code == 406
+    assert compute.call("GET", "/flavors", headers={
+        "OpenStack-API-Version": "compute two"}).status_code == 400
+    versions = requests.get(compute.url.rsplit("/", 1)[0] + "/", timeout=10).json()
+    assert versions["versions"][0]["version"] == "2.25"
+
+
+def test_flavors_are_public_to_read_and_admin_to_manage(compute: Compute) -> None:
+    member = compute.services.member("fp", "fu")
+    names = {f["name"] for f in compute.call("GET", "/flavors/detail", member).json()["flavors"]}
+    assert {"m1.tiny", "m1.small"} <= names
+    body = {"flavor": {"name": "big", "ram": 2048, "vcpus": 2, "disk": 10}}
+    assert compute.call("POST", "/flavors", member, json=body).status_code == 403
+    made = compute.call("POST", "/flavors", json=body)
+    assert made.status_code == 200 and made.json()["flavor"]["ram"] == 2048
+    assert compute.call("POST", "/flavors", json=body).status_code == 409
+    bad = compute.call("POST", "/flavors", json={"flavor": {"name": "x", "ram": 0, "vcpus": 1,
+                                                            "disk": 1}})
+    assert bad.status_code == 400 and "flavor.ram" in bad.text
+    assert compute.call("DELETE", f"/flavors/{made.json()['flavor']['id']}").status_code == 202
+
+
+def test_services_disable_and_force_down_steer_placement(compute: Compute) -> None:
+    compute.add_host("h1")
+    services = compute.call("GET", "/os-services").json()["services"]
+    assert [(s["host"], s["state"], s["status"]) for s in services] == [("h1", "up",
+                                                                         "enabled")]
+    assert compute.call("PUT", "/os-services/disable",
+                        json={"host": "h1", "binary": "nova-compute"}).status_code == 200
+    assert compute.boot("nowhere").json()  # 202, but ERROR: nothing enabled
+    server = compute.call("GET", "/servers/detail").json()["servers"][0]
+    assert server["status"] == "ERROR" and "No valid host" in server["fault"]["message"]
+    assert compute.call("PUT", "/os-services/enable",
+                        json={"host": "h1", "binary": "nova-compute"}).status_code == 200
+    forced = compute.call("PUT", "/os-services/force-down", json={
+        "host": "h1", "binary": "nova-compute", "forced_down": True})
+    assert forced.status_code == 404  # needs 2.11
+    forced = compute.call("PUT", "/os-services/force-down", json={
+        "host": "h1", "binary": "nova-compute", "forced_down": True},
+        headers={"OpenStack-API-Version": "compute 2.11"})
+    assert forced.status_code == 200
+    hyp = compute.call("GET", "/os-hypervisors/detail").json()["hypervisors"][0]
+    assert hyp["state"] == "down" and hyp["memory_mb"] == 2560
+    member = compute.services.member("sp", "su")
+    assert compute.call("GET", "/os-services", member).status_code == 403
+    assert compute.call("PUT", "/os-services/disable", json={"host": "nope"}).status_code == 404
+
+
+def test_anti_affinity_group_spreads_and_then_refuses(compute: Compute) -> None:
+    compute.add_host("h1")
+    compute.add_host("h2")
+    group = compute.call("POST", "/os-server-groups", json={"server_group": {
+        "name": "g", "policies": ["anti-affinity"]}}).json()["server_group"]
+    hints = {"os:scheduler_hints": {"group": group["id"]}}
+    ids = [compute.boot(f"m{i}", **hints).json()["server"]["id"] for i in range(3)]
+    detail = {s["id"]: s for s in compute.call(
+        "GET", "/servers/detail").json()["servers"]}
+    hosts = [detail[i]["OS-EXT-SRV-ATTR:host"] for i in ids]
+    assert sorted(h for h in hosts if h) == ["h1", "h2"]
+    assert [detail[i]["status"] for i in ids].count("ERROR") == 1
+    members = compute.call("GET", f"/os-server-groups/{group['id']}").json()
+    assert set(members["server_group"]["members"]) == set(ids)
+    bad = compute.call("POST", "/os-server-groups", json={"server_group": {
+        "name": "g", "policies": ["sideways"]}})
+    assert bad.status_code == 400
+
+
+def test_metadata_and_the_action_state_machine(compute: Compute) -> None:
+    compute.add_host("h1")
+    resp = compute.call("POST", "/servers", json={"server": {
+        "name": "vm", "imageRef": compute.image, "flavorRef": "1", "networks": "auto",
+        "metadata": {"ha:priority": "10"}}})
+    server_id = resp.json()["server"]["id"]
+    meta = compute.call("GET", f"/servers/{server_id}/metadata").json()["metadata"]
+    assert meta == {"ha:priority": "10"}
+    assert compute.call("PUT", f"/servers/{server_id}/metadata/ha:enabled",
+                        json={"meta": {"ha:enabled": "false"}}).status_code == 200
+    assert compute.call("POST", f"/servers/{server_id}/metadata",
+                        json={"metadata": {"x": "1"}}).json()["metadata"] == {
+        "ha:priority": "10", "ha:enabled": "false", "x": "1"}
+    assert compute.call("DELETE", f"/servers/{server_id}/metadata/x").status_code == 204
+    assert compute.call("GET", f"/servers/{server_id}/metadata/x").status_code == 404
+    bad = compute.call("POST", f"/servers/{server_id}/metadata", json={"metadata": {"k": 1}})
+    assert bad.status_code == 400
+    # still building (no agent here): stopping is a conflict, not a crash
+    assert compute.call("POST", f"/servers/{server_id}/action",
+                        json={"os-stop": None}).status_code == 409
+    assert compute.call("POST", f"/servers/{server_id}/action",
+                        json={"reboot": {"type": "SIDEWAYS"}}).status_code == 400
+    assert compute.call("POST", f"/servers/{server_id}/action",
+                        json={"levitate": {}}).status_code == 400
+    # evacuating from a host that is up is refused, as in Nova
+    assert compute.call("POST", f"/servers/{server_id}/action",
+                        json={"evacuate": {}}).status_code == 409
