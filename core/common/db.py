@@ -79,8 +79,9 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     """An engine for ``url`` with pre-ping (stale pooled connections are replaced
     before use, which is what makes a Galera node restart invisible to callers)."""
     if url.startswith("sqlite"):
+        # No pre-ping: a SQLite file connection cannot go stale the way a server's can.
         engine = create_engine(
-            url, pool_pre_ping=True, connect_args={"timeout": 30, "check_same_thread": False}
+            url, pool_pre_ping=False, connect_args={"timeout": 30, "check_same_thread": False}
         )
 
         @event.listens_for(engine, "connect")
