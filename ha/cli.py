@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from core import cli as core_cli
+from ha.lab import cli as lab_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="haven", description="Haven private cloud")
     sub = parser.add_subparsers(dest="command", required=True)
     core_cli.add_commands(sub)
+    lab_cli.add_commands(sub)
     return parser
 
 

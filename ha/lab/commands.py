@@ -51,7 +51,7 @@ def run(argv: Sequence[str], *, timeout: float = 30.0, check: bool = True,
     return result
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str,
+def wait_until(predicate: Callable[[], T | None], timeout: float, what: str,
                interval: float = 0.2) -> T:
     """Poll ``predicate`` until it returns something truthy, and return that.
 

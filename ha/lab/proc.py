@@ -9,6 +9,7 @@ namespace, which is how freeze, kill-service and memory accounting find them.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +100,18 @@ def pss_kib(pid: int, proc: Path = PROC) -> int:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points(mountinfo: str) -> list[str]:
+    """The mount points listed in a /proc/PID/mountinfo text (field 5)."""
+    points = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            points.append(_unescape(fields[4]))
+    return points

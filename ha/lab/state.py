@@ -51,6 +51,7 @@ class NodeState:
     init_pid: int | None = None
     init_start: int | None = None  # start time of init_pid, against PID reuse
     power: str = "off"  # "on" or "off", as the power switch last left it
+    off_since: float | None = None  # wall-clock time of the last power-off
 
 
 @dataclass
@@ -64,6 +65,7 @@ class LabState:
     libvirt: bool
     fence_action: str
     nodes: dict[str, NodeState] = field(default_factory=dict)
+    boot_delay: float = 20.0  # seconds a node stays dark after power-off (see power.py)
     power_pid: int | None = None
     power_start: int | None = None
     # Host directories up created as mount points (e.g. /var/lib/haven) and

@@ -1,0 +1,273 @@
+"""What a lab looks like, as pure functions: node plans, corosync.conf, /etc/hosts,
+qemu.conf, the mount plan of a node, and the pcs commands that set up fencing.
+
+Nothing here touches the machine, so every rule (addresses, interface-name length,
+"each ``{`` at a line end", the libvirt settings that let several libvirtds share
+one kernel) is checked by unit tests in milliseconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from xml.etree import ElementTree as ET
+
+PREFIX = "hvl"  # every network namespace the lab makes is named hvl-*
+DEFAULT_SUBNET = "10.213.0.0/24"  # lives only inside the lab's namespaces
+DEFAULT_CLUSTER = "haven-lab"
+DEFAULT_TOKEN_MS = 3000
+# Pacemaker's controller waits dc-deadtime (20 s by default) for a DC before it
+# holds an election; lab nodes boot within a second or two of each other, so 5 s
+# is plenty and saves ~15 s on every `up`.
+LAB_CIB_PROPERTIES: Mapping[str, str] = {"dc-deadtime": "5s"}
+FIRST_HOST = 11  # node1 is .11: easy to tell from a bridge or gateway address
+MAX_NODES = 16  # each node costs ~100 MB and some CPU: the lab stays lean
+IFNAMSIZ = 15  # Linux interface names are at most 15 characters
+FENCE_AGENT = "fence_haven_lab"
+FENCE_ACTIONS = ("off", "reboot")
+
+
+class PlanError(ValueError):
+    """A lab that cannot be built as asked (too many nodes, bad subnet...)."""
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    nodeid: int
+    address: str
+    netns: str
+    veth: str
+
+
+def switch_netns(prefix: str = PREFIX) -> str:
+    return f"{prefix}-switch"
+
+
+def plan_nodes(count: int, subnet: str = DEFAULT_SUBNET, prefix: str = PREFIX) -> list[NodePlan]:
+    """Names, node ids, addresses and interface names of ``count`` nodes.
+
+    Node ids start at 1 (corosync reserves 0); addresses are FIRST_HOST.. in
+    ``subnet``, which must leave room for them.
+    """
+    if not 1 <= count <= MAX_NODES:
+        raise PlanError(f"--nodes must be between 1 and {MAX_NODES}, got {count}")
+    try:
+        net = ipaddress.IPv4Network(subnet)
+    except ValueError as exc:
+        raise PlanError(f"bad lab subnet {subnet!r}: {exc}") from None
+    if net.num_addresses < FIRST_HOST + count + 1:
+        raise PlanError(f"subnet {subnet} is too small for {count} nodes")
+    plans = []
+    for i in range(1, count + 1):
+        name = f"node{i}"
+        veth = f"veth-{name}"
+        if len(veth) > IFNAMSIZ:  # pragma: no cover - MAX_NODES keeps names short
+            raise PlanError(f"interface name {veth!r} is longer than {IFNAMSIZ}")
+        plans.append(NodePlan(name=name, nodeid=i, address=str(net[FIRST_HOST + i - 1]),
+                              netns=f"{prefix}-{name}", veth=veth))
+    return plans
+
+
+def prefix_length(subnet: str) -> int:
+    return ipaddress.IPv4Network(subnet).prefixlen
+
+
+def corosync_conf(cluster_name: str, nodes: Sequence[NodePlan],
+                  token_ms: int = DEFAULT_TOKEN_MS) -> str:
+    """corosync.conf for the lab: knet with encryption (the authkey is shared by the
+    nodes), votequorum, logs in the node's private /var/log.
+
+    Corosync's parser wants each ``{`` at the end of its line; this writer only
+    ever emits ``name {`` lines. Two nodes get ``two_node: 1`` so that one survivor
+    keeps quorum, which is how two-node production clusters run (with fencing).
+    """
+    lines = [
+        "# Written by `haven lab up` (ha/lab/config.py): a lab cluster on namespaces.",
+        "totem {",
+        "    version: 2",
+        f"    cluster_name: {cluster_name}",
+        "    transport: knet",
+        "    # The lab's timing: a lost node is noticed in ~token + consensus.",
+        f"    token: {token_ms}",
+        "    crypto_cipher: aes256",
+        "    crypto_hash: sha256",
+        "}",
+        "",
+        "nodelist {",
+    ]
+    for node in nodes:
+        lines += [
+            "    node {",
+            f"        ring0_addr: {node.address}",
+            f"        name: {node.name}",
+            f"        nodeid: {node.nodeid}",
+            "    }",
+        ]
+    lines += ["}", "", "quorum {", "    provider: corosync_votequorum"]
+    if len(nodes) == 2:
+        lines.append("    two_node: 1")
+    lines += [
+        "}",
+        "",
+        "logging {",
+        "    to_logfile: yes",
+        "    logfile: /var/log/corosync/corosync.log",
+        "    to_syslog: no",
+        "    to_stderr: no",
+        "    timestamp: on",
+        "}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def hosts_file(nodes: Sequence[NodePlan]) -> str:
+    """/etc/hosts for every node: all node names resolve (Galera and RabbitMQ name
+    their peers by host name), with no DNS involved."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", ""]
+    lines += [f"{node.address}\t{node.name}" for node in nodes]
+    return "\n".join(lines) + "\n"
+
+
+# Several libvirtds share one kernel and one filesystem: no cgroups or mount
+# namespaces of their own for QEMU, no SELinux/AppArmor labels or chown of shared
+# disk files, QEMU as root (LAB-NOTES.md, "libvirt and QEMU").
+QEMU_SETTINGS: Mapping[str, str] = {
+    "cgroup_controllers": "[ ]",
+    "namespaces": "[ ]",
+    "security_driver": '"none"',
+    "dynamic_ownership": "0",
+    "user": '"root"',
+    "group": '"root"',
+}
+
+
+def set_conf_keys(text: str, settings: Mapping[str, str], marker: str = "haven lab") -> str:
+    """Set ``key = value`` lines of a libvirt-style config file.
+
+    Any active line setting one of the keys is commented out (libvirt would take
+    the first), then the settings are appended in one block, so the result says
+    what the lab changed and why it differs from the packaged file.
+    """
+    pattern = re.compile(r"^\s*(" + "|".join(map(re.escape, settings)) + r")\s*=")
+    out = [f"# ({marker}) {line}" if pattern.match(line) else line
+           for line in text.splitlines()]
+    out += ["", f"# --- set by {marker} ---"]
+    out += [f"{key} = {value}" for key, value in settings.items()]
+    return "\n".join(out) + "\n"
+
+
+Seed = Literal["empty", "skeleton", "copy"]
+
+
+@dataclass(frozen=True)
+class NodeMount:
+    """One private mount in a node's mount namespace.
+
+    ``kind`` is tmpfs, bind (a per-node copy of the host path) or overlay. For a
+    bind, ``seed`` says how the per-node copy starts: empty, the host's directory
+    tree without files (log and state directories: right owners and modes, no
+    data), or a full copy (configuration).
+    """
+
+    target: str
+    kind: Literal["tmpfs", "bind", "overlay"]
+    seed: Seed = "empty"
+    options: str = ""
+    skeleton_only: tuple[str, ...] = ()  # for "copy": subdirectories copied as skeleton
+
+
+NODE_MOUNTS: tuple[NodeMount, ...] = (
+    # Fresh at every boot, like on a real machine. /tmp too: PID namespaces make
+    # PIDs equal across nodes, and mariadbd's temp-file names would collide.
+    NodeMount("/run", "tmpfs", options="mode=0755"),
+    NodeMount("/dev/shm", "tmpfs", options="mode=1777"),  # libqb IPC of corosync/pacemaker
+    NodeMount("/tmp", "tmpfs", options="mode=1777"),
+    NodeMount("/etc/hosts", "bind"),
+    NodeMount("/etc/corosync", "bind", "copy"),
+    NodeMount("/var/lib/corosync", "bind"),
+    NodeMount("/var/lib/pacemaker", "bind", "skeleton"),
+    NodeMount("/var/lib/pcsd", "bind"),
+    NodeMount("/var/log", "bind", "skeleton"),  # includes pacemaker/, corosync/, crmsh/
+    NodeMount("/etc/libvirt", "bind", "copy", skeleton_only=("qemu", "nwfilter", "secrets")),
+    NodeMount("/var/lib/libvirt", "bind", "skeleton"),
+    NodeMount("/var/cache/libvirt", "bind", "skeleton"),
+    NodeMount("/etc/mysql", "bind", "copy"),
+    NodeMount("/var/lib/mysql", "bind"),
+    NodeMount("/etc/rabbitmq", "bind", "copy"),
+    NodeMount("/var/lib/rabbitmq", "bind"),
+    NodeMount("/etc/haven", "bind"),
+    NodeMount("/var/lib/haven", "bind"),
+)
+# Log directories every node needs even if the host never created them.
+NODE_LOG_DIRS: tuple[str, ...] = ("corosync", "pacemaker", "crmsh", "libvirt/qemu", "pcsd")
+NODE_RUN_DIRS: tuple[str, ...] = ("lock",)  # made by init in the fresh /run
+
+
+def node_source(node_root: Path, target: str) -> Path:
+    """Where a node's private copy of host path ``target`` lives in the lab dir."""
+    return node_root / target.lstrip("/")
+
+
+def init_mounts(node_root: Path, sbin_overlay: Path) -> list[dict[str, str]]:
+    """The mount list a node's init performs, in order.
+
+    The last one overlays the lab's fence agent onto /usr/sbin inside the node only,
+    where pacemaker-fenced looks for fence_* agents; the host's /usr stays untouched.
+    """
+    mounts = []
+    for mount in NODE_MOUNTS:
+        entry = {"kind": mount.kind, "target": mount.target, "options": mount.options}
+        if mount.kind == "bind":
+            entry["source"] = str(node_source(node_root, mount.target))
+        mounts.append(entry)
+    mounts.append({"kind": "overlay", "target": "/usr/sbin", "source": "overlay",
+                   "options": f"lowerdir={sbin_overlay}:/usr/sbin"})
+    return mounts
+
+
+def seed_cib(empty_cib: str, properties: Mapping[str, str]) -> str:
+    """The CIB a node boots with: ``cibadmin --empty``'s skeleton (right schema for
+    the installed Pacemaker) plus cluster properties that matter *before* the
+    cluster can be configured at all, such as dc-deadtime."""
+    root = ET.fromstring(empty_cib)
+    crm_config = root.find("configuration/crm_config")
+    if crm_config is None:
+        raise PlanError("cibadmin --empty gave a CIB without configuration/crm_config")
+    props = ET.SubElement(crm_config, "cluster_property_set", id="cib-bootstrap-options")
+    for name, value in properties.items():
+        ET.SubElement(props, "nvpair", id=f"cib-bootstrap-options-{name}", name=name,
+                      value=value)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def pcs_fencing_commands(nodes: Sequence[NodePlan], socket_path: Path,
+                         fence_action: str = "off") -> list[list[str]]:
+    """The pcs commands that make Pacemaker fence through the lab's power switch:
+    one stonith device per node, each able to fence only its own node.
+
+    ``fence_action`` "off" (the lab default) leaves a fenced node powered off, as a
+    PDU would after "off": no node comes back on its own and loads the machine;
+    "reboot" powers it back on, and it rejoins.
+    """
+    if fence_action not in FENCE_ACTIONS:
+        raise PlanError(f"fence action must be one of {', '.join(FENCE_ACTIONS)}")
+    commands = [["pcs", "property", "set", "stonith-enabled=true",
+                 f"stonith-action={fence_action}", "stonith-timeout=60s"]]
+    for node in nodes:
+        commands.append(["pcs", "stonith", "create", f"fence-{node.name}", FENCE_AGENT,
+                         f"plug={node.name}", f"socket={socket_path}",
+                         f"pcmk_host_list={node.name}", "pcmk_host_check=static-list",
+                         "op", "monitor", "interval=60s"])
+    return commands
+
+
+def script(commands: Sequence[Sequence[str]]) -> str:
+    """Commands as a shell script an operator can read and rerun."""
+    return "".join(shlex.join(cmd) + "\n" for cmd in commands)

@@ -1,0 +1,102 @@
+"""Reading Pacemaker's XML output: crm_mon (nodes, resources, DC, quorum) and
+stonith_admin's fence history.
+
+Pure parsers, so the lab's waits ("3 nodes online", "Dummy started elsewhere",
+"node2 fenced off") are tested on captured XML without a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from xml.etree import ElementTree as ET
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    online: bool
+    unclean: bool
+    standby: bool
+
+
+@dataclass(frozen=True)
+class ResourceView:
+    id: str
+    agent: str
+    role: str
+    active: bool
+    failed: bool
+    nodes: tuple[str, ...]
+
+
+@dataclass
+class ClusterView:
+    """One node's view of the cluster, as ``crm_mon --output-as=xml`` reports it."""
+
+    dc: str | None
+    quorum: bool
+    nodes: dict[str, NodeView] = field(default_factory=dict)
+    resources: dict[str, ResourceView] = field(default_factory=dict)
+
+    @property
+    def online(self) -> list[str]:
+        return sorted(name for name, node in self.nodes.items() if node.online)
+
+    def running_on(self, resource: str) -> tuple[str, ...]:
+        """Nodes where ``resource`` is active (empty if stopped or unknown)."""
+        view = self.resources.get(resource)
+        if view is None or not view.active or view.failed:
+            return ()
+        return view.nodes
+
+
+def _true(value: str | None) -> bool:
+    return value == "true"
+
+
+def parse_crm_mon(xml: str) -> ClusterView:
+    root = ET.fromstring(xml)
+    dc = root.find("summary/current_dc")
+    present = dc is not None and _true(dc.get("present"))
+    view = ClusterView(dc=dc.get("name") if present and dc is not None else None,
+                       quorum=present and dc is not None and _true(dc.get("with_quorum")))
+    for node in root.iterfind("nodes/node"):
+        name = node.get("name", "")
+        view.nodes[name] = NodeView(name=name, online=_true(node.get("online")),
+                                    unclean=_true(node.get("unclean")),
+                                    standby=_true(node.get("standby")))
+    # Primitives may sit inside groups, clones and bundles: take them all.
+    for res in root.iter("resource"):
+        rid = res.get("id", "")
+        view.resources[rid] = ResourceView(
+            id=rid, agent=res.get("resource_agent", ""), role=res.get("role", ""),
+            active=_true(res.get("active")), failed=_true(res.get("failed")),
+            nodes=tuple(n.get("name", "") for n in res.iterfind("node")))
+    return view
+
+
+@dataclass(frozen=True)
+class FenceEvent:
+    action: str
+    target: str
+    status: str
+    delegate: str
+    origin: str
+    completed: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "success"
+
+
+def parse_fence_history(xml: str) -> list[FenceEvent]:
+    """Events of ``stonith_admin --history '*' --verbose --output-as=xml``.
+
+    Without --verbose stonith_admin reports only one fence per node, so callers
+    must pass it to see a node fenced twice.
+    """
+    root = ET.fromstring(xml)
+    return [FenceEvent(action=ev.get("action", ""), target=ev.get("target", ""),
+                       status=ev.get("status", ""), delegate=ev.get("delegate", ""),
+                       origin=ev.get("origin", ""), completed=ev.get("completed", ""))
+            for ev in root.iter("fence_event")]

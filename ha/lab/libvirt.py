@@ -1,0 +1,51 @@
+"""libvirtd inside lab nodes (``haven lab up --libvirt``).
+
+Each node runs its own virtlogd + libvirtd (virtlogd first, or domains fail to
+start) with the qemu.conf settings that let several libvirtds share one kernel
+(``config.QEMU_SETTINGS``). The first libvirtd to start spends ~8 s probing QEMU's
+capabilities; its cache is kept as a warm copy in the lab directory and seeded
+into every node booted after it, which then skips the probe.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ha.lab import config, node
+from ha.lab.commands import wait_until
+from ha.lab.state import NodeState
+
+URI = "qemu:///system"
+
+
+def warm_cache(lab_dir: Path) -> Path:
+    return lab_dir / "cache" / "libvirt-qemu"
+
+
+def configure(lab_dir: Path, name: str) -> None:
+    """Rewrite the node's private qemu.conf with the lab's settings."""
+    qemu_conf = config.node_source(node.root_dir(lab_dir, name), "/etc/libvirt") / "qemu.conf"
+    text = qemu_conf.read_text() if qemu_conf.exists() else ""
+    qemu_conf.parent.mkdir(parents=True, exist_ok=True)
+    qemu_conf.write_text(config.set_conf_keys(text, config.QEMU_SETTINGS))
+
+
+def start(lab_dir: Path, nd: NodeState, timeout: float = 60.0) -> None:
+    """Start virtlogd and libvirtd in the node and wait until libvirtd answers."""
+    cache = config.node_source(node.root_dir(lab_dir, nd.name), "/var/cache/libvirt") / "qemu"
+    warm = warm_cache(lab_dir)
+    if warm.is_dir() and not (cache / "capabilities").is_dir():
+        shutil.copytree(warm, cache, symlinks=True, dirs_exist_ok=True)
+    node.spawn_in(lab_dir, nd, ["virtlogd", "-d"], "libvirt.out")
+    wait_until(lambda: node.exec_in(nd, ["test", "-S", "/run/libvirt/virtlogd-sock"],
+                                    check=False).returncode == 0,
+               timeout, f"virtlogd on {nd.name}")
+    node.spawn_in(lab_dir, nd, ["libvirtd", "-d"], "libvirt.out")
+    # Asking for the capabilities makes libvirtd probe QEMU (or read the seeded
+    # cache), so the node is warm before any test boots a guest on it.
+    wait_until(lambda: node.exec_in(nd, ["virsh", "-c", URI, "capabilities"], check=False,
+                                    timeout=timeout).returncode == 0,
+               timeout, f"libvirtd on {nd.name}", interval=0.5)
+    if not warm.is_dir() and (cache / "capabilities").is_dir():
+        shutil.copytree(cache, warm, symlinks=True)
