@@ -49,6 +49,26 @@ def ensure_project(session: Session, name: str, description: str) -> Project:
     return project
 
 
+def ensure_user(session: Session, cfg: HavenConfig, name: str, password: str,
+                project: Project, description: str) -> tuple[User, bool]:
+    """The user ``name`` with ``password`` (re-hashed, and its tokens revoked, only when
+    the password changed); True when it was created."""
+    user = session.scalars(select(User).where(
+        User.domain_id == DEFAULT_DOMAIN_ID, User.name == name)).first()
+    if user is None:
+        user = User(name=name, domain_id=DEFAULT_DOMAIN_ID, enabled=True,
+                    default_project_id=project.id,
+                    password_hash=hash_password(password, cfg.identity.bcrypt_cost),
+                    created_at=datetime.now(UTC).replace(tzinfo=None), description=description)
+        session.add(user)
+        session.flush()
+        return user, True
+    if not verify_password(password, user.password_hash):
+        user.password_hash = hash_password(password, cfg.identity.bcrypt_cost)
+        revoke(session, user_id=user.id)
+    return user, False
+
+
 def grant(session: Session, user_id: str, project_id: str, role_id: str) -> None:
     if session.get(RoleAssignment, (user_id, "project", project_id, role_id)) is None:
         session.add(RoleAssignment(user_id=user_id, target_type="project", target_id=project_id,
@@ -73,38 +93,14 @@ def bootstrap(cfg: HavenConfig, db: Database, admin_password: str) -> BootstrapR
             roles[name] = role
         project = ensure_project(session, cfg.identity.admin_project,
                                  "Bootstrap project for the cloud administrator")
-        user = session.scalars(select(User).where(
-            User.domain_id == DEFAULT_DOMAIN_ID, User.name == cfg.identity.admin_user)
-        ).first()
-        created = user is None
-        if user is None:
-            user = User(name=cfg.identity.admin_user, domain_id=DEFAULT_DOMAIN_ID,
-                        enabled=True, default_project_id=project.id,
-                        password_hash=hash_password(admin_password, cfg.identity.bcrypt_cost),
-                        created_at=datetime.now(UTC).replace(tzinfo=None), description="")
-            session.add(user)
-            session.flush()
-        elif not verify_password(admin_password, user.password_hash):
-            user.password_hash = hash_password(admin_password, cfg.identity.bcrypt_cost)
-            revoke(session, user_id=user.id)
+        user, created = ensure_user(session, cfg, cfg.identity.admin_user, admin_password,
+                                    project, "")
         grant(session, user.id, project.id, roles["admin"].id)
         service_project = ensure_project(session, cfg.service_user.project,
                                          "Project of Haven's own service user")
-        service_user = session.scalars(select(User).where(
-            User.domain_id == DEFAULT_DOMAIN_ID, User.name == cfg.service_user.name)).first()
-        service_password = cfg.service_password()
-        if service_user is None:
-            service_user = User(name=cfg.service_user.name, domain_id=DEFAULT_DOMAIN_ID,
-                                enabled=True, default_project_id=service_project.id,
-                                password_hash=hash_password(service_password,
-                                                            cfg.identity.bcrypt_cost),
-                                created_at=datetime.now(UTC).replace(tzinfo=None),
-                                description="Haven services calling each other")
-            session.add(service_user)
-            session.flush()
-        elif not verify_password(service_password, service_user.password_hash):
-            service_user.password_hash = hash_password(service_password, cfg.identity.bcrypt_cost)
-            revoke(session, user_id=service_user.id)
+        service_user, _ = ensure_user(session, cfg, cfg.service_user.name,
+                                      cfg.service_password(), service_project,
+                                      "Haven services calling each other")
         grant(session, service_user.id, service_project.id, roles["admin"].id)
         sync_catalog(session, cfg)
         return BootstrapResult(user.id, project.id, created)
