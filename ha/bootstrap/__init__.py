@@ -1,0 +1,1 @@
+"""Cluster bootstrap: corosync.conf and the CIB (as pcs commands) from a plan."""

@@ -1,0 +1,76 @@
+"""The CIB commands `haven cluster bootstrap` will load: the HA rules they encode."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from ha.bootstrap.cib import ClusterPlan, all_commands, render_script
+
+
+def plan(**kw: object) -> ClusterPlan:
+    base: dict[str, object] = dict(nodes=("n1", "n2", "n3"), vip="10.213.0.100/24",
+                                   vip_nic="eth0", hypervisors=("n2", "n3"))
+    base.update(kw)
+    return ClusterPlan(**base)  # type: ignore[arg-type]
+
+
+def lines(p: ClusterPlan) -> list[str]:
+    return [shlex.join(c) for c in all_commands(p)]
+
+
+def test_fencing_is_on_and_no_node_fences_itself() -> None:
+    text = lines(plan())
+    assert "pcs property set stonith-enabled=true" in text
+    assert "pcs property set no-quorum-policy=stop" in text
+    for node in ("n1", "n2", "n3"):
+        assert f"pcs constraint location fence-{node} avoids {node}" in text
+    assert any("pcmk_host_list=n1" in t for t in text)
+
+
+def test_galera_is_promotable_with_notify_over_all_nodes() -> None:
+    galera = next(t for t in lines(plan()) if "ocf:heartbeat:galera" in t)
+    assert "wsrep_cluster_address=gcomm://n1,n2,n3" in galera
+    assert "promotable" in galera and "notify=true" in galera and "promoted-max=3" in galera
+
+
+def test_services_are_clones_with_two_monitor_depths_after_db_and_bus() -> None:
+    text = lines(plan())
+    identity = next(t for t in text if "ocf:haven:haven-identity" in t)
+    assert "OCF_CHECK_LEVEL=0" in identity and "OCF_CHECK_LEVEL=10" in identity
+    assert identity.endswith("clone interleave=true")
+    assert ("pcs constraint order promote galera-clone then start haven-identity-clone"
+            in text)
+    assert "pcs constraint order start rabbitmq-clone then start haven-compute-api-clone" in text
+
+
+def test_vip_follows_a_running_identity_api() -> None:
+    text = lines(plan())
+    assert "pcs constraint colocation add vip with haven-identity-clone INFINITY" in text
+    assert "pcs constraint order start haven-identity-clone then start vip" in text
+    vip = next(t for t in text if "IPaddr2" in t)
+    assert "ip=10.213.0.100" in vip and "cidr_netmask=24" in vip
+
+
+def test_compute_agents_run_only_on_hypervisors() -> None:
+    text = lines(plan())
+    assert "pcs constraint location haven-compute-clone avoids n1" in text
+    assert not any("haven-compute-clone avoids n2" in t for t in text)
+    assert not any("ocf:haven:haven-compute " in t + " " for t in lines(plan(hypervisors=())))
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"nodes": ("a", "a")}, "distinct"),
+    ({"vip": "10.0.0.1"}, "ADDRESS/PREFIX"),
+    ({"hypervisors": ("zz",)}, "not in nodes"),
+])
+def test_bad_plans_are_refused(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan(**kw)
+
+
+def test_script_is_runnable_shell() -> None:
+    script = render_script(all_commands(plan()))
+    assert script.startswith("#!/bin/sh\n")
+    assert "set -e" in script
