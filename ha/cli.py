@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from core import cli as core_cli
+from ha.bootstrap import cli as cluster_cli
 from ha.lab import cli as lab_cli
 
 
@@ -13,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     core_cli.add_commands(sub)
     lab_cli.add_commands(sub)
+    cluster_cli.add_commands(sub)
     return parser
 
 

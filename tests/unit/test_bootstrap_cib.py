@@ -74,3 +74,25 @@ def test_script_is_runnable_shell() -> None:
     script = render_script(all_commands(plan()))
     assert script.startswith("#!/bin/sh\n")
     assert "set -e" in script
+
+
+def test_cli_prints_the_script_and_refuses_bad_plans(tmp_path: object,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from ha.cli import main
+
+    base = Path(str(tmp_path))
+    good = base / "plan.yaml"
+    good.write_text("nodes: [n1, n2]\nvip: 10.213.0.100/24\nvip_nic: eth0\n")
+    assert main(["cluster", "script", "--plan", str(good)]) == 0
+    assert "ocf:heartbeat:galera" in capsys.readouterr().out
+    for text, message in (("nodes: [n1]\nvip: x\nvip_nic: e\n", "ADDRESS/PREFIX"),
+                          ("nodes: [n1]\nvip: 1.2.3.4/24\nvip_nic: e\nextra: 1\n",
+                           "extra: unknown plan key"),
+                          ("nodes: [n1]\n", "vip: required")):
+        bad = base / "bad.yaml"
+        bad.write_text(text)
+        assert main(["cluster", "script", "--plan", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
