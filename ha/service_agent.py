@@ -29,8 +29,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ha.ocf import Agent, Exit, OcfError
+
+if TYPE_CHECKING:
+    from core.common.config import HavenConfig
 
 DEFAULT_BINARY = str(Path(sys.executable).parent / "haven")
 API_SERVICES = {"identity": "identity", "compute-api": "compute", "image": "image",
@@ -120,7 +124,7 @@ class HavenServiceAgent:
         ms = self.agent.env.get("OCF_RESKEY_CRM_meta_timeout")
         return int(ms) / 1000 if ms and ms.isdigit() else default
 
-    def load_config(self):  # type: ignore[no-untyped-def]
+    def load_config(self) -> HavenConfig:
         from core.common.config import ConfigError, load_config
 
         path = self.agent.param("config")

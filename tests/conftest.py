@@ -8,7 +8,6 @@ its own data directory and socket (no TCP port), and a fresh database per test.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -23,14 +22,9 @@ from core.common import migrate
 from core.common.config import HavenConfig, load_config
 from core.common.db import Database
 from core.common.server import AppServers, Listener
+from tests.rabbitmq import RabbitMQ, free_port
 
 ADMIN_PASSWORD = "admin-secret-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -97,6 +91,15 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
         server.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """A throwaway RabbitMQ broker (own node name, ports and dirs) per test module."""
+    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])

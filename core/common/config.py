@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from core.common.tokens import MAX_TOKEN_LIFETIME_S
+
 
 class ConfigError(ValueError):
     """A configuration file or value that Haven refuses; the message names the key."""
@@ -109,7 +111,7 @@ class IdentityConfig:
     )
     token_expiration: int = field(
         default=3600,
-        metadata=_doc("Token lifetime in seconds.", _between(60, 7 * 24 * 3600)),
+        metadata=_doc("Token lifetime in seconds.", _between(60, MAX_TOKEN_LIFETIME_S)),
     )
     max_active_keys: int = field(
         default=3,

@@ -26,6 +26,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 PAYLOAD_VERSION = 1
+MAX_TOKEN_LIFETIME_S = 7 * 24 * 3600  # the longest token_expiration configuration allows
 METHOD_BITS = {"password": 1, "token": 2}
 SCOPE_UNSCOPED, SCOPE_PROJECT, SCOPE_DOMAIN = 0, 1, 2
 

@@ -11,17 +11,12 @@ from core.common import policy
 from core.common.db import rowcount
 from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.timeutil import now
-from core.common.wsgi import auth, field, json_body, session
+from core.common.wsgi import auth, base_url, field, json_body, session
 from core.compute.api import ComputeContext, microversion
 from core.compute.models import ComputeService, Flavor, Instance, ServerGroup
 from core.compute.views import flavor_view, group_view, hypervisor_view, service_view
 
 GROUP_POLICIES = ("anti-affinity", "affinity", "soft-anti-affinity", "soft-affinity")
-
-
-def base_url() -> str:
-    parts = bottle.request.urlparts
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def register(app: bottle.Bottle, ctx: ComputeContext) -> None:

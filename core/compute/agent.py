@@ -20,7 +20,6 @@ import logging
 import shutil
 import subprocess
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -337,12 +336,3 @@ class ComputeAgent:
                                    Instance.task_state.is_(None))
             .values(updated_at=now(), **values)))
 
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; for tests and tools."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -27,7 +27,7 @@ from core.common.db import Database
 from core.common.faults import BadRequest, Fault
 from core.common.health import add_healthcheck
 from core.common.tokens import KeyRepository, TokenCodec
-from core.common.wsgi import make_app
+from core.common.wsgi import base_url, make_app
 from core.compute import scheduler
 
 MIN_VERSION = (2, 1)
@@ -104,7 +104,7 @@ class ComputeContext:
             return self._index
 
     def service_up(self, last_seen: float, forced_down: bool) -> bool:
-        return not forced_down and time.time() - last_seen <= self.cfg.compute.service_down_time
+        return scheduler.is_up(last_seen, forced_down, self.cfg.compute.service_down_time)
 
 
 def create_app(cfg: HavenConfig, db: Database, bus: Bus,
@@ -128,18 +128,14 @@ def create_app(cfg: HavenConfig, db: Database, bus: Bus,
         if rid:
             bottle.response.set_header("x-compute-request-id", rid)
 
-    def base() -> str:
-        parts = bottle.request.urlparts
-        return f"{parts.scheme}://{parts.netloc}"
-
     @app.get("/", skip_auth=True)
     def versions() -> dict[str, Any]:
-        return {"versions": [_version_entry(base())]}
+        return {"versions": [_version_entry(base_url())]}
 
     @app.get("/v2.1", skip_auth=True)
     @app.get("/v2.1/", skip_auth=True)
     def version() -> dict[str, Any]:
-        return {"version": _version_entry(base())}
+        return {"version": _version_entry(base_url())}
 
     servers.register(app, ctx)
     admin_routes.register(app, ctx)

@@ -191,12 +191,17 @@ class HostIndex:
                              generation=h.generation + 1))
 
 
+def is_up(last_seen: float, forced_down: bool, service_down_time: float,
+          at: float | None = None) -> bool:
+    """A compute service is up unless forced down or its last heartbeat is too old."""
+    return not forced_down and ((now() if at is None else at) - last_seen) <= service_down_time
+
+
 def host_state(row: ComputeService, service_down_time: float, at: float | None = None
                ) -> HostState:
-    t = now() if at is None else at
     return HostState(
         host=row.host, enabled=row.enabled,
-        up=not row.forced_down and (t - row.last_seen) <= service_down_time,
+        up=is_up(row.last_seen, row.forced_down, service_down_time, at),
         reserved=row.reserved, vcpus=row.vcpus, memory_mb=row.memory_mb, disk_gb=row.disk_gb,
         vcpus_used=row.vcpus_used, memory_mb_used=row.memory_mb_used,
         disk_gb_used=row.disk_gb_used, cpu_ratio=row.cpu_ratio, ram_ratio=row.ram_ratio,
@@ -302,7 +307,3 @@ def describe(stats: FilterStats) -> str:
     parts = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.rejected.items()))
     return f"hosts rejected: {parts}"
 
-
-def to_dict(h: HostState) -> dict[str, Any]:
-    return {"host": h.host, "free_ram_mb": h.free_ram_mb, "free_vcpus": h.free_vcpus,
-            "free_disk_gb": h.free_disk_gb}

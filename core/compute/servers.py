@@ -33,7 +33,7 @@ from core.common.clients import ServiceCallError
 from core.common.db import rowcount
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound
 from core.common.timeutil import now
-from core.common.wsgi import auth, commit, field, json_body, session
+from core.common.wsgi import auth, base_url, commit, field, json_body, session
 from core.compute import scheduler, states
 from core.compute.api import ComputeContext
 from core.compute.models import ComputeService, Flavor, Instance, InstanceMetadata, ServerGroup
@@ -46,11 +46,6 @@ MAX_METADATA = 128
 # Claims an instance may lose to other schedulers before it goes to ERROR. Each loss
 # means another instance was placed, so this only bounds a pathological pile-up.
 MAX_CLAIM_ATTEMPTS = 30
-
-
-def base_url() -> str:
-    parts = bottle.request.urlparts
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def load_server(instance_id: str, write: bool = False) -> Instance:
@@ -449,15 +444,17 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
                 return network_id
         return network_names[network_id]
 
-    def detail(inst: Instance) -> dict[str, Any]:
-        is_admin = auth().is_admin
-        host_up = None
-        if is_admin and inst.host:
-            svc = session().scalars(select(ComputeService).where(
-                ComputeService.host == inst.host)).first()
-            host_up = ctx.service_up(svc.last_seen, svc.forced_down) if svc else False
+    def hosts_up() -> dict[str, bool] | None:
+        """Each host's liveness, read once per request (admins see host_status)."""
+        if not auth().is_admin:
+            return None
+        return {s.host: ctx.service_up(s.last_seen, s.forced_down)
+                for s in session().scalars(select(ComputeService))}
+
+    def detail(inst: Instance, up: dict[str, bool] | None) -> dict[str, Any]:
+        host_up = None if up is None or not inst.host else up.get(inst.host, False)
         return server_detail(base_url(), inst, metadata_of(session(), inst.id),
-                             network_name(inst.network_id), is_admin, host_up)
+                             network_name(inst.network_id), up is not None, host_up)
 
     @app.get("/v2.1/servers")
     def list_servers() -> dict[str, Any]:
@@ -465,11 +462,12 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
 
     @app.get("/v2.1/servers/detail")
     def list_servers_detail() -> dict[str, Any]:
-        return {"servers": [detail(i) for i in list_query()]}
+        up = hosts_up()
+        return {"servers": [detail(i, up) for i in list_query()]}
 
     @app.get("/v2.1/servers/<instance_id>")
     def show_server(instance_id: str) -> dict[str, Any]:
-        return {"server": detail(load_server(instance_id))}
+        return {"server": detail(load_server(instance_id), hosts_up())}
 
     @app.put("/v2.1/servers/<instance_id>")
     def update_server(instance_id: str) -> dict[str, Any]:
@@ -481,7 +479,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
                 raise BadRequest("Invalid input for field 'server.name': 1 to 255 characters.")
             inst.name = name
         inst.updated_at = now()
-        return {"server": detail(inst)}
+        return {"server": detail(inst, hosts_up())}
 
     @app.delete("/v2.1/servers/<instance_id>")
     def delete_server(instance_id: str) -> None:

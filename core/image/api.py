@@ -29,7 +29,7 @@ from core.common.health import add_healthcheck
 from core.common.policy import admin
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
-from core.common.wsgi import auth, commit, field, json_body, make_app, session
+from core.common.wsgi import auth, base_url, commit, field, json_body, make_app, session
 from core.image.formats import ImageFormatError, inspect
 from core.image.models import (
     CONTAINER_FORMATS,
@@ -163,10 +163,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
     @app.get("/", skip_auth=True)
     def versions() -> dict[str, Any]:
         bottle.response.status = 300
-        base = bottle.request.urlparts
-        href = f"{base.scheme}://{base.netloc}/v2/"
         return {"versions": [{"id": "v2.16", "status": "CURRENT",
-                              "links": [{"rel": "self", "href": href}]}]}
+                              "links": [{"rel": "self", "href": f"{base_url()}/v2/"}]}]}
 
     @app.get("/v2/images")
     def list_images() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from core.common.faults import BadRequest, Conflict, Forbidden, NotFound
 from core.common.health import add_healthcheck
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
-from core.common.wsgi import auth, field, json_body, make_app, session
+from core.common.wsgi import auth, base_url, field, json_body, make_app, session
 from core.network import ipam
 from core.network.models import IPAllocation, Network, Port, Subnet
 
@@ -157,10 +157,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
     def register_version_routes() -> None:
         @app.get("/", skip_auth=True)
         def versions() -> dict[str, Any]:
-            parts = bottle.request.urlparts
-            href = f"{parts.scheme}://{parts.netloc}/v2.0/"
             return {"versions": [{"id": "v2.0", "status": "CURRENT",
-                                  "links": [{"rel": "self", "href": href}]}]}
+                                  "links": [{"rel": "self", "href": f"{base_url()}/v2.0/"}]}]}
 
         @app.get("/v2.0")
         @app.get("/v2.0/")

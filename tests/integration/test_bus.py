@@ -31,14 +31,6 @@ from tests.rabbitmq import RabbitMQ, free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    server.start()
-    yield server
-    server.close()
-
-
 @pytest.fixture
 def broker(rabbitmq: RabbitMQ) -> RabbitMQ:
     rabbitmq.start()  # a no-op unless an earlier test left it stopped

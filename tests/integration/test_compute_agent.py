@@ -75,14 +75,6 @@ def wait(check: Callable[[], bool], timeout: float = 30) -> None:
     assert check(), "condition not reached in time"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    server.start()
-    yield server
-    server.close()
-
-
 def make_cloud(tmp_path: Path, bus_driver: str, urls: list[str]) -> Cloud:
     overrides: dict[str, object] = {
         "state_dir": str(tmp_path / "state"), "log.level": "WARNING",
@@ -136,16 +128,16 @@ def local_cloud(tmp_path: Path) -> Iterator[Cloud]:
 
 
 def test_reconcile_finishes_a_build_whose_nudge_was_lost(tmp_path: Path,
-                                                          broker: RabbitMQ) -> None:
+                                                          rabbitmq: RabbitMQ) -> None:
     """The broker loses the nudge (as rabbitmq-cluster's mnesia wipe does): the
     agent's reconciliation still builds the server, from the database alone."""
-    cloud = make_cloud(tmp_path, "amqp", [broker.url])
+    cloud = make_cloud(tmp_path, "amqp", [rabbitmq.url])
     agent = cloud.agent()
     try:
         agent.register()  # the host exists and is up, but its agent is not running yet
         server_id = cloud.create("lost-nudge")
         assert cloud.instance(server_id).host == HOST
-        conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+        conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
         purged = conn.channel().queue_purge(f"agent-test.compute.{HOST}")
         conn.close()
         assert purged.method.message_count == 1  # the nudge was there; now it is lost
