@@ -38,6 +38,12 @@ class ClusterPlan:
     fence_agent: str = "fence_ipmilan"
     fence_options: dict[str, dict[str, str]] = field(default_factory=dict)
     hypervisors: tuple[str, ...] = ()
+    addresses: dict[str, str] = field(default_factory=dict)  # node -> cluster address
+    cluster_name: str = "haven"
+    db_buffer_pool: str = "128M"
+    shared_dir: str | None = None  # images/ and instances/ shared by every node
+    api_workers: int = 2
+    compute_overrides: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.nodes) < 1 or len(set(self.nodes)) != len(self.nodes):
@@ -47,6 +53,15 @@ class ClusterPlan:
         unknown = set(self.hypervisors) - set(self.nodes)
         if unknown:
             raise ValueError(f"hypervisors not in nodes: {', '.join(sorted(unknown))}")
+        strangers = set(self.addresses) - set(self.nodes)
+        if strangers:
+            raise ValueError(f"addresses of unknown nodes: {', '.join(sorted(strangers))}")
+        if self.api_workers < 1:
+            raise ValueError("api_workers must be at least 1")
+
+    def address_of(self, node: str) -> str:
+        """The node's cluster address (its name when the plan gives none: /etc/hosts)."""
+        return self.addresses.get(node, node)
 
 
 Command = list[str]
@@ -57,7 +72,8 @@ def fencing(plan: ClusterPlan) -> list[Command]:
     for node in plan.nodes:
         options = [f"{k}={v}" for k, v in sorted(plan.fence_options.get(node, {}).items())]
         commands.append(["pcs", "stonith", "create", f"fence-{node}", plan.fence_agent,
-                         *options, f"pcmk_host_list={node}", "op", "monitor", "interval=60s"])
+                         *options, f"pcmk_host_list={node}", "pcmk_host_check=static-list",
+                         "op", "monitor", "interval=60s"])
         # a node never fences itself: keep its device on the others
         commands.append(["pcs", "constraint", "location", f"fence-{node}", "avoids", node])
     commands.append(["pcs", "property", "set", "stonith-enabled=true"])
@@ -75,7 +91,16 @@ def database_and_bus(plan: ClusterPlan) -> list[Command]:
          "op", "monitor", "interval=10s", "timeout=30s", "role=Promoted",
          "promotable", "promoted-max=" + str(len(plan.nodes)), "notify=true"],
         ["pcs", "resource", "create", "rabbitmq", "ocf:heartbeat:rabbitmq-cluster",
-         "op", "monitor", "interval=10s", "timeout=40s", "clone", "interleave=true"],
+         "op", "start", "timeout=200s", "op", "monitor", "interval=10s", "timeout=40s",
+         "clone", "interleave=true", "ordered=true"],
+        # rabbitmq-cluster wipes a node's broker database at every start, so the node
+        # comes back a member of no quorum queue: this clone grows it back into all.
+        ["pcs", "resource", "create", "bus-members", "ocf:haven:haven-bus-members",
+         "op", "monitor", "interval=60s", "timeout=60s", "clone", "interleave=true"],
+        ["pcs", "constraint", "order", "start", "rabbitmq-clone", "then", "start",
+         "bus-members-clone"],
+        ["pcs", "constraint", "colocation", "add", "bus-members-clone", "with",
+         "rabbitmq-clone", "INFINITY"],
     ]
 
 
@@ -84,13 +109,16 @@ def haven_services(plan: ClusterPlan) -> list[Command]:
     for service in API_SERVICES:
         commands.append(["pcs", "resource", "create", f"haven-{service}",
                          f"ocf:haven:haven-{service}", f"config={plan.haven_config}",
+                         f"workers={plan.api_workers}",
+                         "op", "start", "timeout=60s",
                          "op", "monitor", "interval=10s", "timeout=20s", "OCF_CHECK_LEVEL=0",
                          "op", "monitor", "interval=30s", "timeout=30s", "OCF_CHECK_LEVEL=10",
                          "clone", "interleave=true"])
     if plan.hypervisors:
         commands.append(["pcs", "resource", "create", "haven-compute", "ocf:haven:haven-compute",
-                         f"config={plan.haven_config}", "op", "monitor", "interval=10s",
-                         "timeout=20s", "clone", "interleave=true"])
+                         f"config={plan.haven_config}", "op", "start", "timeout=90s",
+                         "op", "monitor", "interval=10s", "timeout=20s",
+                         "clone", "interleave=true"])
         for node in plan.nodes:
             if node not in plan.hypervisors:
                 commands.append(["pcs", "constraint", "location", "haven-compute-clone",
@@ -108,8 +136,12 @@ def constraints(plan: ClusterPlan) -> list[Command]:
     if plan.hypervisors:
         services.append("haven-compute-clone")
     for svc in services:
+        # Each service uses its own node's Galera member: only where it is promoted
+        # (synced, in the primary component), started after it.
         commands.append(["pcs", "constraint", "order", "promote", "galera-clone", "then",
                          "start", svc])
+        commands.append(["pcs", "constraint", "colocation", "add", svc, "with", "Promoted",
+                         "galera-clone", "INFINITY"])
         commands.append(["pcs", "constraint", "order", "start", "rabbitmq-clone", "then",
                          "start", svc])
     commands.append(["pcs", "constraint", "colocation", "add", "vip", "with",
@@ -121,6 +153,14 @@ def constraints(plan: ClusterPlan) -> list[Command]:
 
 def all_commands(plan: ClusterPlan) -> list[Command]:
     return fencing(plan) + database_and_bus(plan) + haven_services(plan) + constraints(plan)
+
+
+def created_name(command: Command) -> str | None:
+    """The resource a ``pcs resource|stonith create`` command makes (None otherwise):
+    bootstrap skips commands whose resource exists, so it can be rerun."""
+    if command[:1] == ["pcs"] and command[2:3] == ["create"] and len(command) > 3:
+        return command[3]
+    return None
 
 
 def render_script(commands: Sequence[Command], title: str = "Haven cluster") -> str:

@@ -1,4 +1,11 @@
-"""``haven cluster ...``: the cluster bootstrap commands (the script part so far)."""
+"""``haven cluster ...``: node configuration and the cluster bootstrap.
+
+* ``haven cluster node-config --plan P --secrets S --node N [--root DIR]``
+  writes one node's Galera, RabbitMQ and Haven configuration (run on each node);
+* ``haven cluster bootstrap --plan P [--save FILE]`` loads the CIB on a formed
+  cluster, stage by stage, and saves the commands as a script;
+* ``haven cluster script --plan P`` prints the pcs commands without running them.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +18,29 @@ import yaml
 
 from core.cli import UsageError
 from ha.bootstrap.cib import ClusterPlan, all_commands, render_script
+from ha.bootstrap.nodeconf import Secrets, write_node_files
 
 PLAN_KEYS = {"nodes", "vip", "vip_nic", "haven_config", "fence_agent", "fence_options",
-             "hypervisors"}
+             "hypervisors", "addresses", "cluster_name", "db_buffer_pool", "shared_dir",
+             "api_workers", "compute_overrides"}
+DEFAULT_SAVE = "/etc/haven/cluster-bootstrap.sh"
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: the {what} must be a mapping")
+    return data
 
 
 def load_plan(path: Path) -> ClusterPlan:
     """A cluster plan from YAML; operator mistakes become UsageError (exit 2)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read plan {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: the plan must be a mapping")
+    data = _read_yaml(path, "plan")
     unknown = sorted(set(data) - PLAN_KEYS)
     if unknown:
         raise UsageError(f"{path}: {unknown[0]}: unknown plan key (known: "
@@ -34,13 +49,21 @@ def load_plan(path: Path) -> ClusterPlan:
         if key not in data:
             raise UsageError(f"{path}: {key}: required")
     try:
-        return ClusterPlan(nodes=tuple(str(n) for n in data["nodes"]), vip=str(data["vip"]),
-                           vip_nic=str(data["vip_nic"]),
-                           haven_config=str(data.get("haven_config", "/etc/haven/haven.yaml")),
-                           fence_agent=str(data.get("fence_agent", "fence_ipmilan")),
-                           fence_options=dict(data.get("fence_options") or {}),
-                           hypervisors=tuple(str(h) for h in data.get("hypervisors") or ()))
-    except (TypeError, ValueError) as exc:
+        return ClusterPlan(
+            nodes=tuple(str(n) for n in data["nodes"]), vip=str(data["vip"]),
+            vip_nic=str(data["vip_nic"]),
+            haven_config=str(data.get("haven_config", "/etc/haven/haven.yaml")),
+            fence_agent=str(data.get("fence_agent", "fence_ipmilan")),
+            fence_options={str(k): {str(a): str(b) for a, b in v.items()}
+                           for k, v in (data.get("fence_options") or {}).items()},
+            hypervisors=tuple(str(h) for h in data.get("hypervisors") or ()),
+            addresses={str(k): str(v) for k, v in (data.get("addresses") or {}).items()},
+            cluster_name=str(data.get("cluster_name", "haven")),
+            db_buffer_pool=str(data.get("db_buffer_pool", "128M")),
+            shared_dir=str(data["shared_dir"]) if data.get("shared_dir") else None,
+            api_workers=int(data.get("api_workers", 2)),
+            compute_overrides=dict(data.get("compute_overrides") or {}))
+    except (TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{path}: {exc}") from None
 
 
@@ -49,10 +72,62 @@ def cmd_script(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node_config(args: argparse.Namespace) -> int:
+    plan = load_plan(Path(args.plan))
+    try:
+        secrets = Secrets.from_mapping(_read_yaml(Path(args.secrets), "secrets file"))
+        written = write_node_files(plan, args.node, secrets, Path(args.root))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from core.common.config import ConfigError, load_config
+    from ha.bootstrap.run import Bootstrap, BootstrapError, save_script, stages
+
+    plan = load_plan(Path(args.plan))
+    try:
+        cfg = load_config(plan.haven_config)
+    except (ConfigError, OSError) as exc:
+        raise UsageError(f"{plan.haven_config}: {exc}") from None
+    if not cfg.database.url:
+        raise UsageError(f"{plan.haven_config}: database.url: required in a cluster")
+    boot = Bootstrap(plan, progress=lambda m: print(m, flush=True))
+    try:
+        boot.run_stages(stages(plan, args.haven_binary, cfg.database.url))
+    except BootstrapError as exc:
+        print(f"bootstrap failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.save:
+            save_script(boot.done, Path(args.save))
+            print(f"commands saved to {args.save}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="cluster bootstrap").add_subparsers(
         dest="cluster_cmd", required=True)
+    plan_help = ("cluster plan (YAML: nodes, vip, vip_nic, hypervisors, addresses, fence_agent, "
+                 "fence_options, haven_config, shared_dir, ...)")
     p = cluster.add_parser("script", help="print the pcs script that loads the CIB")
-    p.add_argument("--plan", required=True, help="cluster plan (YAML: nodes, vip, vip_nic, "
-                   "hypervisors, fence_agent, fence_options, haven_config)")
+    p.add_argument("--plan", required=True, help=plan_help)
     p.set_defaults(func=cmd_script)
+    p = cluster.add_parser("node-config", help="write one node's Galera, RabbitMQ and Haven "
+                           "configuration")
+    p.add_argument("--plan", required=True, help=plan_help)
+    p.add_argument("--secrets", required=True, help="YAML: db_password, bus_password, "
+                   "service_password, erlang_cookie (the same file on every node)")
+    p.add_argument("--node", required=True, help="this node's name in the plan")
+    p.add_argument("--root", default="/", help="write under this directory (default /)")
+    p.set_defaults(func=cmd_node_config)
+    p = cluster.add_parser("bootstrap", help="load the CIB on a formed cluster, stage by stage")
+    p.add_argument("--plan", required=True, help=plan_help)
+    p.add_argument("--save", default=DEFAULT_SAVE, help="where to save the commands run "
+                   f"(default {DEFAULT_SAVE}; '' to skip)")
+    p.add_argument("--haven-binary", default=str(Path(sys.executable).parent / "haven"),
+                   help="the haven command the cluster nodes run")
+    p.set_defaults(func=cmd_bootstrap)

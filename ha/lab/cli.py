@@ -144,6 +144,32 @@ def cmd_kill_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from ha.lab import stack
+
+    seconds = stack.up_stack(_lab_dir(args), progress=_progress, timeout=args.timeout)
+    st = state.load(_lab_dir(args))
+    assert st is not None
+    p = stack.paths(_lab_dir(args))
+    print(f"stack up in {seconds:.0f} s: Galera, RabbitMQ and Haven on every node, API at "
+          f"http://{stack.vip_address(st)}:5000/v3 (clients: haven lab client -- CMD; "
+          f"clouds.yaml {p.clouds_yaml}, commands saved in {p.script})")
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from ha.lab import stack
+
+    st = state.load(_lab_dir(args))
+    if st is None:
+        raise UsageError("no lab is up")
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("client: give a command, e.g. haven lab client -- openstack token issue")
+    env = {**CLEAN_ENV, **stack.client_env(_lab_dir(args))}
+    return subprocess.run(stack.client_argv(st, argv), env=env).returncode
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     report = lifecycle.down(_lab_dir(args), force=args.force)
     print(f"lab down: {len(report.killed)} processes killed, "
@@ -194,6 +220,12 @@ def add_commands(sub: Any) -> None:
     leaf("heal", cmd_heal, "bring the node's link up")
     p = leaf("kill-service", cmd_kill_service, "SIGKILL one daemon of a node by name")
     p.add_argument("service", help="process name, e.g. corosync or pacemaker-controld")
+    p = leaf("stack", cmd_stack, "bootstrap Galera, RabbitMQ, the Haven services and the VIP "
+             "on the lab (haven cluster bootstrap)", with_node=False)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds (default %(default)s)")
+    p = leaf("client", cmd_client, "run a client command where the VIP is reachable (the "
+             "switch namespace), with the lab's clouds.yaml: client -- CMD...", with_node=False)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="the command")
     p = leaf("down", cmd_down, "remove every namespace, mount, process and file of the lab",
              with_node=False)
     p.add_argument("--force", action="store_true",

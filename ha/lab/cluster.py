@@ -11,7 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ha.lab import config, crm, node
+from ha import crm
+from ha.lab import config, node
 from ha.lab.commands import LabError, wait_until
 from ha.lab.state import LabState, NodeState
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ha.lab import cluster, config, crm, libvirt, network, node, power, proc, state
+from ha import crm
+from ha.lab import cluster, config, libvirt, network, node, power, proc, state
 from ha.lab.commands import LabError, run, wait_until
 
 FENCE_AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agents" / "fence" / config.FENCE_AGENT

@@ -83,9 +83,10 @@ def boot(lab_dir: Path, name: str) -> bool:
         current = fresh.node(name)
         current.power, current.init_pid, current.init_start = "on", pid, start
         nd = current
-    cluster.start_stack(lab_dir, nd)
+    # libvirtd first: Pacemaker may start the compute agent as soon as it runs.
     if st.libvirt:
         libvirt.start(lab_dir, nd)
+    cluster.start_stack(lab_dir, nd)
     return True
 
 

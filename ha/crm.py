@@ -37,17 +37,24 @@ class ClusterView:
     quorum: bool
     nodes: dict[str, NodeView] = field(default_factory=dict)
     resources: dict[str, ResourceView] = field(default_factory=dict)
+    # A clone's instances share one id in crm_mon's output: every instance, by id.
+    instances: dict[str, list[ResourceView]] = field(default_factory=dict)
 
     @property
     def online(self) -> list[str]:
         return sorted(name for name, node in self.nodes.items() if node.online)
 
     def running_on(self, resource: str) -> tuple[str, ...]:
-        """Nodes where ``resource`` is active (empty if stopped or unknown)."""
-        view = self.resources.get(resource)
-        if view is None or not view.active or view.failed:
-            return ()
-        return view.nodes
+        """Nodes where ``resource`` (a primitive, or a clone's primitive) is active
+        and not failed; empty if it is stopped or unknown."""
+        return tuple(sorted({n for v in self.instances.get(resource, [])
+                             if v.active and not v.failed for n in v.nodes}))
+
+    def promoted_on(self, resource: str) -> tuple[str, ...]:
+        """Nodes where a promotable clone's ``resource`` runs promoted."""
+        return tuple(sorted({n for v in self.instances.get(resource, [])
+                             if v.active and not v.failed and v.role in ("Promoted", "Master")
+                             for n in v.nodes}))
 
 
 def _true(value: str | None) -> bool:
@@ -68,10 +75,12 @@ def parse_crm_mon(xml: str) -> ClusterView:
     # Primitives may sit inside groups, clones and bundles: take them all.
     for res in root.iter("resource"):
         rid = res.get("id", "")
-        view.resources[rid] = ResourceView(
+        item = ResourceView(
             id=rid, agent=res.get("resource_agent", ""), role=res.get("role", ""),
             active=_true(res.get("active")), failed=_true(res.get("failed")),
             nodes=tuple(n.get("name", "") for n in res.iterfind("node")))
+        view.resources[rid] = item
+        view.instances.setdefault(rid, []).append(item)
     return view
 
 

@@ -1,0 +1,198 @@
+"""A cluster node's own configuration files, from the cluster plan: Galera's
+my.cnf fragment, RabbitMQ's config and Erlang cookie, and Haven's config.
+
+``haven cluster node-config`` writes them on each node (the lab writes them into
+each node's private directories). Pure functions returning text, so every
+setting and the reason for it is checked by unit tests; the timing choices are
+explained in the comments the files carry, where an operator will read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ha.bootstrap.cib import ClusterPlan
+
+GALERA_CNF = "/etc/mysql/mariadb.conf.d/90-haven-galera.cnf"
+RABBITMQ_CONF = "/etc/rabbitmq/rabbitmq.conf"
+RABBITMQ_ADVANCED = "/etc/rabbitmq/advanced.config"
+ERLANG_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+BUS_USER = "haven"
+DB_USER = "haven"
+DB_NAME = "haven"
+# Erlang's distribution tick: a peer silent for ~net_ticktime (60 s by default,
+# so up to 75 s) is declared down. A cut link would leave RabbitMQ waiting that
+# long before its quorum queues elect a new leader; 10 s keeps detection in line
+# with corosync's token, and is still far above any pause a loaded lab node sees.
+NET_TICKTIME_S = 10
+# Galera's group communication: a peer silent for suspect_timeout is suspected,
+# and evicted once every member suspects it (or after inactive_timeout). The
+# defaults (5 s / 15 s) leave writers blocked up to 15 s after a power loss;
+# 3 s / 6 s brings it under corosync's fence delay, so the database is writable
+# again by the time Pacemaker has fenced the node (LAB-NOTES.md: a cut node goes
+# non-Primary in 4-5 s with these, the others go on).
+GALERA_PROVIDER_OPTIONS = ("evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S;"
+                           "evs.keepalive_period=PT1S;evs.install_timeout=PT6S;"
+                           "gmcast.peer_timeout=PT3S")
+API_PORTS: Mapping[str, int] = {"identity": 5000, "compute": 8774, "image": 9292,
+                                "network": 9696}
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Shared by every node: generated once by the operator (or the lab)."""
+
+    db_password: str
+    bus_password: str
+    service_password: str
+    erlang_cookie: str
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, object]) -> Secrets:
+        missing = [k for k in ("db_password", "bus_password", "service_password",
+                               "erlang_cookie") if not data.get(k)]
+        if missing:
+            raise ValueError(f"secrets: {missing[0]}: required")
+        return cls(db_password=str(data["db_password"]), bus_password=str(data["bus_password"]),
+                   service_password=str(data["service_password"]),
+                   erlang_cookie=str(data["erlang_cookie"]))
+
+    @classmethod
+    def generate(cls) -> Secrets:
+        import secrets
+        return cls(db_password=secrets.token_urlsafe(18), bus_password=secrets.token_urlsafe(18),
+                   service_password=secrets.token_urlsafe(18),
+                   erlang_cookie=secrets.token_hex(16).upper())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump({"db_password": self.db_password,
+                               "bus_password": self.bus_password,
+                               "service_password": self.service_password,
+                               "erlang_cookie": self.erlang_cookie})
+
+
+def galera_cnf(plan: ClusterPlan, node: str) -> str:
+    address = plan.address_of(node)
+    members = ",".join(plan.nodes)
+    return f"""# Written by `haven cluster node-config` for {node}: Galera for Haven.
+[mysqld]
+bind-address = {address}
+# Galera replicates row events only, and needs interleaved auto-increment locks.
+binlog_format = ROW
+default_storage_engine = InnoDB
+innodb_autoinc_lock_mode = 2
+innodb_buffer_pool_size = {plan.db_buffer_pool}
+# Durability: a write Haven reported as saved is on the certifying nodes' logs.
+innodb_flush_log_at_trx_commit = 1
+performance_schema = OFF
+skip-name-resolve = ON
+
+[galera]
+wsrep_on = ON
+wsrep_provider = /usr/lib/galera/libgalera_smm.so
+wsrep_cluster_name = {plan.cluster_name}
+# Members by name (resolved through /etc/hosts); Pacemaker's galera agent
+# rewrites it at start, but rsync SST refuses to start without one here.
+wsrep_cluster_address = gcomm://{members}
+wsrep_node_name = {node}
+wsrep_node_address = {address}
+wsrep_sst_method = rsync
+# Fast eviction of a dead member (see ha/bootstrap/nodeconf.py for the why):
+wsrep_provider_options = "{GALERA_PROVIDER_OPTIONS}"
+"""
+
+
+def rabbitmq_conf(secrets: Secrets) -> str:
+    return f"""# Written by `haven cluster node-config`: RabbitMQ for Haven.
+listeners.tcp.default = 5672
+# Pacemaker's rabbitmq-cluster agent wipes a node's database on every start; a
+# node that starts first makes this user again, a joining node gets the
+# cluster's. Haven only ever talks to the broker as this user.
+default_user = {BUS_USER}
+default_pass = {secrets.bus_password}
+default_permissions.configure = .*
+default_permissions.read = .*
+default_permissions.write = .*
+# A minority partition pauses instead of serving (and later losing) messages.
+cluster_partition_handling = pause_minority
+"""
+
+
+def rabbitmq_advanced() -> str:
+    return f"""%% Written by `haven cluster node-config`.
+%% net_ticktime {NET_TICKTIME_S} s instead of 60: a silent peer is declared down
+%% in ~{NET_TICKTIME_S} s, not ~75 s, so quorum queues fail over soon after a node is lost.
+[{{kernel, [{{net_ticktime, {NET_TICKTIME_S}}}]}}].
+"""
+
+
+def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
+    """The Haven config of one node: Galera through its local member, every broker
+    (its own first), the catalog at the VIP, shared images and instances."""
+    vip = plan.vip.split("/", 1)[0]
+    brokers = [node] + [n for n in plan.nodes if n != node]
+    data: dict[str, object] = {
+        "state_dir": "/var/lib/haven",
+        "database": {"url": f"mysql+pymysql://{DB_USER}:{secrets.db_password}@"
+                            f"{plan.address_of(node)}/{DB_NAME}?charset=utf8mb4"},
+        "bus": {"driver": "amqp",
+                "urls": [f"amqp://{BUS_USER}:{secrets.bus_password}@{b}:5672/%2F"
+                         for b in brokers]},
+        "catalog": {"public_host": vip},
+        "service_user": {"password": secrets.service_password},
+        "identity": {"listen": f"0.0.0.0:{API_PORTS['identity']}"},
+        "compute": {"listen": f"0.0.0.0:{API_PORTS['compute']}", "host": node},
+        "image": {"listen": f"0.0.0.0:{API_PORTS['image']}"},
+        "network": {"listen": f"0.0.0.0:{API_PORTS['network']}"},
+    }
+    if plan.shared_dir:
+        data["image"] = {**data["image"],  # type: ignore[dict-item]
+                         "store_dir": str(Path(plan.shared_dir) / "images")}
+        data["compute"] = {**data["compute"],  # type: ignore[dict-item]
+                           "instances_dir": str(Path(plan.shared_dir) / "instances")}
+    if plan.compute_overrides and node in plan.hypervisors:
+        data["compute"] = {**data["compute"], **plan.compute_overrides}  # type: ignore[dict-item]
+    header = f"# Written by `haven cluster node-config` for {node}.\n"
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def node_files(plan: ClusterPlan, node: str, secrets: Secrets) -> dict[str, tuple[str, int]]:
+    """Every file of one node: path -> (content, mode)."""
+    if node not in plan.nodes:
+        raise ValueError(f"{node}: not a node of the plan ({', '.join(plan.nodes)})")
+    return {
+        GALERA_CNF: (galera_cnf(plan, node), 0o644),
+        RABBITMQ_CONF: (rabbitmq_conf(secrets), 0o640),
+        RABBITMQ_ADVANCED: (rabbitmq_advanced(), 0o640),
+        ERLANG_COOKIE: (secrets.erlang_cookie, 0o400),
+        plan.haven_config: (haven_config(plan, node, secrets), 0o640),
+    }
+
+
+def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, root: Path) -> list[Path]:
+    """Write ``node_files`` under ``root`` (``/`` on a real node); RabbitMQ's files
+    belong to its user, as the broker refuses a cookie anyone else can read."""
+    import contextlib
+    import grp
+    import os
+    import pwd
+
+    written = []
+    for path, (content, mode) in node_files(plan, node, secrets).items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # the cookie is read-only: replace, don't rewrite
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        if "rabbitmq" in path:
+            # no rabbitmq user: the package is not installed here; nothing to own
+            with contextlib.suppress(KeyError):
+                os.chown(target, pwd.getpwnam("rabbitmq").pw_uid,
+                         grp.getgrnam("rabbitmq").gr_gid)
+        written.append(target)
+    return written

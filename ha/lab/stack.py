@@ -1,0 +1,185 @@
+"""The whole Haven stack on a running lab (``haven lab stack``).
+
+What an operator does on real machines, done for the lab's nodes:
+
+1. a cluster plan (every lab node a controller; hypervisors too when the lab
+   runs libvirt), shared secrets, one Fernet key repository;
+2. ``haven cluster node-config`` for each node (into its private directories);
+3. ``haven cluster bootstrap`` inside the first node: fencing (the lab's devices
+   are kept), Galera, RabbitMQ, the schema, the Haven services, the VIP.
+
+Clients reach the VIP from the switch namespace, where the bridge gets the lab's
+client address (``client_argv``); the root namespace has no route into the lab.
+The plan, secrets, admin password, bootstrap script and a clouds.yaml for
+the client are kept in ``LAB_DIR/stack``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ha.bootstrap.cib import ClusterPlan
+from ha.bootstrap.nodeconf import API_PORTS, Secrets, write_node_files
+from ha.lab import config, node, state
+from ha.lab.commands import LabError, run
+from ha.lab.network import NODE_IFNAME
+
+VIP_HOST = 100  # .100 of the lab subnet
+CLIENT_HOST = 2  # the bridge's address: where lab clients run from
+HAVEN_BINARY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "haven"
+CLOUD = "haven-lab"
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    root: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.yaml"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets.yaml"
+
+    @property
+    def admin_password(self) -> Path:
+        return self.root / "admin-password"
+
+    @property
+    def script(self) -> Path:
+        return self.root / "cluster-bootstrap.sh"
+
+    @property
+    def clouds_yaml(self) -> Path:
+        return self.root / "clouds.yaml"
+
+    @property
+    def fernet_keys(self) -> Path:
+        return self.root / "fernet-keys"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+
+def paths(lab_dir: Path) -> StackPaths:
+    return StackPaths(lab_dir / "stack")
+
+
+def host_address(subnet: str, host: int) -> str:
+    return str(ipaddress.IPv4Network(subnet)[host])
+
+
+def vip_address(st: state.LabState) -> str:
+    return host_address(st.subnet, VIP_HOST)
+
+
+def lab_plan(st: state.LabState, shared_dir: Path) -> ClusterPlan:
+    """Every node is a controller; with libvirt, every node is a hypervisor too.
+    Lean settings: one gunicorn worker per API, a small InnoDB buffer pool."""
+    names = tuple(st.nodes)
+    prefix = config.prefix_length(st.subnet)
+    return ClusterPlan(
+        nodes=names, vip=f"{vip_address(st)}/{prefix}", vip_nic=NODE_IFNAME,
+        haven_config="/etc/haven/haven.yaml", fence_agent=config.FENCE_AGENT,
+        fence_options={n: {"plug": n, "socket": str(st.socket_path)} for n in names},
+        hypervisors=names if st.libvirt else (),
+        addresses={n: nd.address for n, nd in st.nodes.items()},
+        cluster_name="haven-lab", db_buffer_pool="64M", shared_dir=str(shared_dir),
+        api_workers=1,
+        # A lab node reports the whole machine; keep hypervisors honest and small.
+        compute_overrides={"vcpus": 8, "memory_mb": 8192, "reserved_host_memory_mb": 0,
+                           "heartbeat_interval": 2, "service_down_time": 10,
+                           "reconcile_interval": 10})
+
+
+def plan_yaml(plan: ClusterPlan) -> str:
+    return yaml.safe_dump({
+        "nodes": list(plan.nodes), "vip": plan.vip, "vip_nic": plan.vip_nic,
+        "haven_config": plan.haven_config, "fence_agent": plan.fence_agent,
+        "fence_options": plan.fence_options, "hypervisors": list(plan.hypervisors),
+        "addresses": plan.addresses, "cluster_name": plan.cluster_name,
+        "db_buffer_pool": plan.db_buffer_pool, "shared_dir": plan.shared_dir,
+        "api_workers": plan.api_workers, "compute_overrides": plan.compute_overrides,
+    }, sort_keys=False)
+
+
+def clouds_yaml(vip: str, password: str) -> str:
+    return yaml.safe_dump({"clouds": {CLOUD: {
+        "auth": {"auth_url": f"http://{vip}:{API_PORTS['identity']}/v3", "username": "admin",
+                 "password": password, "project_name": "admin",
+                 "user_domain_name": "Default", "project_domain_name": "Default"},
+        "region_name": "RegionOne", "identity_api_version": 3}}})
+
+
+def client_argv(st: state.LabState, argv: Sequence[str]) -> list[str]:
+    """Run ``argv`` as a lab client: in the switch namespace, which reaches the VIP."""
+    return ["ip", "netns", "exec", st.switch_ns, *argv]
+
+
+def client_env(lab_dir: Path) -> dict[str, str]:
+    """Environment for the openstack CLI / openstacksdk as a lab client."""
+    from ha.lab.commands import CLEAN_ENV
+
+    return {"OS_CLIENT_CONFIG_FILE": str(paths(lab_dir).clouds_yaml), "OS_CLOUD": CLOUD,
+            "PATH": f"{HAVEN_BINARY.parent}:{CLEAN_ENV['PATH']}"}
+
+
+def _fernet_keys(target: Path) -> None:
+    from core.common.tokens import KeyRepository
+
+    KeyRepository(target, 3).setup()
+
+
+def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
+             timeout: float = 900.0) -> float:
+    """Configure every node and bootstrap the cluster from the first; returns seconds."""
+    t0 = time.monotonic()
+    st = state.load(lab_dir)
+    if st is None:
+        raise state.NoLabError(f"no lab is up at {lab_dir} (start one: haven lab up)")
+    if st.phase != "up":
+        raise LabError(f"the lab is {st.phase}, not up")
+    p = paths(lab_dir)
+    p.root.mkdir(exist_ok=True)
+    for sub in ("images", "instances"):
+        (p.shared / sub).mkdir(parents=True, exist_ok=True)
+    plan = lab_plan(st, p.shared)
+    p.plan.write_text(plan_yaml(plan))
+    if not p.secrets.exists():
+        p.secrets.write_text(Secrets.generate().to_yaml())
+        p.admin_password.write_text(Secrets.generate().db_password + "\n")
+    secrets = Secrets.from_mapping(yaml.safe_load(p.secrets.read_text()))
+    password = p.admin_password.read_text().strip()
+    if not p.fernet_keys.is_dir():
+        _fernet_keys(p.fernet_keys)
+    for name in plan.nodes:
+        root = node.root_dir(lab_dir, name)
+        write_node_files(plan, name, secrets, root)
+        keys = config.node_source(root, "/var/lib/haven") / "fernet-keys"
+        if keys.exists():
+            shutil.rmtree(keys)
+        shutil.copytree(p.fernet_keys, keys)
+    progress(f"node configuration written for {', '.join(plan.nodes)}")
+    client = f"{host_address(st.subnet, CLIENT_HOST)}/{config.prefix_length(st.subnet)}"
+    run(["ip", "-n", st.switch_ns, "addr", "replace", client, "dev", st.bridge])
+    p.clouds_yaml.write_text(clouds_yaml(vip_address(st), password))
+    first = st.nodes[plan.nodes[0]]
+    progress(f"haven cluster bootstrap on {first.name} (Galera, RabbitMQ, Haven, VIP)")
+    result = node.exec_in(first, ["env", f"HAVEN_ADMIN_PASSWORD={password}", str(HAVEN_BINARY),
+                                  "cluster", "bootstrap", "--plan", str(p.plan),
+                                  "--save", str(p.script)],
+                          timeout=timeout, check=False)
+    (p.root / "bootstrap.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
+        raise LabError(f"cluster bootstrap failed on {first.name}: {' | '.join(tail)}")
+    return time.monotonic() - t0
