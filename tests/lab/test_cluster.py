@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from ha import crm
 from ha.cli import main
-from ha.lab import cluster, crm, faults, lifecycle, network, node, power, proc, state
+from ha.lab import cluster, faults, lifecycle, network, node, power, proc, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
 

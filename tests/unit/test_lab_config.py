@@ -10,8 +10,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from ha import crm
 from ha.cli import main
-from ha.lab import config, crm, faults, proc, state
+from ha.lab import config, faults, proc, state
 from ha.lab.power import parse_power_log
 
 
