@@ -61,7 +61,7 @@ def database_commands(plan: ClusterPlan, haven_binary: str, db_url: str) -> list
     sql = (f"CREATE DATABASE IF NOT EXISTS {DB_NAME} CHARACTER SET utf8mb4; "
            f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{quoted}'; "
            f"GRANT ALL PRIVILEGES ON {DB_NAME}.* TO '{user}'@'%';")
-    return [["mysql", "-e", sql], [haven_binary, "--config", plan.haven_config, "bootstrap"]]
+    return [["mysql", "-e", sql], [haven_binary, "bootstrap", "--config", plan.haven_config]]
 
 
 def stages(plan: ClusterPlan, haven_binary: str, db_url: str) -> list[Stage]:
@@ -116,9 +116,10 @@ class Bootstrap:
             return
         result = self.run(command)
         if result.returncode != 0:
-            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            text = detail[-1] if detail else f"exit {result.returncode}"
-            if "constraint" in command and ("already exists" in text or "duplicate" in text):
+            output = result.stderr.strip() or result.stdout.strip()
+            lines = output.splitlines()
+            text = lines[0] if lines else f"exit {result.returncode}"
+            if "constraint" in command and "already exists" in output:
                 self.progress(f"  constraint exists: kept ({shlex.join(command[2:])})")
             else:
                 raise BootstrapError(f"{shlex.join(command[:6])}...: {text}")

@@ -206,7 +206,8 @@ NODE_MOUNTS: tuple[NodeMount, ...] = (
     NodeMount("/var/lib/haven", "bind"),
 )
 # Log directories every node needs even if the host never created them.
-NODE_LOG_DIRS: tuple[str, ...] = ("corosync", "pacemaker", "crmsh", "libvirt/qemu", "pcsd")
+NODE_LOG_DIRS: tuple[str, ...] = ("corosync", "pacemaker", "crmsh", "libvirt/qemu", "pcsd",
+                                  "mysql", "haven")
 NODE_RUN_DIRS: tuple[str, ...] = ("lock",)  # made by init in the fresh /run
 
 

@@ -117,6 +117,9 @@ def prepare(lab_dir: Path, node: NodeState, corosync_conf: str, hosts: str,
         if sub in ("pacemaker", "crmsh") and hacluster:
             os.chown(path, *hacluster)
             os.chmod(path, 0o2770 if sub == "pacemaker" else 0o775)
+        mysql = _ids("mysql", "mysql")
+        if sub == "mysql" and mysql:  # the galera agent writes its error log here as mysql
+            os.chown(path, *mysql)
     hosts_path = config.node_source(root, "/etc/hosts")
     hosts_path.parent.mkdir(parents=True, exist_ok=True)
     hosts_path.write_text(hosts)

@@ -43,8 +43,8 @@ def amqp_bus(broker: RabbitMQ) -> Iterator[Callable[..., AmqpBus]]:
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     made: list[AmqpBus] = []
 
-    def make(urls: list[str] | None = None, **kwargs: Any) -> AmqpBus:
-        bus = AmqpBus(urls or [broker.url], name=prefix, **kwargs)
+    def make(urls: list[str] | None = None, name: str = "test", **kwargs: Any) -> AmqpBus:
+        bus = AmqpBus(urls or [broker.url], name=name, prefix=prefix, **kwargs)
         made.append(bus)
         return bus
 
@@ -168,6 +168,16 @@ def test_a_failing_handler_is_a_bus_error_and_the_consumer_goes_on(bus: Bus) -> 
 # --- AMQP only: a real broker going away
 
 
+def test_processes_with_different_connection_names_share_queues(
+        amqp_bus: Callable[..., AmqpBus]) -> None:
+    """Regression: the queue prefix was the connection name, so the compute API
+    ("compute-api") cast into a queue the agent ("compute-node1") never read; in the
+    lab, console calls timed out and builds waited for the agent's reconcile."""
+    api, agent = amqp_bus(name="compute-api"), amqp_bus(name="compute-node1")
+    agent.subscribe("compute.node1", lambda message: {"echo": message["n"]})
+    assert api.call("compute.node1", {"n": 5}, timeout=15) == {"echo": 5}
+
+
 def test_a_broker_restart_loses_no_confirmed_cast(
         broker: RabbitMQ, amqp_bus: Callable[..., AmqpBus],
         record_property: Callable[[str, object], None]) -> None:
@@ -242,7 +252,7 @@ def test_a_consumer_stopped_mid_handler_leaves_the_message_to_the_next(
 CRASHING_CONSUMER = """
 import sys, time
 from core.common.bus.amqp import AmqpBus
-bus = AmqpBus([sys.argv[1]], name=sys.argv[2])
+bus = AmqpBus([sys.argv[1]], name="crashing", prefix=sys.argv[2])
 def handler(message):
     print("handling", message["n"], flush=True)
     time.sleep(60)
@@ -254,7 +264,7 @@ time.sleep(60)
 def test_a_consumer_process_killed_mid_handler_leaves_the_message_to_the_next(
         broker: RabbitMQ, amqp_bus: Callable[..., AmqpBus]) -> None:
     bus = amqp_bus()
-    proc = subprocess.Popen([sys.executable, "-c", CRASHING_CONSUMER, broker.url, bus.name],
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_CONSUMER, broker.url, bus.prefix],
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.PIPE, text=True)
     try:

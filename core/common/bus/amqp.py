@@ -452,12 +452,16 @@ class AmqpBus:
     """The Bus protocol over RabbitMQ (see the module docstring for the design).
 
     ``urls`` are tried in order (``amqp://user:password@host:port/vhost``; query options
-    such as ``heartbeat`` in a URL win over the defaults below). ``name`` prefixes the
-    queue names and names the connections (as shown by ``rabbitmqctl list_connections``).
+    such as ``heartbeat`` in a URL win over the defaults below). ``name`` names this
+    process's connections (as shown by ``rabbitmqctl list_connections``); ``prefix``
+    starts every queue name and must be the same in every process of one cloud (the
+    API casts to the queue the agent consumes: a per-process prefix silently split
+    them, found in the lab).
     ``retry_timeout`` bounds how long a cast keeps trying to reach a broker.
     """
 
-    def __init__(self, urls: list[str], name: str = "haven", *, heartbeat: int = 10,
+    def __init__(self, urls: list[str], name: str = "haven", *, prefix: str = "haven",
+                 heartbeat: int = 10,
                  connect_timeout: float = 3.0, retry_timeout: float = 30.0,
                  prefetch: int = 1) -> None:
         if not urls:
@@ -469,6 +473,7 @@ class AmqpBus:
                 raise BusError(f"bad broker URL: {_describe(exc)}") from None
         self.urls = list(urls)
         self.name = name
+        self.prefix = prefix
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
         self.retry_timeout = retry_timeout
@@ -480,7 +485,7 @@ class AmqpBus:
         self._subscriptions: list[AmqpSubscription] = []
 
     def queue_name(self, topic: str) -> str:
-        return f"{self.name}.{topic}"
+        return f"{self.prefix}.{topic}"
 
     # -- connections
 
