@@ -48,7 +48,8 @@ done/failed/aborted    the host is ONLINE, heartbeating and clean, and     (unch
                        its service was disabled/forced down by us          enabled again)
 =====================  ==================================================  ==================
 
-A state not in these tables raises :class:`UnknownState`.
+Instance records have their own table in :mod:`ha.evacuator.rebuilds`. A state
+not in these tables raises :class:`UnknownState`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""The instance half of the controller: one record per instance of a failed host.
-
-Instances (one record per instance of the failed host, written at evacuating):
+"""The instance half of the controller: one record per instance of a failed host,
+written when its event reaches evacuating.
 
 ==========  ==================================================  =============================
 state       when                                                next
@@ -30,6 +29,9 @@ rebuilding  the target was lost, then fenced                    pending from the
 rebuilding  ``rebuild_timeout`` passed while the target is up   failed (alert)
 rebuilding  the instance was deleted meanwhile                  skipped
 ==========  ==================================================  =============================
+
+Records of all open events compete for the rebuild slots; those of a held event
+wait (its rebuilds already started are still followed to their end).
 """
 
 from __future__ import annotations
