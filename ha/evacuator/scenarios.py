@@ -242,8 +242,8 @@ def run_folder(folder: Path, write: bool = False) -> tuple[bool, str]:
     problems = [f"invariant broken: {v}" for v in outcome.violations]
     if write:
         expect_path.write_text(actual)
-        problems_text = "\n".join(problems)
-        return not problems, f"{folder.name}: log.expect written; review it\n{problems_text}"
+        return not problems, "\n".join([f"{folder.name}: log.expect written; review it",
+                                        *problems])
     if not expect_path.exists():
         problems.append(f"no log.expect: read {folder / 'log.actual'}, and if it tells the "
                         "right story, run with --write (or copy it)")
