@@ -29,7 +29,8 @@ from ha.evacuator.sim import ControllerCrash, Host, Instance, SimEnv, Timing, Wo
 class Rig:
     """A world, its env and a controller, stepped as the scenario runner does."""
 
-    def __init__(self, hosts: int | list[Host] = 3, instances: dict[str, dict[str, Any]] | None = None,
+    def __init__(self, hosts: int | list[Host] = 3,
+                 instances: dict[str, dict[str, Any]] | None = None,
                  policy: Policy | None = None, timing: Timing | None = None,
                  groups: dict[str, str] | None = None) -> None:
         host_list = hosts if isinstance(hosts, list) else [
