@@ -14,6 +14,7 @@ import core.compute.models
 import core.identity.models
 import core.image.models
 import core.network.models
+import ha.evacuator.models
 from core.common.db import Base
 
 MODEL_MODULES = (
@@ -22,6 +23,7 @@ MODEL_MODULES = (
     core.identity.models,
     core.image.models,
     core.network.models,
+    ha.evacuator.models,
 )
 
 config = context.config
