@@ -29,6 +29,16 @@ class ResourceView:
     nodes: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A failed resource action crm_mon lists (until ``pcs resource cleanup``)."""
+
+    resource: str  # the primitive's id (a clone instance's ":N" suffix removed)
+    node: str
+    task: str
+    exit_reason: str
+
+
 @dataclass
 class ClusterView:
     """One node's view of the cluster, as ``crm_mon --output-as=xml`` reports it."""
@@ -39,6 +49,7 @@ class ClusterView:
     resources: dict[str, ResourceView] = field(default_factory=dict)
     # A clone's instances share one id in crm_mon's output: every instance, by id.
     instances: dict[str, list[ResourceView]] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
 
     @property
     def online(self) -> list[str]:
@@ -81,6 +92,13 @@ def parse_crm_mon(xml: str) -> ClusterView:
             nodes=tuple(n.get("name", "") for n in res.iterfind("node")))
         view.resources[rid] = item
         view.instances.setdefault(rid, []).append(item)
+    for failure in root.iterfind("failures/failure"):
+        # op_key is RESOURCE_TASK_INTERVAL, e.g. haven-identity_monitor_10000
+        resource = failure.get("op_key", "").rsplit("_", 2)[0]
+        view.failures.append(Failure(resource=resource.split(":", 1)[0],
+                                     node=failure.get("node", ""),
+                                     task=failure.get("task", ""),
+                                     exit_reason=failure.get("exitreason", "")))
     return view
 
 

@@ -78,6 +78,9 @@ def fencing(plan: ClusterPlan) -> list[Command]:
         commands.append(["pcs", "constraint", "location", f"fence-{node}", "avoids", node])
     commands.append(["pcs", "property", "set", "stonith-enabled=true"])
     commands.append(["pcs", "property", "set", "no-quorum-policy=stop"])
+    # A resource stays where it runs: a fenced node that comes back must not pull the
+    # VIP (and its clients) over again, a second outage for nothing.
+    commands.append(["pcs", "resource", "defaults", "update", "resource-stickiness=100"])
     return commands
 
 

@@ -75,10 +75,16 @@ def heal(lab_dir: Path, name: str) -> None:
 
 def matching(pids: list[int], service: str) -> list[int]:
     """The processes among ``pids`` named ``service`` (by comm, which the kernel
-    truncates to 15 characters: pacemaker-schedulerd is "pacemaker-sched")."""
+    truncates to 15 characters: pacemaker-schedulerd is "pacemaker-sched"), or, for
+    a ``service`` with a space in it, whose command line contains it ("serve
+    identity": every Haven service runs as the same ``haven`` command)."""
     want = service[:COMM_LEN]
     found = []
     for pid in pids:
+        if " " in service:
+            if service in " ".join(proc.cmdline(pid)):
+                found.append(pid)
+            continue
         st = proc.stat(pid)
         if st is not None and st.comm == want:
             found.append(pid)

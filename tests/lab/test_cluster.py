@@ -9,21 +9,20 @@ fixture always calls ``down`` in a finally. Timings are printed at the end.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ha import crm
 from ha.cli import main
-from ha.lab import cluster, faults, lifecycle, network, node, power, proc, state
+from ha.lab import faults, lifecycle, node, power, proc, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
+from tests.lab.labtools import Lab, keep_logs
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(lab_unavailable() is not None,
@@ -34,67 +33,16 @@ NODES = ["node1", "node2", "node3"]
 TIMINGS: dict[str, str] = {}
 
 
-class Lab:
-    """The running lab as the tests see it: its state, a live observer, waits."""
+class DummyLab(Lab):
+    """The lab with one Dummy resource the failover tests move around."""
 
     def __init__(self, lab_dir: Path) -> None:
-        self.lab_dir = lab_dir
+        super().__init__(lab_dir)
         self.dummy = False  # created by the first test (or by restore, run alone)
-
-    def state(self) -> state.LabState:
-        st = state.load(self.lab_dir)
-        assert st is not None, "the lab vanished"
-        return st
-
-    def observer(self, excluding: tuple[str, ...] = ()) -> state.NodeState | None:
-        """A node that can answer: on, not frozen, its link up."""
-        st = self.state()
-        for nd in st.nodes.values():
-            if (nd.name not in excluding and node.running(nd) and not node.frozen(nd)
-                    and network.link_is_up(st.switch_ns, nd.veth)):
-                return nd
-        return None
-
-    def view(self, excluding: tuple[str, ...] = ()) -> crm.ClusterView | None:
-        nd = self.observer(excluding)
-        return cluster.view(nd, timeout=10) if nd else None
-
-    def wait_view(self, ok: Callable[[crm.ClusterView], object], timeout: float, what: str,
-                  excluding: tuple[str, ...] = ()) -> crm.ClusterView:
-        def check() -> crm.ClusterView | None:
-            current = self.view(excluding)
-            return current if current is not None and ok(current) else None
-        return wait_until(check, timeout, what, interval=0.25)
-
-    def power_status(self, name: str) -> str:
-        return power.power_status(self.lab_dir, name)
-
-    def fences(self, victim: str) -> list[crm.FenceEvent]:
-        """Successful "off" fences of ``victim`` in a survivor's fence history."""
-        observer = self.observer(excluding=(victim,))
-        if observer is None:
-            return []
-        return [e for e in cluster.fence_history(observer)
-                if e.target == victim and e.action == "off" and e.succeeded]
-
-    def wait_new_fence(self, victim: str, before: int, timeout: float = 30.0,
-                       ) -> list[crm.FenceEvent]:
-        """Wait until the history holds more fences of ``victim`` than ``before``:
-        powered off is not yet fenced (the agent confirms, the fencer reports)."""
-        return wait_until(lambda: self.fences(victim)[before:], timeout,
-                          f"a new fence of {victim} in the history")
-
-    def off_requests(self, victim: str) -> list[power.PowerRequest]:
-        text = (self.lab_dir / state.POWER_LOG).read_text()
-        return [r for r in power.parse_power_log(text) if r.action == "off" and r.node == victim]
 
     def restore(self, timeout: float = 90.0) -> crm.ClusterView:
         """Every node on and online, every resource running."""
-        for nd in self.state().nodes.values():
-            if not node.running(nd):
-                reply = power.request(self.state().socket_path, "on", nd.name)
-                assert reply["ok"], reply
-        self.wait_view(lambda v: v.online == NODES, timeout, "all nodes online")
+        self.power_on_all(timeout)
         if not self.dummy:
             self.create_dummy()
         want = [f"fence-{n}" for n in NODES] + ["dummy"]
@@ -118,7 +66,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         TIMINGS["cluster formation (power-on to 3 online, DC, quorum)"] = \
             f"{report.seconds_to_form:.1f} s"
         TIMINGS["haven lab up, in all (with fencing configured)"] = f"{report.seconds_total:.1f} s"
-        yield Lab(LAB_DIR)
+        yield DummyLab(LAB_DIR)
     finally:
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         lines = [f"lab timing: {key}: {value}" for key, value in TIMINGS.items()]
@@ -130,23 +78,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
                 reporter.write_line(line)
 
 
-def keep_logs(lab_dir: Path) -> Path:
-    """Copy the lab's logs (power switch, every node's /var/log and daemon output)
-    out of the lab directory before ``down`` removes it: a failed run's evidence."""
-    dest = Path(tempfile.mkdtemp(prefix="haven-lab-logs-"))
-    for path in lab_dir.glob("*.log"):
-        shutil.copy2(path, dest)
-    for node_dir in (lab_dir / "nodes").glob("*"):
-        target = dest / node_dir.name
-        target.mkdir()
-        for out in node_dir.glob("*.out"):
-            shutil.copy2(out, target)
-        if (node_dir / "root/var/log").is_dir():
-            shutil.copytree(node_dir / "root/var/log", target / "log", symlinks=True)
-    return dest
-
-
-def test_three_nodes_form_and_a_dummy_runs(lab: Lab, capsys: pytest.CaptureFixture[str],
+def test_three_nodes_form_and_a_dummy_runs(lab: DummyLab, capsys: pytest.CaptureFixture[str],
                                            ) -> None:
     view = lab.wait_view(lambda v: v.online == NODES, 30, "3 nodes online")
     assert view.quorum and view.dc in NODES
@@ -165,7 +97,7 @@ def test_three_nodes_form_and_a_dummy_runs(lab: Lab, capsys: pytest.CaptureFixtu
     assert err.count("\n") == 1 and "no node 'node9'" in err
 
 
-def test_power_loss_fails_over_and_the_dead_node_is_fenced_off(lab: Lab) -> None:
+def test_power_loss_fails_over_and_the_dead_node_is_fenced_off(lab: DummyLab) -> None:
     view = lab.restore()
     victim = view.running_on("dummy")[0]
     before = len(lab.fences(victim))
@@ -180,7 +112,7 @@ def test_power_loss_fails_over_and_the_dead_node_is_fenced_off(lab: Lab) -> None
     assert any(r.requester in NODES and r.requester != victim for r in lab.off_requests(victim))
 
 
-def test_a_frozen_node_is_fenced_not_waited_on(lab: Lab) -> None:
+def test_a_frozen_node_is_fenced_not_waited_on(lab: DummyLab) -> None:
     view = lab.restore()
     victim = view.running_on("dummy")[0]
     before = len(lab.fences(victim))
@@ -195,7 +127,7 @@ def test_a_frozen_node_is_fenced_not_waited_on(lab: Lab) -> None:
                   "the Dummy to run on a survivor", excluding=(victim,))
 
 
-def test_a_node_cut_off_the_network_is_fenced(lab: Lab) -> None:
+def test_a_node_cut_off_the_network_is_fenced(lab: DummyLab) -> None:
     lab.restore()
     victim = "node3"
     before = len(lab.fences(victim))
@@ -209,7 +141,7 @@ def test_a_node_cut_off_the_network_is_fenced(lab: Lab) -> None:
     lab.wait_new_fence(victim, before)
 
 
-def test_fence_reboot_through_the_agent_brings_the_node_back(lab: Lab) -> None:
+def test_fence_reboot_through_the_agent_brings_the_node_back(lab: DummyLab) -> None:
     lab.restore()
     victim, asker = "node2", lab.state().nodes["node1"]
     started = time.monotonic()
@@ -264,7 +196,7 @@ def assert_nothing_left(pids: dict[int, int | None], namespaces: set[int],
     assert not Path("/var/lib/haven").exists() or any(Path("/var/lib/haven").iterdir())
 
 
-def test_down_leaves_no_namespace_mount_or_process(lab: Lab) -> None:
+def test_down_leaves_no_namespace_mount_or_process(lab: DummyLab) -> None:
     pids, namespaces = snapshot(LAB_DIR)
     assert namespaces and len(pids) > len(namespaces)
     run_netns_existed = not lab.state().created_run_netns

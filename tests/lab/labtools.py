@@ -1,0 +1,94 @@
+"""What lab tests share: the running lab as a test sees it, and log keeping."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ha import crm
+from ha.lab import cluster, network, node, power, state
+from ha.lab.commands import wait_until
+from ha.lab.state import LabState, NodeState
+
+
+class Lab:
+    """The running lab as the tests see it: its state, a live observer, waits."""
+
+    def __init__(self, lab_dir: Path) -> None:
+        self.lab_dir = lab_dir
+
+    def state(self) -> LabState:
+        st = state.load(self.lab_dir)
+        assert st is not None, "the lab vanished"
+        return st
+
+    def observer(self, excluding: tuple[str, ...] = ()) -> NodeState | None:
+        """A node that can answer: on, not frozen, its link up."""
+        st = self.state()
+        for nd in st.nodes.values():
+            if (nd.name not in excluding and node.running(nd) and not node.frozen(nd)
+                    and network.link_is_up(st.switch_ns, nd.veth)):
+                return nd
+        return None
+
+    def view(self, excluding: tuple[str, ...] = ()) -> crm.ClusterView | None:
+        nd = self.observer(excluding)
+        return cluster.view(nd, timeout=10) if nd else None
+
+    def wait_view(self, ok: Callable[[crm.ClusterView], object], timeout: float, what: str,
+                  excluding: tuple[str, ...] = ()) -> crm.ClusterView:
+        def check() -> crm.ClusterView | None:
+            current = self.view(excluding)
+            return current if current is not None and ok(current) else None
+        return wait_until(check, timeout, what, interval=0.25)
+
+    def power_status(self, name: str) -> str:
+        return power.power_status(self.lab_dir, name)
+
+    def fences(self, victim: str) -> list[crm.FenceEvent]:
+        """Successful "off" fences of ``victim`` in a survivor's fence history."""
+        observer = self.observer(excluding=(victim,))
+        if observer is None:
+            return []
+        return [e for e in cluster.fence_history(observer)
+                if e.target == victim and e.action == "off" and e.succeeded]
+
+    def wait_new_fence(self, victim: str, before: int, timeout: float = 30.0,
+                       ) -> list[crm.FenceEvent]:
+        """Wait until the history holds more fences of ``victim`` than ``before``:
+        powered off is not yet fenced (the agent confirms, the fencer reports)."""
+        return wait_until(lambda: self.fences(victim)[before:], timeout,
+                          f"a new fence of {victim} in the history")
+
+    def off_requests(self, victim: str) -> list[power.PowerRequest]:
+        text = (self.lab_dir / state.POWER_LOG).read_text()
+        return [r for r in power.parse_power_log(text) if r.action == "off" and r.node == victim]
+
+    def power_on_all(self, online_timeout: float = 90.0) -> crm.ClusterView:
+        """Every node powered on (through the power switch) and online."""
+        names = sorted(self.state().nodes)
+        for nd in self.state().nodes.values():
+            if not node.running(nd):
+                reply = power.request(self.state().socket_path, "on", nd.name)
+                assert reply["ok"], reply
+        return self.wait_view(lambda v: v.online == names, online_timeout, "all nodes online")
+
+
+def keep_logs(lab_dir: Path) -> Path:
+    """Copy the lab's logs (power switch, every node's /var/log and daemon output)
+    out of the lab directory before ``down`` removes it: a failed run's evidence."""
+    dest = Path(tempfile.mkdtemp(prefix="haven-lab-logs-"))
+    for path in lab_dir.glob("*.log"):
+        shutil.copy2(path, dest)
+    for node_dir in (lab_dir / "nodes").glob("*"):
+        target = dest / node_dir.name
+        target.mkdir()
+        for out in node_dir.glob("*.out"):
+            shutil.copy2(out, target)
+        if (node_dir / "root/var/log").is_dir():
+            shutil.copytree(node_dir / "root/var/log", target / "log", symlinks=True)
+    return dest
+
+

@@ -1,0 +1,187 @@
+"""The whole Haven stack on a real 3-node lab: Galera, RabbitMQ, every Haven service
+as a Pacemaker clone, the VIP; real openstack clients, real faults.
+
+One lab serves the module (``haven lab up --libvirt`` then ``haven lab stack``,
+about 2 minutes). The power-loss test runs last: it leaves a node fenced off.
+Every wait is bounded and waits on a fact (crm_mon, the API, the database).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ha import crm
+from ha.bootstrap.cib import API_SERVICES
+from ha.lab import faults, lifecycle, node, stack, state
+from ha.lab.commands import CLEAN_ENV, wait_until
+from tests.lab.conftest import lab_unavailable
+from tests.lab.labtools import Lab, keep_logs
+
+pytestmark = [pytest.mark.lab,
+              pytest.mark.skipif(lab_unavailable() is not None,
+                                 reason=f"no lab here: {lab_unavailable()}")]
+
+LAB_DIR = state.default_lab_dir()
+NODES = ["node1", "node2", "node3"]
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / ".haven-bench" / "tiny" / "tiny.qcow2"
+TIMINGS: dict[str, str] = {}
+SERVICES = [f"haven-{s}" for s in API_SERVICES] + ["haven-compute"]
+
+
+class StackLab(Lab):
+    def client(self, *argv: str, timeout: float = 120.0, check: bool = True,
+               ) -> subprocess.CompletedProcess[str]:
+        """A command run as a lab client (switch namespace, the lab's clouds.yaml)."""
+        env = {**CLEAN_ENV, **stack.client_env(self.lab_dir)}
+        result = subprocess.run(stack.client_argv(self.state(), argv), env=env, text=True,
+                                capture_output=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"{argv}: {result.stderr[-800:]}"
+        return result
+
+    def openstack(self, *argv: str, timeout: float = 120.0) -> str:
+        return self.client("openstack", *argv, timeout=timeout).stdout
+
+    def stack_started(self, view: crm.ClusterView, nodes: list[str]) -> bool:
+        want = set(nodes)
+        return (set(view.promoted_on("galera")) == want
+                and set(view.running_on("rabbitmq")) == want
+                and all(set(view.running_on(s)) == want for s in SERVICES)
+                and len(view.running_on("vip")) == 1)
+
+    def wait_stack(self, nodes: list[str], timeout: float) -> crm.ClusterView:
+        return self.wait_view(lambda v: self.stack_started(v, nodes), timeout,
+                              f"the stack started on {', '.join(nodes)}")
+
+    def sql(self, on: str, query: str) -> list[str]:
+        nd = self.state().nodes[on]
+        result = node.exec_in(nd, ["mysql", "-N", "-B", "haven", "-e", query], timeout=30)
+        return result.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> Iterator[StackLab]:
+    busy = lifecycle.busy_reason(LAB_DIR)
+    if busy:
+        pytest.fail(f"{busy}: run `haven lab down` first (one lab at a time)")
+    if not TINY.is_file():
+        subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
+                        str(TINY.parent)], check=True, timeout=600)
+    failed_before = request.session.testsfailed
+    try:
+        report = lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
+        TIMINGS["haven lab up --libvirt"] = f"{report.seconds_total:.1f} s"
+        seconds = stack.up_stack(LAB_DIR)
+        TIMINGS["haven lab stack (Galera, RabbitMQ, Haven, VIP)"] = f"{seconds:.1f} s"
+        yield StackLab(LAB_DIR)
+    finally:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"stack lab timing: {key}: {value}" for key, value in TIMINGS.items()]
+        if request.session.testsfailed > failed_before:
+            lines.append(f"lab logs kept in {keep_logs(LAB_DIR)}")
+        lifecycle.down(LAB_DIR)
+        if reporter is not None:
+            for line in ["", *lines]:
+                reporter.write_line(line)
+
+
+def test_the_stack_runs_everywhere_and_openstack_works_through_the_vip(lab: StackLab) -> None:
+    view = lab.wait_stack(NODES, 120)
+    assert lab.stack_started(view, NODES)
+    script = stack.paths(LAB_DIR).script.read_text()
+    assert "ocf:heartbeat:galera" in script and "ocf:haven:haven-identity" in script
+
+    assert len(lab.openstack("token", "issue", "-f", "value", "-c", "id").strip()) > 20
+    services = json.loads(lab.openstack("compute", "service", "list", "-f", "json"))
+    assert sorted(s["Host"] for s in services) == NODES
+    assert all(s["State"] == "up" for s in services)
+    lab.openstack("image", "create", "--disk-format", "qcow2", "--container-format", "bare",
+                  "--public", "--file", str(TINY), "tiny")
+    t0 = time.monotonic()
+    server = json.loads(lab.openstack("server", "create", "--image", "tiny", "--flavor",
+                                      "m1.tiny", "--network", "provider", "--wait", "vm1",
+                                      "-f", "json", timeout=180))
+    TIMINGS["server create --wait through the VIP"] = f"{time.monotonic() - t0:.1f} s"
+    assert server["status"] == "ACTIVE"
+    host = server["OS-EXT-SRV-ATTR:host"]
+    assert host in NODES
+    # The guest really runs on that lab node's libvirtd, and prints its marker.
+    domains = node.exec_in(lab.state().nodes[host], ["virsh", "list", "--name"]).stdout
+    assert server["id"] in domains
+    wait_until(lambda: "HAVEN-TINY-BOOTED" in lab.openstack("console", "log", "show", "vm1"),
+               90, "the guest's boot marker on its console", interval=2)
+    lab.openstack("server", "delete", "--wait", "vm1", timeout=120)
+    assert lab.sql("node1", "SELECT COUNT(*) FROM instances WHERE deleted = 0") == ["0"]
+
+
+def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> None:
+    lab.wait_stack(NODES, 120)
+    victim = "node2"
+    pids = faults.kill_service(LAB_DIR, victim, "serve identity")
+    assert pids
+    view = lab.wait_view(
+        lambda v: any(f.resource == "haven-identity" and f.node == victim for f in v.failures)
+        and victim in v.running_on("haven-identity"), 90,
+        "haven-identity to fail and be restarted on node2")
+    failure = next(f for f in view.failures if f.resource == "haven-identity")
+    assert failure.task == "monitor"
+    # A new process answers, and the status says what happened until cleaned up.
+    nd = lab.state().nodes[victim]
+    health = node.exec_in(nd, ["python3", "-c", "import urllib.request; urllib.request."
+                               "urlopen('http://127.0.0.1:5000/healthcheck', timeout=5)"],
+                          check=False)
+    assert health.returncode == 0, health.stderr
+    status = node.exec_in(nd, ["crm_mon", "-1"]).stdout
+    assert "haven-identity" in status and "Failed Resource Actions" in status
+    node.exec_in(nd, ["pcs", "resource", "cleanup", "haven-identity"])
+
+
+def test_power_loss_of_the_vip_node_under_load_loses_no_acknowledged_write(
+        lab: StackLab, tmp_path: Path) -> None:
+    lab.wait_stack(NODES, 180)
+    view = lab.view()
+    assert view is not None
+    victim = view.running_on("vip")[0]
+    survivor = next(n for n in NODES if n != victim)
+    fences_before = len(lab.fences(victim))
+    log = tmp_path / "churn.jsonl"
+    password = stack.paths(LAB_DIR).admin_password.read_text().strip()
+    auth_url = f"http://{stack.vip_address(lab.state())}:5000/v3"
+    churn = subprocess.Popen(
+        stack.client_argv(lab.state(), [sys.executable, "-m", "tests.lab.vip_client", "churn",
+                                        auth_url, password, str(log), "45"]),
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        wait_until(lambda: log.exists() and len(log.read_text().splitlines()) > 50, 60,
+                   "the client to get going")
+        t_kill = time.time()
+        faults.kill(LAB_DIR, victim)
+        churn.wait(timeout=120)
+    finally:
+        churn.kill()
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    after = [r for r in rows if r["t"] > t_kill]
+    ok_after = [r for r in after if r["status"] in (201, 204)]
+    assert ok_after, "the API never answered again through the VIP"
+    TIMINGS["VIP node power loss: first 2xx after the kill"] = \
+        f"{ok_after[0]['t'] - t_kill:.1f} s"
+    assert lab.wait_new_fence(victim, fences_before, timeout=60)
+    # Every acknowledged create is in the database unless acknowledged deleted later;
+    # every acknowledged delete is gone.
+    created = {r["id"] for r in rows if r["op"] == "create" and r["status"] == 201}
+    # 404: an earlier delete whose answer was lost had already removed it
+    deleted = {r["id"] for r in rows if r["op"] == "delete" and r["status"] in (204, 404)}
+    stored = set(lab.sql(survivor, "SELECT id FROM networks WHERE name LIKE 'churn-%'"))
+    assert created - deleted <= stored, f"lost creates: {sorted(created - deleted - stored)}"
+    assert not (deleted & stored), f"deleted but still stored: {sorted(deleted & stored)}"
+    TIMINGS["churn: acknowledged creates / deletes"] = f"{len(created)} / {len(deleted)}"
+    lab.wait_stack([n for n in NODES if n != victim], 60)
