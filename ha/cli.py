@@ -6,6 +6,7 @@ import argparse
 
 from core import cli as core_cli
 from ha.bootstrap import cli as cluster_cli
+from ha.evacuator import cli as evacuator_cli
 from ha.lab import cli as lab_cli
 
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     core_cli.add_commands(sub)
     lab_cli.add_commands(sub)
     cluster_cli.add_commands(sub)
+    evacuator_cli.add_commands(sub)
     return parser
 
 

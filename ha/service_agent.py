@@ -144,6 +144,8 @@ class HavenServiceAgent:
             return [binary, "serve", API_SERVICES[self.service], "--workers",
                     str(self.agent.param("workers")), "--threads",
                     str(self.agent.param("threads")), *config]
+        if self.service == "evacuator":
+            return [binary, "evacuator", "run", *config]
         return [binary, "compute-agent", *config]
 
     def health_url(self) -> str:
@@ -236,6 +238,8 @@ class HavenServiceAgent:
 
     def _healthy(self) -> str | None:
         """None when the service answers healthy; else what is wrong."""
+        if self.service == "evacuator":
+            return self._loop_fresh()
         if self.service not in API_SERVICES:
             return self._heartbeat_fresh()
         try:
@@ -245,6 +249,23 @@ class HavenServiceAgent:
             return f"healthcheck answered {exc.code}: {exc.read()[:300]!r}"
         except (OSError, urllib.error.URLError) as exc:
             return f"healthcheck unreachable: {exc}"
+
+    def _loop_fresh(self) -> str | None:
+        """The evacuation controller touches a file every iteration: one that has not
+        for 30 s is stuck (in a call that never returns), and gets restarted."""
+        from ha.evacuator.daemon import heartbeat_path
+
+        try:
+            age = time.time() - heartbeat_path(self.load_config()).stat().st_mtime
+        except FileNotFoundError:
+            return "the controller has not completed an iteration yet"
+        try:
+            spawned = self.proc().pidfile.stat().st_mtime
+        except FileNotFoundError:
+            spawned = 0.0
+        if time.time() - age < spawned - 1:
+            return "the controller has not completed an iteration since it was started"
+        return None if age < 30 else f"the controller's last iteration was {age:.0f} s ago"
 
     def _heartbeat_fresh(self) -> str | None:
         from sqlalchemy import select

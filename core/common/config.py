@@ -247,6 +247,26 @@ class ComputeConfig:
 
 
 @dataclass
+class EvacuatorConfig:
+    interval: float = field(default=0.5, metadata=_doc(
+        "Seconds between two looks at the cluster (crm_mon, the fence history, the "
+        "database). Detection itself is Pacemaker's; this only adds up to one interval."))
+    max_concurrent_rebuilds: int = field(default=32, metadata=_doc(
+        "Instances rebuilding at once, over all failed hosts (the storm governor's bound).",
+        _between(1, 1000)))
+    max_failed_share: float = field(default=0.5, metadata=_doc(
+        "If more than this share of hypervisors fail together, hold and alert instead of "
+        "evacuating onto the few survivors (an operator releases the hold)."))
+    max_attempts: int = field(default=3, metadata=_doc(
+        "Evacuate calls per instance before it is reported failed.", _between(1, 20)))
+    retry_base: float = field(default=5.0, metadata=_doc(
+        "Seconds before the first retry of a failed evacuation; doubled each time."))
+    retry_max: float = field(default=60.0, metadata=_doc("Longest wait between retries."))
+    rebuild_timeout: float = field(default=300.0, metadata=_doc(
+        "A rebuild not finished by then on a live target is failed and retried."))
+
+
+@dataclass
 class LogConfig:
     level: str = field(
         default="INFO",
@@ -269,6 +289,7 @@ class HavenConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    evacuator: EvacuatorConfig = field(default_factory=EvacuatorConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property

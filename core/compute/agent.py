@@ -156,6 +156,25 @@ class ComputeAgent:
         futures = [self.pool.submit(self.converge_logged, i) for i in [*foreign, *ids]]
         for future in futures:
             future.result()
+        self._clear_tombstones()
+
+    def _clear_tombstones(self) -> None:
+        """Mark the tombstones of instances evacuated away from this host cleaned once
+        no domain of theirs is left here (the sweep above undefines any it finds; a
+        host that lost its definitions with its power has none to sweep). The
+        evacuation controller re-enables a returned host only after this."""
+        def unit(sess: Session) -> None:
+            stale = list(sess.scalars(select(Migration.instance_id).where(
+                Migration.source_host == self.host,
+                Migration.status.in_(("accepted", "done")))))
+            remaining = set(self.driver.domains())
+            clean = [i for i in stale if i not in remaining]
+            if clean:
+                sess.execute(update(Migration).where(
+                    Migration.source_host == self.host, Migration.instance_id.in_(clean),
+                    Migration.status.in_(("accepted", "done")))
+                    .values(status="source-cleaned", updated_at=now()))
+        self.db.run_in_transaction(unit)
 
     def converge_logged(self, instance_id: str) -> None:
         try:

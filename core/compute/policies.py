@@ -16,6 +16,7 @@ RULES: dict[str, Rule] = {
     "compute:servers:create": lambda ctx, _t: "member" in ctx.roles and ctx.project_id is not None,
     "compute:servers:all_tenants": admin,
     "compute:evacuate": admin,
+    "compute:evacuations": admin,
     "compute:flavors:manage": admin,
     "compute:hypervisors": admin,
     "compute:services": admin,

@@ -126,6 +126,13 @@ def haven_services(plan: ClusterPlan) -> list[Command]:
             if node not in plan.hypervisors:
                 commands.append(["pcs", "constraint", "location", "haven-compute-clone",
                                  "avoids", node])
+        # One evacuation controller for the cluster: a primitive, so Pacemaker moves it
+        # (it resumes from its records) instead of running two.
+        commands.append(["pcs", "resource", "create", "haven-evacuator",
+                         "ocf:haven:haven-evacuator", f"config={plan.haven_config}",
+                         "op", "start", "timeout=60s",
+                         "op", "monitor", "interval=10s", "timeout=20s", "OCF_CHECK_LEVEL=0",
+                         "op", "monitor", "interval=30s", "timeout=30s", "OCF_CHECK_LEVEL=10"])
     address, prefix = plan.vip.split("/", 1)
     commands.append(["pcs", "resource", "create", "vip", "ocf:heartbeat:IPaddr2",
                      f"ip={address}", f"cidr_netmask={prefix}", f"nic={plan.vip_nic}",
@@ -147,6 +154,11 @@ def constraints(plan: ClusterPlan) -> list[Command]:
                          "galera-clone", "INFINITY"])
         commands.append(["pcs", "constraint", "order", "start", "rabbitmq-clone", "then",
                          "start", svc])
+    if plan.hypervisors:
+        commands.append(["pcs", "constraint", "order", "start", "haven-compute-api-clone",
+                         "then", "start", "haven-evacuator"])
+        commands.append(["pcs", "constraint", "colocation", "add", "haven-evacuator", "with",
+                         "Promoted", "galera-clone", "INFINITY"])
     commands.append(["pcs", "constraint", "colocation", "add", "vip", "with",
                      "haven-identity-clone", "INFINITY"])
     commands.append(["pcs", "constraint", "order", "start", "haven-identity-clone", "then",

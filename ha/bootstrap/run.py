@@ -77,7 +77,8 @@ def stages(plan: ClusterPlan, haven_binary: str, db_url: str) -> list[Stage]:
     def services(view: ClusterView) -> bool:
         ok = all(set(view.running_on(r)) == nodes for r in api) and bool(view.running_on("vip"))
         if hypervisors:
-            ok = ok and set(view.running_on("haven-compute")) == hypervisors
+            ok = (ok and set(view.running_on("haven-compute")) == hypervisors
+                  and bool(view.running_on("haven-evacuator")))
         return ok
 
     return [

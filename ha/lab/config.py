@@ -145,6 +145,10 @@ QEMU_SETTINGS: Mapping[str, str] = {
     "dynamic_ownership": "0",
     "user": '"root"',
     "group": '"root"',
+    # Disk leases through virtlockd: a second QEMU on another node cannot open a disk
+    # a live one holds (POSIX locks on the shared files), and a dead node's leases
+    # die with its virtlockd. The guard under the evacuation controller's decisions.
+    "lock_manager": '"lockd"',
 }
 
 

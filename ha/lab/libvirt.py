@@ -1,8 +1,8 @@
 """libvirtd inside lab nodes (``haven lab up --libvirt``).
 
-Each node runs its own virtlogd + libvirtd (virtlogd first, or domains fail to
-start) with the qemu.conf settings that let several libvirtds share one kernel
-(``config.QEMU_SETTINGS``). The first libvirtd to start spends ~8 s probing QEMU's
+Each node runs its own virtlockd (disk leases), virtlogd + libvirtd (virtlogd
+first, or domains fail to start) with the qemu.conf settings that let several
+libvirtds share one kernel (``config.QEMU_SETTINGS``). The first libvirtd to start spends ~8 s probing QEMU's
 capabilities; its cache is kept as a warm copy in the lab directory and seeded
 into every node booted after it, which then skips the probe.
 """
@@ -37,6 +37,10 @@ def start(lab_dir: Path, nd: NodeState, timeout: float = 60.0) -> None:
     warm = warm_cache(lab_dir)
     if warm.is_dir() and not (cache / "capabilities").is_dir():
         shutil.copytree(warm, cache, symlinks=True, dirs_exist_ok=True)
+    node.spawn_in(lab_dir, nd, ["virtlockd", "-d"], "libvirt.out")
+    wait_until(lambda: node.exec_in(nd, ["test", "-S", "/run/libvirt/virtlockd-sock"],
+                                    check=False).returncode == 0,
+               timeout, f"virtlockd on {nd.name}")
     node.spawn_in(lab_dir, nd, ["virtlogd", "-d"], "libvirt.out")
     wait_until(lambda: node.exec_in(nd, ["test", "-S", "/run/libvirt/virtlogd-sock"],
                                     check=False).returncode == 0,

@@ -23,7 +23,7 @@ from ha.lab.commands import LabError, run, wait_until
 FENCE_AGENT_SOURCE = Path(__file__).resolve().parents[2] / "agents" / "fence" / config.FENCE_AGENT
 TOOLS = ("ip", "unshare", "nsenter", "setsid", "mount", "corosync", "corosync-cmapctl",
          "pacemakerd", "pcs", "crm_mon", "stonith_admin")
-LIBVIRT_TOOLS = ("libvirtd", "virtlogd", "virsh")
+LIBVIRT_TOOLS = ("libvirtd", "virtlogd", "virtlockd", "virsh")
 
 
 class LabBusyError(Exception):

@@ -32,11 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from ha import crm  # noqa: E402
+from ha.bootstrap.cib import API_SERVICES  # noqa: E402
 from ha.lab import cluster, faults, lifecycle, node, stack, state  # noqa: E402
 from ha.lab.commands import wait_until  # noqa: E402
-from tests.lab.test_stack import SERVICES  # noqa: E402
 
 NODES = ["node1", "node2", "node3"]
+SERVICES = [f"haven-{s}" for s in API_SERVICES]  # no hypervisors in this lab
 
 
 def view(st: state.LabState, excluding: str | None = None) -> crm.ClusterView | None:

@@ -25,7 +25,7 @@ from tests.rabbitmq import RabbitMQ
 
 OCF_ROOT = Path("/usr/lib/ocf")
 AGENTS = ("haven-identity", "haven-compute-api", "haven-image", "haven-network",
-          "haven-compute")
+          "haven-compute", "haven-evacuator")
 BIN = Path(sys.executable).parent
 
 

@@ -96,3 +96,16 @@ def test_cli_prints_the_script_and_refuses_bad_plans(tmp_path: object,
         assert main(["cluster", "script", "--plan", str(bad)]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_one_evacuation_controller_runs_with_hypervisors_and_after_the_compute_api() -> None:
+    from ha.bootstrap.cib import ClusterPlan, all_commands
+
+    plan = ClusterPlan(nodes=("a", "b"), vip="10.0.0.9/24", vip_nic="eth0", hypervisors=("b",))
+    commands = [" ".join(c) for c in all_commands(plan)]
+    creates = [c for c in commands if c.startswith("pcs resource create haven-evacuator ")]
+    assert len(creates) == 1 and " clone" not in creates[0]  # a primitive: never two
+    assert ("pcs constraint order start haven-compute-api-clone then start haven-evacuator"
+            in commands)
+    plain = ClusterPlan(nodes=("a", "b"), vip="10.0.0.9/24", vip_nic="eth0")
+    assert not any("haven-evacuator" in " ".join(c) for c in all_commands(plain))

@@ -1,0 +1,42 @@
+"""Admin API of the evacuation controller's records: ``GET /v2.1/os-evacuations``
+and ``GET /v2.1/os-evacuations/<id>`` (Haven's own extension, admin only).
+
+The records are written by the controller (``ha/evacuator``); this only reads
+them, with each event's phase timings as seconds after the failure was detected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bottle
+from sqlalchemy import select
+
+from core.common import policy
+from core.common.faults import BadRequest, NotFound
+from core.common.wsgi import auth, session
+from ha.evacuator.cli import event_doc
+from ha.evacuator.models import EvacuationEvent, EvacuationInstance, event_record, instance_record
+
+
+def register(app: bottle.Bottle) -> None:
+    @app.get("/v2.1/os-evacuations")
+    def list_events() -> dict[str, Any]:
+        policy.enforce(auth(), "compute:evacuations")
+        limit_text = bottle.request.query.get("limit", "100")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
+            raise BadRequest("Invalid input for query parameter 'limit': 1 to 1000.")
+        rows = session().scalars(select(EvacuationEvent).order_by(
+            EvacuationEvent.id.desc()).limit(int(limit_text)))
+        return {"evacuations": [event_doc(event_record(r)) for r in rows]}
+
+    @app.get("/v2.1/os-evacuations/<event_id>")
+    def show_event(event_id: str) -> dict[str, Any]:
+        policy.enforce(auth(), "compute:evacuations")
+        row = session().get(EvacuationEvent, int(event_id)) if event_id.isdigit() else None
+        if row is None:
+            raise NotFound(f"Evacuation event {event_id} could not be found.")
+        records = [instance_record(r) for r in session().scalars(
+            select(EvacuationInstance).where(EvacuationInstance.event_id == row.id)
+            .order_by(EvacuationInstance.priority.desc(), EvacuationInstance.instance_id))]
+        return {"evacuation": event_doc(event_record(row), records)}

@@ -1,0 +1,303 @@
+"""The real :class:`~ha.evacuator.env.EvacuationEnv`: Pacemaker, the Haven database and
+the compute API.
+
+* cluster: ``crm_mon --output-as=xml`` and ``stonith_admin --history`` run on this
+  node (Pacemaker runs the controller on a cluster node), parsed by :mod:`ha.crm`;
+* compute services, instances and the records: the Haven database (Galera in a
+  cluster), one short transaction per call, every record update a single
+  ``UPDATE ... WHERE state = :expected`` (the compare-and-swap);
+* the actions (disable, enable, force down, evacuate): the compute API, as the
+  service user, so they go through the same rules as an operator's calls (the
+  evacuate action refuses a host whose service is up, and places the instance
+  with the scheduler's claims).
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.common.clients import ServiceCallError, ServiceClients
+from core.common.config import HavenConfig
+from core.common.db import Database, rowcount
+from core.compute.models import ComputeService, Instance, InstanceMetadata, Migration
+from ha import crm
+from ha.evacuator.env import (
+    Conflict,
+    EventRecord,
+    EventState,
+    FenceEvent,
+    FenceResult,
+    InstanceRecord,
+    InstanceState,
+    InstanceStatus,
+    InstanceView,
+    NodeState,
+    NoValidHost,
+    ServiceView,
+    TransientError,
+)
+from ha.evacuator.models import (
+    EvacuationEvent,
+    EvacuationInstance,
+    event_record,
+    event_values,
+    instance_record,
+    instance_row,
+    instance_values,
+)
+
+LOG = logging.getLogger("haven.evacuator")
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+COMPUTE_HEADERS = {"OpenStack-API-Version": "compute 2.25",
+                   "X-OpenStack-Nova-API-Version": "2.25"}
+
+
+def run_local(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=20,
+                          stdin=subprocess.DEVNULL)
+
+
+def fence_time(completed: str) -> float | None:
+    """Epoch seconds of stonith_admin's ``completed`` ("2026-11-25 19:36:57Z"), rounded
+    up to the end of its second: the history has one-second resolution, and the
+    controller counts a fence only if it is newer than the node's last sign of life.
+    Rounding up can only count a fence that ended in the same second the node was
+    last seen alive, which no real fence can: a node takes far longer than a second
+    to power back on and be seen again."""
+    text = completed.strip().rstrip("Z")
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%a %b %d %H:%M:%S %Y"):
+        try:
+            return calendar.timegm(time.strptime(text, fmt)) + 0.999
+        except ValueError:
+            continue
+    return None
+
+
+def node_states(view: crm.ClusterView) -> dict[str, NodeState]:
+    states = {}
+    for name, nv in view.nodes.items():
+        if nv.online:
+            states[name] = NodeState.ONLINE
+        elif nv.unclean:
+            states[name] = NodeState.UNCLEAN
+        else:
+            states[name] = NodeState.OFFLINE
+    return states
+
+
+class RealEnv:
+    """One per controller process; every call reads fresh facts (no caching here:
+    the controller takes one view per iteration)."""
+
+    def __init__(self, cfg: HavenConfig, db: Database, clients: ServiceClients,
+                 runner: Runner = run_local, alert_sink: Callable[[str], None] | None = None,
+                 ) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.clients = clients
+        self.run = runner
+        self.alert_sink = alert_sink
+
+    # ---- clock and output ----------------------------------------------------------
+    def now(self) -> float:
+        return time.time()
+
+    def log(self, message: str) -> None:
+        LOG.info("%s", message)
+
+    def alert(self, message: str) -> None:
+        LOG.error("ALERT: %s", message)
+        if self.alert_sink is not None:
+            self.alert_sink(message)
+
+    # ---- cluster ---------------------------------------------------------------------
+    def nodes(self) -> Mapping[str, NodeState]:
+        result = self.run(["crm_mon", "-1", "--output-as=xml"])
+        if result.returncode != 0:
+            raise TransientError(f"crm_mon failed: {result.stderr.strip()[-200:]}")
+        return node_states(crm.parse_crm_mon(result.stdout))
+
+    def fence_events(self, node: str) -> Sequence[FenceEvent]:
+        result = self.run(["stonith_admin", "--history", node, "--verbose", "--output-as=xml"])
+        if result.returncode != 0:
+            raise TransientError(f"stonith_admin failed: {result.stderr.strip()[-200:]}")
+        events = []
+        for ev in crm.parse_fence_history(result.stdout):
+            if ev.target != node:
+                continue
+            at = fence_time(ev.completed) if ev.completed else None
+            if ev.status == "success":
+                outcome = FenceResult.SUCCESS
+            elif ev.status in ("pending", ""):
+                outcome = FenceResult.PENDING
+            else:
+                outcome = FenceResult.FAILED
+            events.append(FenceEvent(at=at if at is not None else self.now(), action=ev.action,
+                                     result=outcome))
+        return sorted(events, key=lambda e: e.at)
+
+    # ---- compute: reads ------------------------------------------------------------
+    def services(self) -> Sequence[ServiceView]:
+        down_time = self.cfg.compute.service_down_time
+        now = self.now()
+
+        def unit(sess: Session) -> list[ServiceView]:
+            return [ServiceView(host=s.host, enabled=s.enabled, disabled_reason=s.disabled_reason,
+                                forced_down=s.forced_down, reserved=s.reserved,
+                                last_heartbeat=s.last_seen,
+                                alive=now - s.last_seen <= down_time)
+                    for s in sess.scalars(select(ComputeService))]
+        return self.db.run_in_transaction(unit)
+
+    def instances_on(self, host: str) -> Sequence[InstanceView]:
+        def unit(sess: Session) -> list[InstanceView]:
+            rows = list(sess.scalars(select(Instance).where(Instance.host == host,
+                                                            Instance.deleted.is_(False))))
+            meta: dict[str, dict[str, str]] = {}
+            if rows:
+                for m in sess.scalars(select(InstanceMetadata).where(
+                        InstanceMetadata.instance_id.in_([r.id for r in rows]))):
+                    meta.setdefault(m.instance_id, {})[m.key] = m.value
+            return [InstanceView(id=r.id, name=r.name, vm_state=r.vm_state,
+                                 task_state=r.task_state, metadata=meta.get(r.id, {}),
+                                 vcpus=r.vcpus, memory_mb=r.memory_mb, disk_gb=r.root_gb,
+                                 server_group=r.server_group_id) for r in rows]
+        return self.db.run_in_transaction(unit)
+
+    def instance_status(self, instance_id: str) -> InstanceStatus | None:
+        def unit(sess: Session) -> InstanceStatus | None:
+            r = sess.get(Instance, instance_id)
+            if r is None or r.deleted:
+                return None
+            return InstanceStatus(host=r.host, vm_state=r.vm_state, task_state=r.task_state,
+                                  power_state=r.power_state, fault=r.fault)
+        return self.db.run_in_transaction(unit)
+
+    def host_clean(self, host: str) -> bool:
+        """The host's agent has swept: no tombstone of an instance evacuated away from it
+        is still waiting for its stale copy to be destroyed (the agent marks them
+        ``source-cleaned`` after each reconciliation)."""
+        def unit(sess: Session) -> bool:
+            waiting = sess.scalar(select(func.count()).select_from(Migration).where(
+                Migration.source_host == host, Migration.status.in_(("accepted", "done"))))
+            return not waiting
+        return self.db.run_in_transaction(unit)
+
+    # ---- compute: actions ------------------------------------------------------------
+    def _compute(self, method: str, path: str, body: dict[str, Any],
+                 expect: tuple[int, ...] = (200, 202)) -> None:
+        try:
+            self.clients.request(method, "compute", path, json=body, headers=COMPUTE_HEADERS,
+                                 expect=expect, timeout=30)
+        except ServiceCallError as exc:
+            if exc.status == 409:
+                text = str(exc)
+                raise (NoValidHost(text) if "No valid host" in text else Conflict(text)) from None
+            if exc.status in (400, 404):
+                raise Conflict(str(exc)) from None
+            raise TransientError(str(exc)) from None
+
+    def disable(self, host: str, reason: str) -> None:
+        self._compute("PUT", "/os-services/disable-log-reason",
+                      {"host": host, "binary": "nova-compute", "disabled_reason": reason[:255]})
+
+    def enable(self, host: str) -> None:
+        self._compute("PUT", "/os-services/enable", {"host": host, "binary": "nova-compute"})
+
+    def set_forced_down(self, host: str, forced: bool) -> None:
+        self._compute("PUT", "/os-services/force-down",
+                      {"host": host, "binary": "nova-compute", "forced_down": forced})
+
+    def evacuate(self, instance_id: str, source: str) -> str:
+        status = self.instance_status(instance_id)
+        if status is None:
+            raise Conflict(f"instance {instance_id} no longer exists")
+        if status.host != source:
+            raise Conflict(f"instance {instance_id} is on {status.host}, not {source}")
+        self._compute("POST", f"/servers/{instance_id}/action", {"evacuate": {}})
+        after = self.instance_status(instance_id)
+        if after is None or after.host in (None, source):
+            raise TransientError(f"instance {instance_id} did not move off {source}")
+        return str(after.host)
+
+    # ---- records -----------------------------------------------------------------------
+    def open_events(self) -> Sequence[EventRecord]:
+        return self.db.run_in_transaction(lambda s: [
+            event_record(r) for r in s.scalars(select(EvacuationEvent).where(
+                EvacuationEvent.open_host.is_not(None)).order_by(EvacuationEvent.id))])
+
+    def all_events(self, limit: int = 100) -> list[EventRecord]:
+        return self.db.run_in_transaction(lambda s: [
+            event_record(r) for r in s.scalars(select(EvacuationEvent).order_by(
+                EvacuationEvent.id.desc()).limit(limit))])
+
+    def event(self, event_id: int) -> EventRecord | None:
+        def unit(sess: Session) -> EventRecord | None:
+            row = sess.get(EvacuationEvent, event_id)
+            return event_record(row) if row is not None else None
+        return self.db.run_in_transaction(unit)
+
+    def last_event(self, host: str) -> EventRecord | None:
+        def unit(sess: Session) -> EventRecord | None:
+            row = sess.scalars(select(EvacuationEvent).where(EvacuationEvent.host == host)
+                               .order_by(EvacuationEvent.id.desc()).limit(1)).first()
+            return event_record(row) if row is not None else None
+        return self.db.run_in_transaction(unit)
+
+    def create_event(self, host: str, detected_at: float, alive_at: float) -> EventRecord | None:
+        def unit(sess: Session) -> EventRecord:
+            row = EvacuationEvent(host=host, open_host=host, state=EventState.DETECTED.value,
+                                  detected_at=detected_at, alive_at=alive_at, alerts="",
+                                  storm_override=False)
+            sess.add(row)
+            sess.flush()
+            return event_record(row)
+        try:
+            return self.db.run_in_transaction(unit)
+        except IntegrityError:  # the unique open_host: this host already has an open event
+            return None
+
+    def update_event(self, event_id: int, expected: EventState, new: EventState,
+                     **fields: Any) -> bool:
+        def unit(sess: Session) -> bool:
+            row = sess.get(EvacuationEvent, event_id)
+            if row is None:
+                return False
+            return rowcount(sess.execute(
+                update(EvacuationEvent).where(EvacuationEvent.id == event_id,
+                                              EvacuationEvent.state == expected.value)
+                .values(**event_values(new, row.host, **fields)))) == 1
+        return self.db.run_in_transaction(unit)
+
+    def instance_records(self, event_id: int) -> Sequence[InstanceRecord]:
+        return self.db.run_in_transaction(lambda s: [
+            instance_record(r) for r in s.scalars(select(EvacuationInstance).where(
+                EvacuationInstance.event_id == event_id).order_by(
+                    EvacuationInstance.priority.desc(), EvacuationInstance.instance_id))])
+
+    def add_instance_record(self, record: InstanceRecord) -> bool:
+        row = instance_row(record)
+        values = {c.name: getattr(row, c.name) for c in EvacuationInstance.__table__.columns}
+        try:
+            self.db.run_in_transaction(lambda s: s.execute(insert(EvacuationInstance)
+                                                           .values(**values)))
+        except IntegrityError:
+            return False
+        return True
+
+    def update_instance(self, event_id: int, instance_id: str, expected: InstanceState,
+                        new: InstanceState, **fields: Any) -> bool:
+        return self.db.run_in_transaction(lambda s: rowcount(s.execute(
+            update(EvacuationInstance).where(EvacuationInstance.event_id == event_id,
+                                             EvacuationInstance.instance_id == instance_id,
+                                             EvacuationInstance.state == expected.value)
+            .values(**instance_values(new, **fields)))) == 1)
