@@ -2,9 +2,10 @@
 
 Each node runs its own virtlockd (disk leases), virtlogd + libvirtd (virtlogd
 first, or domains fail to start) with the qemu.conf settings that let several
-libvirtds share one kernel (``config.QEMU_SETTINGS``). The first libvirtd to start spends ~8 s probing QEMU's
-capabilities; its cache is kept as a warm copy in the lab directory and seeded
-into every node booted after it, which then skips the probe.
+libvirtds share one kernel (``config.QEMU_SETTINGS``). The first libvirtd to start
+spends ~8 s probing QEMU's capabilities; its cache is kept as a warm copy in the
+lab directory and seeded into every node booted after it, which then skips the
+probe.
 """
 
 from __future__ import annotations
