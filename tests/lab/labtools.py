@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from ha import crm
-from ha.lab import cluster, network, node, power, state
-from ha.lab.commands import wait_until
+from ha.bootstrap.cib import API_SERVICES
+from ha.lab import cluster, network, node, power, stack, state
+from ha.lab.commands import CLEAN_ENV, wait_until
 from ha.lab.state import LabState, NodeState
 
 
@@ -74,6 +76,46 @@ class Lab:
                 reply = power.request(self.state().socket_path, "on", nd.name)
                 assert reply["ok"], reply
         return self.wait_view(lambda v: v.online == names, online_timeout, "all nodes online")
+
+
+SERVICES = [f"haven-{s}" for s in API_SERVICES] + ["haven-compute"]
+
+
+class StackLab(Lab):
+    def client(self, *argv: str, timeout: float = 120.0, check: bool = True,
+               ) -> subprocess.CompletedProcess[str]:
+        """A command run as a lab client (switch namespace, the lab's clouds.yaml)."""
+        env = {**CLEAN_ENV, **stack.client_env(self.lab_dir)}
+        result = subprocess.run(stack.client_argv(self.state(), argv), env=env, text=True,
+                                capture_output=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"{argv}: {result.stderr[-800:]}"
+        return result
+
+    def openstack(self, *argv: str, timeout: float = 120.0) -> str:
+        return self.client("openstack", *argv, timeout=timeout).stdout
+
+    def stack_started(self, view: crm.ClusterView, nodes: list[str]) -> bool:
+        want = set(nodes)
+        return (set(view.promoted_on("galera")) == want
+                and set(view.running_on("rabbitmq")) == want
+                and all(set(view.running_on(s)) == want for s in SERVICES)
+                and len(view.running_on("vip")) == 1)
+
+    def wait_stack(self, nodes: list[str], timeout: float) -> crm.ClusterView:
+        return self.wait_view(lambda v: self.stack_started(v, nodes), timeout,
+                              f"the stack started on {', '.join(nodes)}")
+
+    def haven(self, on: str, *argv: str) -> str:
+        """A ``haven`` command inside a node, with that node's config."""
+        nd = self.state().nodes[on]
+        return node.exec_in(nd, [str(stack.HAVEN_BINARY), *argv, "--config",
+                                 "/etc/haven/haven.yaml"], timeout=60).stdout
+
+    def sql(self, on: str, query: str) -> list[str]:
+        nd = self.state().nodes[on]
+        result = node.exec_in(nd, ["mysql", "-N", "-B", "haven", "-e", query], timeout=30)
+        return result.stdout.split()
 
 
 def keep_logs(lab_dir: Path) -> Path:

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from ha import crm
-from ha.bootstrap.cib import API_SERVICES
 from ha.lab import faults, lifecycle, node, stack, state
-from ha.lab.commands import CLEAN_ENV, wait_until
+from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
-from tests.lab.labtools import Lab, keep_logs
+from tests.lab.labtools import StackLab, keep_logs
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(lab_unavailable() is not None,
@@ -34,38 +32,6 @@ NODES = ["node1", "node2", "node3"]
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / ".haven-bench" / "tiny" / "tiny.qcow2"
 TIMINGS: dict[str, str] = {}
-SERVICES = [f"haven-{s}" for s in API_SERVICES] + ["haven-compute"]
-
-
-class StackLab(Lab):
-    def client(self, *argv: str, timeout: float = 120.0, check: bool = True,
-               ) -> subprocess.CompletedProcess[str]:
-        """A command run as a lab client (switch namespace, the lab's clouds.yaml)."""
-        env = {**CLEAN_ENV, **stack.client_env(self.lab_dir)}
-        result = subprocess.run(stack.client_argv(self.state(), argv), env=env, text=True,
-                                capture_output=True, timeout=timeout)
-        if check:
-            assert result.returncode == 0, f"{argv}: {result.stderr[-800:]}"
-        return result
-
-    def openstack(self, *argv: str, timeout: float = 120.0) -> str:
-        return self.client("openstack", *argv, timeout=timeout).stdout
-
-    def stack_started(self, view: crm.ClusterView, nodes: list[str]) -> bool:
-        want = set(nodes)
-        return (set(view.promoted_on("galera")) == want
-                and set(view.running_on("rabbitmq")) == want
-                and all(set(view.running_on(s)) == want for s in SERVICES)
-                and len(view.running_on("vip")) == 1)
-
-    def wait_stack(self, nodes: list[str], timeout: float) -> crm.ClusterView:
-        return self.wait_view(lambda v: self.stack_started(v, nodes), timeout,
-                              f"the stack started on {', '.join(nodes)}")
-
-    def sql(self, on: str, query: str) -> list[str]:
-        nd = self.state().nodes[on]
-        result = node.exec_in(nd, ["mysql", "-N", "-B", "haven", "-e", query], timeout=30)
-        return result.stdout.split()
 
 
 @pytest.fixture(scope="module")

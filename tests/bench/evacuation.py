@@ -1,0 +1,250 @@
+"""Evacuation benchmark: power loss of a hypervisor with N tiny guests -> every guest
+running again on a survivor; Haven's controller side by side with the classic
+Pacemaker way (one ``ocf:heartbeat:VirtualDomain`` resource per guest) in one lab.
+
+One 3-node lab (``--libvirt``, the whole stack, fence action off). Per run, N guests
+are started on one hypervisor (not the VIP's or the controller's node), each has
+printed its boot marker, then that node loses power. From the kill it records:
+
+* Haven: per guest, ``active`` (the instance row ACTIVE with no task, on a survivor,
+  and its domain running there, polled every 0.5 s) and ``marker`` (a second
+  ``HAVEN-TINY-BOOTED`` in its console log on the shared directory), plus the
+  controller's own phase timings (``haven evacuation show``);
+* VirtualDomain: per guest, ``active`` (crm_mon shows its resource started on a
+  survivor: the agent's start returns once the domain runs) and ``marker``.
+
+Between runs the guests are deleted and the victim is powered on again.
+Prints one JSON document and one human line per way and size.
+Usage: python tests/bench/evacuation.py [--sizes 5,10,20] [--runs 3] [--vd-sizes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from core.compute.virt.libvirt import DomainSpec, domain_xml  # noqa: E402
+from ha.lab import faults, lifecycle, node, stack, state  # noqa: E402
+from ha.lab.commands import CLEAN_ENV, wait_until  # noqa: E402
+from tests.lab.labtools import StackLab  # noqa: E402
+
+NODES = ["node1", "node2", "node3"]
+TINY = ROOT / ".haven-bench" / "tiny" / "tiny.qcow2"
+MARKER = "HAVEN-TINY-BOOTED"
+LAB_DIR = state.default_lab_dir()
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench(StackLab):
+    def survivors(self, victim: str) -> list[state.NodeState]:
+        return [nd for n, nd in self.state().nodes.items() if n != victim and node.running(nd)]
+
+    def running(self, victim: str) -> dict[str, str]:
+        """Running domain name -> node, on the survivors."""
+        where = {}
+        for nd in self.survivors(victim):
+            out = node.exec_in(nd, ["virsh", "list", "--name"], check=False, timeout=20).stdout
+            for name in out.split():
+                where[name] = nd.name
+        return where
+
+    def pick_victim(self) -> str:
+        view = self.wait_view(lambda v: bool(v.running_on("haven-evacuator")), 120,
+                              "the controller")
+        busy = set(view.running_on("vip")) | set(view.running_on("haven-evacuator"))
+        return next(n for n in reversed(NODES) if n not in busy)
+
+    def restore(self) -> None:
+        self.power_on_all(180)
+        self.wait_stack(NODES, 600)
+
+
+def markers(path: Path) -> int:
+    try:
+        return path.read_text(errors="replace").count(MARKER)
+    except FileNotFoundError:
+        return 0
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 2), "max": round(max(values), 2)}
+
+
+# ---- Haven ---------------------------------------------------------------------------
+def haven_run(lab: Bench, n: int) -> dict[str, Any]:
+    victim = lab.pick_victim()
+    survivor = next(x for x in NODES if x != victim)
+    others = [x for x in NODES if x != victim]
+    for other in others:
+        lab.openstack("compute", "service", "set", "--disable", other, "nova-compute")
+    names = [f"b{n}-{i}" for i in range(n)]
+    try:
+        for name in names:
+            lab.openstack("server", "create", "--image", "tiny", "--flavor", "m1.tiny",
+                          "--network", "provider", name)
+        ids = wait_until(lambda: _active_ids(lab, names), 600, f"{n} guests ACTIVE", interval=2)
+    finally:
+        for other in others:
+            lab.openstack("compute", "service", "set", "--enable", other, "nova-compute")
+    consoles = {i: stack.paths(LAB_DIR).shared / "instances" / i / "console.log" for i in ids}
+    wait_until(lambda: all(markers(p) >= 1 for p in consoles.values()), 600,
+               "every guest's first boot marker", interval=1)
+    t0 = time.time()
+    faults.kill(LAB_DIR, victim)
+    active: dict[str, float] = {}
+    marked: dict[str, float] = {}
+    deadline = time.time() + 600
+    while (len(active) < n or len(marked) < n) and time.time() < deadline:
+        rows = lab.sql(survivor, "SELECT id, host, vm_state, IFNULL(task_state, '-') FROM "
+                                 "instances WHERE deleted = 0")
+        running = lab.running(victim)
+        now = time.time()
+        for i in range(0, len(rows), 4):
+            ident, host, vm, task = rows[i:i + 4]
+            if (ident in ids and ident not in active and host != victim and vm == "active"
+                    and task == "-" and running.get(f"haven-{ident}") == host):
+                active[ident] = now - t0
+        for ident, path in consoles.items():
+            if ident not in marked and markers(path) >= 2:
+                marked[ident] = time.time() - t0
+        time.sleep(0.5)
+    events = json.loads(lab.haven(survivor, "evacuation", "list", "--json"))
+    event = next(e for e in events if e["host"] == victim)
+    result = {"victim": victim, "n": n, "all_active_s": max(active.values(), default=-1),
+              "all_markers_s": max(marked.values(), default=-1),
+              "active_s": sorted(active.values()), "marker_s": sorted(marked.values()),
+              "phases_s": event["phases_s"], "complete": len(active) == n}
+    for name in names:
+        lab.openstack("server", "delete", name)
+    wait_until(lambda: not [s for s in json.loads(lab.openstack("server", "list", "-f", "json"))
+                            if s["Name"] in names], 300, "the guests deleted", interval=2)
+    return result
+
+
+def _active_ids(lab: Bench, names: list[str]) -> list[str] | None:
+    servers = json.loads(lab.openstack("server", "list", "-f", "json"))
+    mine = [s for s in servers if s["Name"] in names]
+    if len(mine) == len(names) and all(s["Status"] == "ACTIVE" for s in mine):
+        return [s["ID"] for s in mine]
+    return None
+
+
+# ---- VirtualDomain -------------------------------------------------------------------
+def vd_run(lab: Bench, n: int) -> dict[str, Any]:
+    victim = lab.pick_victim()
+    first = next(nd for nd in lab.survivors(victim))
+    vd_dir = stack.paths(LAB_DIR).shared / "vd"
+    vd_dir.mkdir(exist_ok=True)
+    consoles = {}
+    for i in range(n):
+        name = f"vd{i}"
+        disk = vd_dir / f"{name}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(TINY), "-F",
+                        "qcow2", str(disk)], check=True, env=dict(CLEAN_ENV))
+        consoles[name] = vd_dir / f"{name}.console"
+        consoles[name].unlink(missing_ok=True)
+        spec = DomainSpec(uuid=str(uuid.uuid4()), name=name, vcpus=1, memory_mb=256,
+                          disk_path=disk, console_path=consoles[name], mac_address=None,
+                          project_id="bench", cloud_id="virtualdomain-bench")
+        (vd_dir / f"{name}.xml").write_text(domain_xml(spec, "qemu"))
+        node.exec_in(first, ["pcs", "resource", "create", name, "ocf:heartbeat:VirtualDomain",
+                             f"config={vd_dir / f'{name}.xml'}", "hypervisor=qemu:///system",
+                             "force_stop=true", "op", "start", "timeout=120s",
+                             "op", "stop", "timeout=60s",
+                             "op", "monitor", "interval=10s", "timeout=30s", "--disabled"])
+        node.exec_in(first, ["pcs", "constraint", "location", name, "prefers",
+                             f"{victim}=200"])
+    for i in range(n):
+        node.exec_in(first, ["pcs", "resource", "enable", f"vd{i}"])
+    names = list(consoles)
+    lab.wait_view(lambda v: all(v.running_on(x) == (victim,) for x in names), 600,
+                  f"{n} VirtualDomain guests on {victim}")
+    wait_until(lambda: all(markers(p) >= 1 for p in consoles.values()), 600,
+               "every guest's first boot marker", interval=1)
+    t0 = time.time()
+    faults.kill(LAB_DIR, victim)
+    active: dict[str, float] = {}
+    marked: dict[str, float] = {}
+    deadline = time.time() + 900
+    while (len(active) < n or len(marked) < n) and time.time() < deadline:
+        view = lab.view(excluding=(victim,))
+        now = time.time()
+        for x in names:
+            where = view.running_on(x) if view else ()
+            if x not in active and where and victim not in where:
+                active[x] = now - t0
+            if x not in marked and markers(consoles[x]) >= 2:
+                marked[x] = time.time() - t0
+        time.sleep(0.5)
+    result = {"victim": victim, "n": n, "all_active_s": max(active.values(), default=-1),
+              "all_markers_s": max(marked.values(), default=-1),
+              "active_s": sorted(active.values()), "marker_s": sorted(marked.values()),
+              "complete": len(active) == n}
+    for x in names:
+        node.exec_in(first, ["pcs", "resource", "delete", x, "--force"], timeout=120,
+                     check=False)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="5,10,20")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--vd-sizes", default="20")
+    parser.add_argument("--vd-runs", type=int, default=3)
+    parser.add_argument("--token", type=int, default=3000, help="corosync token (ms)")
+    args = parser.parse_args()
+    if lifecycle.busy_reason(LAB_DIR):
+        print(f"a lab is up at {LAB_DIR}: run `haven lab down` first", file=sys.stderr)
+        return 2
+    results: dict[str, list[dict[str, Any]]] = {"haven": [], "virtualdomain": []}
+    try:
+        lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True, token_ms=args.token)
+        stack.up_stack(LAB_DIR)
+        lab = Bench(LAB_DIR)
+        lab.openstack("image", "create", "--disk-format", "qcow2", "--container-format",
+                      "bare", "--public", "--file", str(TINY), "tiny")
+        plan = [("haven", int(s), args.runs) for s in args.sizes.split(",") if s] + \
+               [("virtualdomain", int(s), args.vd_runs) for s in args.vd_sizes.split(",") if s]
+        for way, n, runs in plan:
+            for i in range(runs):
+                lab.restore()
+                r = haven_run(lab, n) if way == "haven" else vd_run(lab, n)
+                results[way].append(r)
+                log(f"{way} N={n} run {i + 1}: all active {r['all_active_s']:.1f} s, all "
+                    f"markers {r['all_markers_s']:.1f} s" + (f", phases {r['phases_s']}"
+                                                               if "phases_s" in r else ""))
+    finally:
+        lifecycle.down(LAB_DIR)
+    doc: dict[str, Any] = {"benchmark": "evacuation", "corosync_token_ms": args.token,
+                           "summary": {}, "runs": results}
+    for way, rs in results.items():
+        for n in sorted({r["n"] for r in rs}):
+            mine = [r for r in rs if r["n"] == n]
+            doc["summary"][f"{way} N={n}"] = {
+                "all_active_s": summary([r["all_active_s"] for r in mine]),
+                "all_markers_s": summary([r["all_markers_s"] for r in mine]),
+                "complete_runs": sum(r["complete"] for r in mine), "runs": len(mine)}
+    print(json.dumps(doc, indent=2))
+    for key, s in doc["summary"].items():
+        print(f"evacuation {key}: every guest running on a survivor p50 "
+              f"{s['all_active_s']['p50']:.1f} s (max {s['all_active_s']['max']:.1f}), every "
+              f"console marker p50 {s['all_markers_s']['p50']:.1f} s over {s['runs']} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

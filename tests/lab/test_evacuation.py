@@ -1,0 +1,219 @@
+"""Evacuation in the lab: real Pacemaker, real fencing, real QEMU guests whose disks
+live in the shared instances directory, the evacuation controller under Pacemaker.
+
+One lab serves the module (``haven lab up --libvirt`` + ``haven lab stack``). The
+guests write a random token to their own disk at first boot and print it again,
+read back from the disk, at every later boot: a guest that comes back with its
+own token came back with its own disk, intact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ha.lab import faults, lifecycle, node, stack, state
+from ha.lab.commands import LabError, wait_until
+from tests.lab.conftest import lab_unavailable
+from tests.lab.labtools import StackLab, keep_logs
+
+pytestmark = [pytest.mark.lab,
+              pytest.mark.skipif(lab_unavailable() is not None,
+                                 reason=f"no lab here: {lab_unavailable()}")]
+
+LAB_DIR = state.default_lab_dir()
+NODES = ["node1", "node2", "node3"]
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / ".haven-bench" / "tiny" / "tiny.qcow2"
+TOKEN = re.compile(r"HAVEN-TOKEN ([0-9a-f]+) (new|from-disk)")
+GUESTS = 3
+TIMINGS: dict[str, str] = {}
+
+
+class EvacLab(StackLab):
+    def servers(self) -> list[dict[str, str]]:
+        servers: list[dict[str, str]] = json.loads(
+            self.openstack("server", "list", "--long", "-f", "json"))
+        return servers
+
+    def tokens(self, server: str) -> list[tuple[str, str]]:
+        return TOKEN.findall(self.openstack("console", "log", "show", server))
+
+    def running_domains(self) -> dict[str, set[str]]:
+        """Running Haven domains (instance ids) on every node that is on."""
+        found: dict[str, set[str]] = {}
+        for nd in self.state().nodes.values():
+            if not node.running(nd) or node.frozen(nd):
+                continue
+            try:
+                out = node.exec_in(nd, ["virsh", "list", "--name"], timeout=10, check=False)
+            except LabError:
+                continue
+            found[nd.name] = {n.removeprefix("haven-") for n in out.stdout.split()
+                              if n.startswith("haven-")}
+        return found
+
+
+class DoubleRunSampler(threading.Thread):
+    """Lists the running domains on every node, over and over, and records any
+    instance seen running on two nodes in the same sample."""
+
+    def __init__(self, lab: EvacLab) -> None:
+        super().__init__(daemon=True)
+        self.lab = lab
+        self.stop = threading.Event()
+        self.samples = 0
+        self.doubles: list[tuple[str, list[str]]] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            seen: dict[str, list[str]] = {}
+            for name, ids in self.lab.running_domains().items():
+                for ident in ids:
+                    seen.setdefault(ident, []).append(name)
+            self.doubles += [(i, hosts) for i, hosts in seen.items() if len(hosts) > 1]
+            self.samples += 1
+            self.stop.wait(0.3)
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> Iterator[EvacLab]:
+    busy = lifecycle.busy_reason(LAB_DIR)
+    if busy:
+        pytest.fail(f"{busy}: run `haven lab down` first (one lab at a time)")
+    if not TINY.is_file():
+        subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
+                        str(TINY.parent)], check=True, timeout=600)
+    failed_before = request.session.testsfailed
+    try:
+        lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
+        stack.up_stack(LAB_DIR)
+        evac = EvacLab(LAB_DIR)
+        evac.wait_view(lambda v: bool(v.running_on("haven-evacuator")), 120,
+                       "the evacuation controller")
+        evac.openstack("image", "create", "--disk-format", "qcow2", "--container-format",
+                       "bare", "--public", "--file", str(TINY), "tiny")
+        yield evac
+    finally:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"evacuation lab: {key}: {value}" for key, value in TIMINGS.items()]
+        if request.session.testsfailed > failed_before:
+            lines.append(f"lab logs kept in {keep_logs(LAB_DIR)}")
+        lifecycle.down(LAB_DIR)
+        if reporter is not None:
+            for line in ["", *lines]:
+                reporter.write_line(line)
+
+
+def boot_on(lab: EvacLab, host: str, names: list[str]) -> None:
+    """Boot ``names`` on ``host``: the other hypervisors are disabled meanwhile."""
+    others = [n for n in NODES if n != host]
+    for other in others:
+        lab.openstack("compute", "service", "set", "--disable", other, "nova-compute")
+    try:
+        for name in names:
+            lab.openstack("server", "create", "--image", "tiny", "--flavor", "m1.tiny",
+                          "--network", "provider", name)
+        wait_until(lambda: all(s["Status"] == "ACTIVE" for s in lab.servers()
+                               if s["Name"] in names), 180, "the guests ACTIVE", interval=2)
+    finally:
+        for other in others:
+            lab.openstack("compute", "service", "set", "--enable", other, "nova-compute")
+
+
+def wait_for_token(lab: EvacLab, name: str, how: str) -> str:
+    """The newest token ``name`` printed ``how`` ("new" at first boot, "from-disk" after)."""
+    def found() -> list[str]:
+        return [t for t, kind in lab.tokens(name) if kind == how]
+    return wait_until(found, 120, f"{name}'s {how} token on its console", interval=2)[-1]
+
+
+def test_a_second_qemu_cannot_open_a_running_guests_disk(lab: EvacLab) -> None:
+    """Around the controller: define a copy of a running guest on another node and
+    start it. The disk lease (virtlockd, lock_manager = "lockd") refuses it."""
+    boot_on(lab, "node1", ["lease-probe"])
+    server = next(s for s in lab.servers() if s["Name"] == "lease-probe")
+    owner = lab.state().nodes["node1"]
+    xml = node.exec_in(owner, ["virsh", "dumpxml", f"haven-{server['ID']}"]).stdout
+    copy = re.sub(r"<uuid>[^<]+</uuid>", "", xml)
+    copy = re.sub(r"<name>[^<]+</name>", "<name>intruder</name>", copy)
+    other = lab.state().nodes["node2"]
+    node.exec_in(other, ["sh", "-c", "cat > /tmp/intruder.xml"], input_text=copy)
+    node.exec_in(other, ["virsh", "define", "/tmp/intruder.xml"])
+    try:
+        result = node.exec_in(other, ["virsh", "start", "intruder"], check=False, timeout=60)
+        assert result.returncode != 0, "a second QEMU started on a disk a live guest holds"
+        assert "lock" in result.stderr.lower(), result.stderr
+        TIMINGS["second start refused with"] = result.stderr.strip().splitlines()[-1][:160]
+    finally:
+        node.exec_in(other, ["virsh", "destroy", "intruder"], check=False)
+        node.exec_in(other, ["virsh", "undefine", "intruder"], check=False)
+    lab.openstack("server", "delete", "--wait", "lease-probe", timeout=120)
+
+
+def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: EvacLab) -> None:
+    view = lab.view()
+    assert view is not None
+    busy = set(view.running_on("vip")) | set(view.running_on("haven-evacuator"))
+    victim = next(n for n in reversed(NODES) if n not in busy)
+    names = [f"pet{i}" for i in range(GUESTS)]
+    boot_on(lab, victim, names)
+    lab.openstack("server", "set", "--property", "ha:enabled=false", names[-1])
+    protected = names[:-1]
+    before = {name: wait_for_token(lab, name, "new") for name in names}
+    ids = {s["Name"]: s["ID"] for s in lab.servers()}
+    sampler = DoubleRunSampler(lab)
+    sampler.start()
+    try:
+        t_kill = time.monotonic()
+        faults.kill(LAB_DIR, victim)
+
+        def all_back() -> bool:
+            servers = {s["Name"]: s for s in lab.servers()}
+            return all(servers[n]["Status"] == "ACTIVE" and servers[n]["Host"] not in
+                       (victim, "") for n in protected)
+        wait_until(all_back, 240, "every protected guest ACTIVE on a survivor", interval=1)
+        TIMINGS[f"{len(protected)} guests ACTIVE elsewhere after power loss"] = \
+            f"{time.monotonic() - t_kill:.1f} s"
+        for name in protected:
+            assert wait_for_token(lab, name, "from-disk") == before[name], \
+                f"{name} came back with another disk"
+        # The opted-out guest stays where it was, reported, not moved.
+        servers = {s["Name"]: s for s in lab.servers()}
+        assert servers[names[-1]]["Host"] == victim
+        # The controller's record of it: phases in order, the opt-out skipped.
+        survivor = next(n for n in NODES if n != victim)
+        events = json.loads(lab.haven(survivor, "evacuation", "list", "--json"))
+        event = next(e for e in events if e["host"] == victim)
+        shown = json.loads(lab.haven(survivor, "evacuation", "show", str(event["id"]), "--json"))
+        states = {r["instance_id"]: r["state"] for r in shown["instances"]}
+        assert all(states[ids[n]] == "done" for n in protected), states
+        assert states[ids[names[-1]]] == "skipped"
+        phases = shown["phases_s"]
+        assert phases["fence confirmed"] <= phases["first rebuild"] <= phases["all active"]
+        TIMINGS["phases (s after detection)"] = ", ".join(f"{k} {v}" for k, v in phases.items())
+
+        # The host comes back: it starts none of the evacuated guests, cleans up, and is
+        # enabled again by the controller once clean.
+        assert lab.power_on_all(120)
+        lab.wait_stack(NODES, 400)
+        wait_until(lambda: next(s for s in json.loads(lab.openstack(
+            "compute", "service", "list", "-f", "json")) if s["Host"] == victim)["Status"]
+            == "enabled", 120, f"{victim} re-enabled by the controller", interval=2)
+        back = lab.running_domains().get(victim, set())
+        assert not back & {ids[n] for n in protected}, f"{victim} restarted evacuated guests"
+    finally:
+        sampler.stop.set()
+        sampler.join(timeout=30)
+    assert sampler.samples > 20
+    assert not sampler.doubles, f"one instance running on two nodes: {sampler.doubles[:3]}"
+    TIMINGS["double-run samples (all clean)"] = str(sampler.samples)
+
