@@ -87,15 +87,22 @@ def probe(auth_url: str, password: str, out: Path) -> None:
     go = out.with_suffix(".go")
     while not go.exists():
         time.sleep(0.05)
-    while True:
-        try:
-            if requests.get(url, headers={"X-Auth-Token": tok}, timeout=(0.5, 2.0)
-                            ).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
+    last = None
     with out.open("a") as log:
+        while True:
+            try:
+                status = requests.get(url, headers={"X-Auth-Token": tok},
+                                      timeout=(0.5, 2.0)).status_code
+                if status == 200:
+                    break
+                outcome = f"http {status}"
+            except requests.RequestException as exc:
+                outcome = type(exc).__name__
+            if outcome != last:  # each change of symptom, for the post-mortem of a slow run
+                log.write(json.dumps({"t": time.time(), "failing": outcome}) + "\n")
+                log.flush()
+                last = outcome
+            time.sleep(0.1)
         log.write(json.dumps({"ok": time.time()}) + "\n")
 
 
