@@ -72,6 +72,29 @@ def cmd_script(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_corosync_conf(args: argparse.Namespace) -> int:
+    """corosync.conf for the plan's nodes (ids in plan order, addresses from the plan)."""
+    from types import SimpleNamespace
+
+    from ha.bootstrap.corosync import corosync_conf
+
+    plan = load_plan(Path(args.plan))
+    missing = [n for n in plan.nodes if n not in plan.addresses]
+    if missing:
+        raise UsageError(f"{args.plan}: addresses: no address for {', '.join(missing)}")
+    if args.token < 500:
+        raise UsageError("--token: at least 500 ms")
+    nodes = [SimpleNamespace(name=n, nodeid=i, address=plan.addresses[n])
+             for i, n in enumerate(plan.nodes, start=1)]
+    text = corosync_conf(plan.cluster_name, nodes, args.token)
+    if args.write:
+        Path(args.write).write_text(text)
+        print(f"wrote {args.write}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_node_config(args: argparse.Namespace) -> int:
     plan = load_plan(Path(args.plan))
     try:
@@ -116,6 +139,12 @@ def add_commands(sub: Any) -> None:
     p = cluster.add_parser("script", help="print the pcs script that loads the CIB")
     p.add_argument("--plan", required=True, help=plan_help)
     p.set_defaults(func=cmd_script)
+    p = cluster.add_parser("corosync-conf", help="corosync.conf for the plan's nodes")
+    p.add_argument("--plan", required=True, help=plan_help)
+    p.add_argument("--token", type=int, default=3000, help="totem token in ms (default 3000)")
+    p.add_argument("--write", help="write it here (e.g. /etc/corosync/corosync.conf) "
+                   "instead of printing it")
+    p.set_defaults(func=cmd_corosync_conf)
     p = cluster.add_parser("node-config", help="write one node's Galera, RabbitMQ and Haven "
                            "configuration")
     p.add_argument("--plan", required=True, help=plan_help)

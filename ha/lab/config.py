@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 from xml.etree import ElementTree as ET
 
+from ha.bootstrap.corosync import corosync_conf  # noqa: F401 - the lab writes the same file
+
 PREFIX = "hvl"  # every network namespace the lab makes is named hvl-*
 DEFAULT_SUBNET = "10.213.0.0/24"  # lives only inside the lab's namespaces
 DEFAULT_CLUSTER = "haven-lab"
@@ -76,55 +78,6 @@ def plan_nodes(count: int, subnet: str = DEFAULT_SUBNET, prefix: str = PREFIX) -
 
 def prefix_length(subnet: str) -> int:
     return ipaddress.IPv4Network(subnet).prefixlen
-
-
-def corosync_conf(cluster_name: str, nodes: Sequence[NodePlan],
-                  token_ms: int = DEFAULT_TOKEN_MS) -> str:
-    """corosync.conf for the lab: knet with encryption (the authkey is shared by the
-    nodes), votequorum, logs in the node's private /var/log.
-
-    Corosync's parser wants each ``{`` at the end of its line; this writer only
-    ever emits ``name {`` lines. Two nodes get ``two_node: 1`` so that one survivor
-    keeps quorum, which is how two-node production clusters run (with fencing).
-    """
-    lines = [
-        "# Written by `haven lab up` (ha/lab/config.py): a lab cluster on namespaces.",
-        "totem {",
-        "    version: 2",
-        f"    cluster_name: {cluster_name}",
-        "    transport: knet",
-        "    # The lab's timing: a lost node is noticed in ~token + consensus.",
-        f"    token: {token_ms}",
-        "    crypto_cipher: aes256",
-        "    crypto_hash: sha256",
-        "}",
-        "",
-        "nodelist {",
-    ]
-    for node in nodes:
-        lines += [
-            "    node {",
-            f"        ring0_addr: {node.address}",
-            f"        name: {node.name}",
-            f"        nodeid: {node.nodeid}",
-            "    }",
-        ]
-    lines += ["}", "", "quorum {", "    provider: corosync_votequorum"]
-    if len(nodes) == 2:
-        lines.append("    two_node: 1")
-    lines += [
-        "}",
-        "",
-        "logging {",
-        "    to_logfile: yes",
-        "    logfile: /var/log/corosync/corosync.log",
-        "    to_syslog: no",
-        "    to_stderr: no",
-        "    timestamp: on",
-        "}",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def hosts_file(nodes: Sequence[NodePlan]) -> str:
