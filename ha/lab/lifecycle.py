@@ -232,12 +232,16 @@ def lab_processes(lab_dir: Path) -> list[int]:
     return found
 
 
-def lab_mounts(lab_dir: Path) -> list[str]:
-    """Host mount points under the lab directory or of the lab's namespaces."""
-    points = proc.mount_points(Path("/proc/self/mountinfo").read_text())
-    netns_prefix = str(network.RUN_NETNS / config.PREFIX) + "-"
+def lab_mounts(lab_dir: Path, namespaces: list[str] | None = None,
+               mountinfo: str | None = None) -> list[str]:
+    """Host mount points under the lab directory, and those of ``namespaces`` (the
+    network namespaces this ``down`` removes: never another lab's)."""
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    points = proc.mount_points(mountinfo)
+    netns = {str(network.RUN_NETNS / ns) for ns in namespaces or []}
     return [p for p in points
-            if p == str(lab_dir) or p.startswith(str(lab_dir) + "/") or p.startswith(netns_prefix)]
+            if p == str(lab_dir) or p.startswith(str(lab_dir) + "/") or p in netns]
 
 
 def _kill_all(pids: list[int], timeout: float) -> list[int]:
@@ -310,7 +314,7 @@ def down(lab_dir: Path, timeout: float = 30.0, force: bool = False) -> DownRepor
         if not late:
             break
         report.killed += _kill_all(late, timeout)
-    for point in sorted(lab_mounts(lab_dir), key=len, reverse=True):
+    for point in sorted(lab_mounts(lab_dir, namespaces), key=len, reverse=True):
         run(["umount", "-l", point], check=False)
         report.unmounted.append(point)
     if st and st.created_run_netns:

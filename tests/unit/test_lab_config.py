@@ -254,3 +254,17 @@ def test_down_aimed_at_an_empty_directory_touches_no_namespace(tmp_path: Path) -
 
     assert lifecycle.lab_namespaces(tmp_path / "never", None, force=False) == []
     assert main(["lab", "down", "--lab-dir", str(tmp_path / "never")]) == 0
+
+
+def test_down_unmounts_only_the_namespaces_it_removes(tmp_path: Path) -> None:
+    """Regression: ``down`` lazily unmounted every /run/netns/hvl-* mount, so this
+    very unit suite's ``down`` of an empty directory cut a running lab's namespaces
+    off (``ip netns exec``: "Invalid argument"), mid-benchmark."""
+    from ha.lab import lifecycle
+
+    info = ("36 25 0:4 net:[4026532] /run/netns/hvl-switch rw shared:5 - nsfs nsfs rw\n"
+            "37 25 0:4 net:[4026533] /run/netns/hvl-node1 rw shared:5 - nsfs nsfs rw\n"
+            f"38 25 8:1 /x {tmp_path}/lab/nodes rw shared:6 - ext4 /dev/vda rw\n")
+    assert lifecycle.lab_mounts(tmp_path / "never", [], info) == []
+    assert lifecycle.lab_mounts(tmp_path / "lab", ["hvl-node1"], info) == [
+        "/run/netns/hvl-node1", f"{tmp_path}/lab/nodes"]
