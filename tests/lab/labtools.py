@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from ha import crm
 from ha.bootstrap.cib import API_SERVICES
@@ -134,3 +138,28 @@ def keep_logs(lab_dir: Path) -> Path:
     return dest
 
 
+@contextlib.contextmanager
+def lab_session(request: pytest.FixtureRequest, lab_dir: Path, title: str,
+                timings: dict[str, str]) -> Iterator[None]:
+    """The life of a module's lab: refuse to start beside another lab; afterwards keep
+    the logs if a test failed, take the lab down, and report ``timings`` (on the
+    terminal and in /tmp/haven-lab-timings-TITLE.json, for the notes)."""
+    from ha.lab import lifecycle
+
+    busy = lifecycle.busy_reason(lab_dir)
+    if busy:
+        pytest.fail(f"{busy}: run `haven lab down` first (one lab at a time)")
+    failed_before = request.session.testsfailed
+    try:
+        yield
+    finally:
+        lines = [f"{title}: {key}: {value}" for key, value in timings.items()]
+        if request.session.testsfailed > failed_before:
+            lines.append(f"lab logs kept in {keep_logs(lab_dir)}")
+        lifecycle.down(lab_dir)
+        Path(f"/tmp/haven-lab-timings-{title.replace(' ', '-')}.json").write_text(
+            json.dumps(timings, indent=2) + "\n")
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            for line in ["", *lines]:
+                reporter.write_line(line)

@@ -22,7 +22,7 @@ from ha.cli import main
 from ha.lab import faults, lifecycle, node, power, proc, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
-from tests.lab.labtools import Lab, keep_logs
+from tests.lab.labtools import Lab, lab_session
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(lab_unavailable() is not None,
@@ -57,25 +57,12 @@ class DummyLab(Lab):
 
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    busy = lifecycle.busy_reason(LAB_DIR)
-    if busy:
-        pytest.fail(f"{busy}: run `haven lab down` first (one lab at a time)")
-    failed_before = request.session.testsfailed
-    try:
+    with lab_session(request, LAB_DIR, "lab timing", TIMINGS):
         report = lifecycle.up(LAB_DIR, len(NODES))
         TIMINGS["cluster formation (power-on to 3 online, DC, quorum)"] = \
             f"{report.seconds_to_form:.1f} s"
         TIMINGS["haven lab up, in all (with fencing configured)"] = f"{report.seconds_total:.1f} s"
         yield DummyLab(LAB_DIR)
-    finally:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"lab timing: {key}: {value}" for key, value in TIMINGS.items()]
-        if request.session.testsfailed > failed_before:
-            lines.append(f"lab logs kept in {keep_logs(LAB_DIR)}")
-        lifecycle.down(LAB_DIR)
-        if reporter is not None:
-            for line in ["", *lines]:
-                reporter.write_line(line)
 
 
 def test_three_nodes_form_and_a_dummy_runs(lab: DummyLab, capsys: pytest.CaptureFixture[str],

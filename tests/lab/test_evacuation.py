@@ -23,7 +23,7 @@ import pytest
 from ha.lab import faults, lifecycle, node, stack, state
 from ha.lab.commands import LabError, wait_until
 from tests.lab.conftest import lab_unavailable
-from tests.lab.labtools import StackLab, keep_logs
+from tests.lab.labtools import StackLab, lab_session
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(lab_unavailable() is not None,
@@ -86,14 +86,10 @@ class DoubleRunSampler(threading.Thread):
 
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[EvacLab]:
-    busy = lifecycle.busy_reason(LAB_DIR)
-    if busy:
-        pytest.fail(f"{busy}: run `haven lab down` first (one lab at a time)")
     if not TINY.is_file():
         subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
                         str(TINY.parent)], check=True, timeout=600)
-    failed_before = request.session.testsfailed
-    try:
+    with lab_session(request, LAB_DIR, "evacuation lab", TIMINGS):
         lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
         stack.up_stack(LAB_DIR)
         evac = EvacLab(LAB_DIR)
@@ -102,15 +98,6 @@ def lab(request: pytest.FixtureRequest) -> Iterator[EvacLab]:
         evac.openstack("image", "create", "--disk-format", "qcow2", "--container-format",
                        "bare", "--public", "--file", str(TINY), "tiny")
         yield evac
-    finally:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"evacuation lab: {key}: {value}" for key, value in TIMINGS.items()]
-        if request.session.testsfailed > failed_before:
-            lines.append(f"lab logs kept in {keep_logs(LAB_DIR)}")
-        lifecycle.down(LAB_DIR)
-        if reporter is not None:
-            for line in ["", *lines]:
-                reporter.write_line(line)
 
 
 def boot_on(lab: EvacLab, host: str, names: list[str]) -> None:

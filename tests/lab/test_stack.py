@@ -21,7 +21,7 @@ import pytest
 from ha.lab import faults, lifecycle, node, stack, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
-from tests.lab.labtools import StackLab, keep_logs
+from tests.lab.labtools import StackLab, lab_session
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(lab_unavailable() is not None,
@@ -36,28 +36,15 @@ TIMINGS: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[StackLab]:
-    busy = lifecycle.busy_reason(LAB_DIR)
-    if busy:
-        pytest.fail(f"{busy}: run `haven lab down` first (one lab at a time)")
     if not TINY.is_file():
         subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
                         str(TINY.parent)], check=True, timeout=600)
-    failed_before = request.session.testsfailed
-    try:
+    with lab_session(request, LAB_DIR, "stack lab", TIMINGS):
         report = lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
         TIMINGS["haven lab up --libvirt"] = f"{report.seconds_total:.1f} s"
         seconds = stack.up_stack(LAB_DIR)
         TIMINGS["haven lab stack (Galera, RabbitMQ, Haven, VIP)"] = f"{seconds:.1f} s"
         yield StackLab(LAB_DIR)
-    finally:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"stack lab timing: {key}: {value}" for key, value in TIMINGS.items()]
-        if request.session.testsfailed > failed_before:
-            lines.append(f"lab logs kept in {keep_logs(LAB_DIR)}")
-        lifecycle.down(LAB_DIR)
-        if reporter is not None:
-            for line in ["", *lines]:
-                reporter.write_line(line)
 
 
 def test_the_stack_runs_everywhere_and_openstack_works_through_the_vip(lab: StackLab) -> None:
