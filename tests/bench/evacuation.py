@@ -29,6 +29,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from xml.dom import minidom
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -159,7 +160,9 @@ def vd_run(lab: Bench, n: int) -> dict[str, Any]:
         spec = DomainSpec(uuid=str(uuid.uuid4()), name=name, vcpus=1, memory_mb=256,
                           disk_path=disk, console_path=consoles[name], mac_address=None,
                           project_id="bench", cloud_id="virtualdomain-bench")
-        (vd_dir / f"{name}.xml").write_text(domain_xml(spec, "qemu"))
+        # VirtualDomain finds the domain's name by a line match on <name>: one per line
+        pretty = minidom.parseString(domain_xml(spec, "qemu")).toprettyxml(indent="  ")
+        (vd_dir / f"{name}.xml").write_text(pretty)
         node.exec_in(first, ["pcs", "resource", "create", name, "ocf:heartbeat:VirtualDomain",
                              f"config={vd_dir / f'{name}.xml'}", "hypervisor=qemu:///system",
                              "force_stop=true", "op", "start", "timeout=120s",
