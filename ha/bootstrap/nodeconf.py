@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import yaml
 
@@ -137,10 +138,10 @@ def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
     brokers = [node] + [n for n in plan.nodes if n != node]
     data: dict[str, object] = {
         "state_dir": "/var/lib/haven",
-        "database": {"url": f"mysql+pymysql://{DB_USER}:{secrets.db_password}@"
+        "database": {"url": f"mysql+pymysql://{DB_USER}:{quote(secrets.db_password, safe='')}@"
                             f"{plan.address_of(node)}/{DB_NAME}?charset=utf8mb4"},
         "bus": {"driver": "amqp",
-                "urls": [f"amqp://{BUS_USER}:{secrets.bus_password}@{b}:5672/%2F"
+                "urls": [f"amqp://{BUS_USER}:{quote(secrets.bus_password, safe='')}@{b}:5672/%2F"
                          for b in brokers]},
         "catalog": {"public_host": vip},
         "service_user": {"password": secrets.service_password},

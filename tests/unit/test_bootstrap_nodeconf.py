@@ -1,0 +1,108 @@
+"""Node configuration and the staged bootstrap's rules, without a cluster (the lab
+tests run them for real: tests/lab/test_stack.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.common.config import load_config
+from ha.bootstrap import nodeconf
+from ha.bootstrap.cib import ClusterPlan
+from ha.bootstrap.run import Bootstrap, BootstrapError, database_commands
+
+PLAN = ClusterPlan(nodes=("n1", "n2", "n3"), vip="10.9.0.100/24", vip_nic="eth0",
+                   addresses={"n1": "10.9.0.1", "n2": "10.9.0.2", "n3": "10.9.0.3"},
+                   hypervisors=("n2",), shared_dir="/srv/haven",
+                   compute_overrides={"heartbeat_interval": 2})
+SECRETS = nodeconf.Secrets(db_password="d'b", bus_password="b", service_password="s",
+                           erlang_cookie="COOKIE")
+
+
+def test_galera_config_names_every_member_and_the_fast_eviction_timeouts() -> None:
+    text = nodeconf.galera_cnf(PLAN, "n2")
+    assert "wsrep_cluster_address = gcomm://n1,n2,n3" in text
+    assert "wsrep_node_address = 10.9.0.2" in text and "bind-address = 10.9.0.2" in text
+    assert "binlog_format = ROW" in text and "innodb_autoinc_lock_mode = 2" in text
+    assert "evs.suspect_timeout=PT3S" in text and "evs.inactive_timeout=PT6S" in text
+
+
+def test_rabbitmq_gets_its_user_a_short_net_ticktime_and_pauses_a_minority() -> None:
+    assert "default_user = haven" in nodeconf.rabbitmq_conf(SECRETS)
+    assert "cluster_partition_handling = pause_minority" in nodeconf.rabbitmq_conf(SECRETS)
+    assert "{net_ticktime, 10}" in nodeconf.rabbitmq_advanced()
+
+
+def test_haven_config_is_valid_uses_the_local_database_every_broker_and_the_vip(
+        tmp_path: Path) -> None:
+    path = tmp_path / "haven.yaml"
+    path.write_text(nodeconf.haven_config(PLAN, "n2", SECRETS))
+    cfg = load_config(str(path))  # the real loader: unknown keys or bad types would fail
+    assert cfg.database.url is not None and "@10.9.0.2/haven" in cfg.database.url
+    assert "haven:d%27b@" in cfg.database.url  # passwords are URL-quoted
+    assert [u.split("@")[1] for u in cfg.bus.urls] == ["n2:5672/%2F", "n1:5672/%2F",
+                                                        "n3:5672/%2F"]
+    assert cfg.catalog.public_host == "10.9.0.100"
+    assert cfg.compute.instances_dir == "/srv/haven/instances"
+    assert cfg.compute.heartbeat_interval == 2  # n2 is a hypervisor: overrides apply
+    other = yaml.safe_load(nodeconf.haven_config(PLAN, "n1", SECRETS))
+    assert "heartbeat_interval" not in other["compute"]
+
+
+def test_node_files_refuse_a_stranger_and_the_cookie_is_private(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a node"):
+        nodeconf.node_files(PLAN, "n9", SECRETS)
+    written = nodeconf.write_node_files(PLAN, "n1", SECRETS, tmp_path)
+    cookie = tmp_path / nodeconf.ERLANG_COOKIE.lstrip("/")
+    assert cookie in written and oct(cookie.stat().st_mode & 0o777) == "0o400"
+    nodeconf.write_node_files(PLAN, "n1", SECRETS, tmp_path)  # rewriting a 0400 file works
+
+
+def test_database_commands_quote_the_password_and_need_one() -> None:
+    sql = database_commands(PLAN, "haven", "mysql+pymysql://haven:d%27b@h/haven")[0][2]
+    assert "IDENTIFIED BY 'd\\'b'" in sql
+    with pytest.raises(BootstrapError, match="user and a password"):
+        database_commands(PLAN, "haven", "mysql+pymysql://h/haven")
+
+
+class FakeCluster:
+    """Stands in for pcs/crm_resource (no cluster in a unit test): records the
+    commands, knows which resources exist, and fails a duplicate constraint as pcs does."""
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = existing
+        self.ran: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        if argv[0] == "crm_resource":
+            return subprocess.CompletedProcess(argv, 0 if argv[2] in self.existing else 6)
+        self.ran.append(argv)
+        if argv[1] == "constraint":
+            return subprocess.CompletedProcess(
+                argv, 1, "", "Error: duplicate constraint already exists, use --force\n  x")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def test_rerun_keeps_existing_resources_and_constraints() -> None:
+    fake = FakeCluster(existing={"galera"})
+    boot = Bootstrap(PLAN, runner=fake)
+    boot.execute(["pcs", "resource", "create", "galera", "ocf:heartbeat:galera"])
+    boot.execute(["pcs", "resource", "create", "rabbitmq", "ocf:heartbeat:rabbitmq-cluster"])
+    boot.execute(["pcs", "constraint", "order", "start", "a", "then", "start", "b"])
+    assert [c[3] if c[1] == "resource" else c[1] for c in fake.ran] == ["rabbitmq",
+                                                                        "constraint"]
+    assert len(boot.done) == 3  # the saved script lists all, so it can be rerun
+
+
+def test_a_failing_command_stops_the_bootstrap_with_pcs_own_words() -> None:
+    def runner(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        if argv[0] == "crm_resource":
+            return subprocess.CompletedProcess(list(argv), 6)
+        return subprocess.CompletedProcess(list(argv), 1, "", "Error: Agent 'x' not found\n")
+    with pytest.raises(BootstrapError, match="Agent 'x' not found"):
+        Bootstrap(PLAN, runner=runner).execute(["pcs", "resource", "create", "r", "x"])
