@@ -148,6 +148,8 @@ class Bootstrap:
                 self.execute(command)
             if stage.settled is not None:
                 self.wait(stage)
+                # the script's equivalent of this wait: until the cluster has settled
+                self.done.append(["crm_resource", "--wait", f"--timeout={stage.timeout:g}s"])
 
 
 def save_script(commands: Sequence[Command], path: Path) -> None:
