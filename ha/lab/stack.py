@@ -17,6 +17,8 @@ the client are kept in ``LAB_DIR/stack``.
 from __future__ import annotations
 
 import ipaddress
+import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -133,6 +135,12 @@ def client_env(lab_dir: Path) -> dict[str, str]:
             "PATH": f"{HAVEN_BINARY.parent}:{CLEAN_ENV['PATH']}"}
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
 def _fernet_keys(target: Path) -> None:
     from core.common.tokens import KeyRepository
 
@@ -155,15 +163,15 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     plan = lab_plan(st, p.shared)
     p.plan.write_text(plan_yaml(plan))
     if not p.secrets.exists():
-        p.secrets.write_text(Secrets.generate().to_yaml())
-        p.admin_password.write_text(Secrets.generate().db_password + "\n")
-    secrets = Secrets.from_mapping(yaml.safe_load(p.secrets.read_text()))
+        _write_private(p.secrets, Secrets.generate().to_yaml())
+        _write_private(p.admin_password, secrets.token_urlsafe(18) + "\n")
+    shared = Secrets.from_mapping(yaml.safe_load(p.secrets.read_text()))
     password = p.admin_password.read_text().strip()
     if not p.fernet_keys.is_dir():
         _fernet_keys(p.fernet_keys)
     for name in plan.nodes:
         root = node.root_dir(lab_dir, name)
-        write_node_files(plan, name, secrets, root)
+        write_node_files(plan, name, shared, root)
         keys = config.node_source(root, "/var/lib/haven") / "fernet-keys"
         if keys.exists():
             shutil.rmtree(keys)
