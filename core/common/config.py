@@ -234,6 +234,10 @@ class ComputeConfig:
     )
     build_workers: int = field(default=8, metadata=_doc("Instances built in parallel per "
                                                         "agent.", _between(1, 64)))
+    guest_nice: int = field(default=0, metadata=_doc(
+        "Niceness given to guests' QEMU threads (0: as host services). A positive value "
+        "keeps the agent, libvirtd and the database responsive when many guests start at "
+        "once (an evacuation) on a host without cgroup CPU reservations.", _between(0, 19)))
     cpu_allocation_ratio: float = field(default=4.0, metadata=_doc("vCPU overcommit ratio."))
     ram_allocation_ratio: float = field(default=1.0, metadata=_doc("RAM overcommit ratio."))
     reserved_host_memory_mb: int = field(

@@ -58,3 +58,31 @@ def test_console_tail(tmp_path: Path) -> None:
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     assert read_console(log, 2) == "line 98\nline 99\n"
     assert read_console(log, None).count("\n") == 100
+
+
+def test_lower_priority_renices_every_thread_of_the_guest_process(tmp_path: Path) -> None:
+    """A stand-in QEMU (a real process with two threads; no guest boots in a unit
+    test) found through its libvirt pid file: every thread, not just the first."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); " \
+           "time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        ident = str(uuid.uuid4())
+        for _ in range(100):
+            if len(os.listdir(f"/proc/{proc.pid}/task")) >= 2:
+                break
+            time.sleep(0.05)
+        (tmp_path / f"haven-{ident}.pid").write_text(f"{proc.pid}\n")
+        driver = LibvirtDriver("test:///default")
+        assert driver.lower_priority(ident, 7, run_dir=tmp_path) >= 2
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        assert all(os.getpriority(os.PRIO_PROCESS, t) == 7 for t in tids)
+        assert driver.lower_priority(str(uuid.uuid4()), 7, run_dir=tmp_path) == 0
+    finally:
+        proc.kill()
+        proc.wait()

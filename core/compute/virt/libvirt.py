@@ -181,6 +181,27 @@ class LibvirtDriver:
         except libvirt.libvirtError as exc:
             raise VirtError(f"cannot start {uuid}: {exc}") from exc
 
+    def lower_priority(self, uuid: str, nice: int, run_dir: Path = Path("/run/libvirt/qemu"),
+                       ) -> int:
+        """Renice every thread of the domain's QEMU (vCPUs included) to ``nice``; returns
+        how many. Host services (this agent, libvirtd, the database, the cluster) then
+        keep their CPU when a hypervisor starts many guests at once, as after an
+        evacuation: without cgroups to reserve host CPU, niceness is the lever. A guest
+        that is not running, or a pid file this process cannot read, is left alone."""
+        try:
+            pid = int((run_dir / f"{PREFIX}{uuid}.pid").read_text().strip())
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except (OSError, ValueError):
+            return 0
+        done = 0
+        for tid in tids:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                done += 1
+            except OSError:
+                continue
+        return done
+
     def destroy(self, uuid: str) -> None:
         """Force off (no-op when already off or missing)."""
         dom = self._lookup(uuid)
