@@ -98,9 +98,11 @@ def lab_plan(st: state.LabState, shared_dir: Path) -> ClusterPlan:
         cluster_name="haven-lab", db_buffer_pool="64M", shared_dir=str(shared_dir),
         api_workers=1,
         # A lab node reports the whole machine; keep hypervisors honest and small.
+        # Guests are niced: TCG guests booting after an evacuation would otherwise starve
+        # the agents, libvirtd and Galera of the machine's two cores.
         compute_overrides={"vcpus": 8, "memory_mb": 8192, "reserved_host_memory_mb": 0,
                            "heartbeat_interval": 2, "service_down_time": 10,
-                           "reconcile_interval": 10})
+                           "reconcile_interval": 10, "guest_nice": 10})
 
 
 def plan_yaml(plan: ClusterPlan) -> str:
