@@ -138,7 +138,8 @@ def test_reconcile_finishes_a_build_whose_nudge_was_lost(tmp_path: Path,
         server_id = cloud.create("lost-nudge")
         assert cloud.instance(server_id).host == HOST
         conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
-        purged = conn.channel().queue_purge(f"agent-test.compute.{HOST}")
+        queue = cloud.bus.queue_name(f"compute.{HOST}")  # type: ignore[attr-defined]
+        purged = conn.channel().queue_purge(queue)
         conn.close()
         assert purged.method.message_count == 1  # the nudge was there; now it is lost
         agent.start()
