@@ -207,7 +207,7 @@ class ComputeAgent:
                 self._finish(inst, task, vm_state=states.STOPPED, power_state=states.SHUTDOWN)
             elif task == states.POWERING_ON:
                 self._ensure_defined(inst)
-                self.driver.start(inst.id)
+                self.driver.start(inst.id, self.cfg.compute.guest_nice)
                 self._finish(inst, task, vm_state=states.ACTIVE, power_state=states.RUNNING)
             elif task in (states.REBOOTING, states.REBOOTING_HARD):
                 self._ensure_defined(inst)
@@ -278,9 +278,7 @@ class ComputeAgent:
             t_start = time.monotonic()
             start = not (rebuild and inst.vm_state == states.STOPPED)
             if start:
-                self.driver.start(inst.id)
-                if self.cfg.compute.guest_nice:
-                    self.driver.lower_priority(inst.id, self.cfg.compute.guest_nice)
+                self.driver.start(inst.id, self.cfg.compute.guest_nice)
             t_started = time.monotonic()
         except (VirtError, ServiceCallError, OSError, subprocess.CalledProcessError) as exc:
             LOG.error("spawning %s failed: %s", inst.id, exc)

@@ -4,7 +4,8 @@ Nova's rule, kept: an instance is evacuated only when its host's compute
 service is down (forced down, or its heartbeat stale). Fencing is the
 evacuation controller's business (ha/evacuator); this call is the mechanism it
 uses. The move is one transaction: the source's claim is released, a host is
-claimed (reserved hosts first, anti-affinity kept), a migration record is left
+claimed (reserved hosts first, anti-affinity kept, a claim lost to a concurrent
+placement retried on fresh host state), a migration record is left
 as the tombstone the source host reads when it returns, and the instance is
 marked ``rebuilding`` on its new host with a compare-and-swap.
 """
@@ -15,11 +16,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.common.db import rowcount
-from core.common.faults import BadRequest, Conflict
+from core.common.faults import BadRequest, Conflict, Fault
 from core.common.timeutil import now
 from core.compute import scheduler, states
 from core.compute.api import ComputeContext
 from core.compute.models import ComputeService, Instance, Migration
+from core.compute.servers import MAX_CLAIM_ATTEMPTS, lock_group
 
 EVACUABLE = (states.ACTIVE, states.STOPPED, states.ERROR)
 
@@ -49,23 +51,20 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
     if won != 1:
         raise Conflict(f"Instance {inst.id} changed while being evacuated; not moved.")
     sess.refresh(inst)
+    if inst.server_group_id:
+        lock_group(sess, inst.server_group_id)  # group members placed one at a time
+    previous_vm = inst.vm_state
+    # Release before reading the hosts: its UPDATE of the source's row serialises the
+    # evacuations of one dead host (the controller calls them in parallel), so each
+    # reads the hosts after its predecessor's claim committed and none loses its
+    # claim to a sibling, or reads "no valid host" while there is room.
+    scheduler.release(sess, inst)
     avoid, only, _ = scheduler.group_constraints(sess, inst.server_group_id, inst.id)
     req = scheduler.Request(inst.vcpus, inst.memory_mb, inst.root_gb,
                             avoid_hosts=avoid | {source},
                             only_hosts=frozenset({target}) if target else only,
                             use_reserved=True)
-    previous_vm = inst.vm_state
-    index = scheduler.load_index(sess, ctx.cfg.compute.service_down_time)
-    scheduler.release(sess, inst)
-    chosen = None
-    stats = scheduler.FilterStats()
-    for h in index.candidates(req, stats):
-        if scheduler.claim(sess, inst, h, req):
-            chosen = h.host
-            break
-    if chosen is None:
-        raise Conflict(f"No valid host to evacuate instance {inst.id} to "
-                       f"({scheduler.describe(stats)}).")
+    chosen = claim_host(ctx, sess, inst, req)
     sess.add(Migration(instance_id=inst.id, source_host=source, dest_host=chosen,
                        kind="evacuation", status="accepted", created_at=ts, updated_at=ts))
     # a stopped instance stays stopped on its new host; anything else comes back active
@@ -76,3 +75,22 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
     inst.updated_at = ts
     sess.flush()
     return chosen
+
+
+def claim_host(ctx: ComputeContext, sess: Session, inst: Instance,
+               req: scheduler.Request) -> str:
+    """Claim the best host for ``req``. A claim lost to a concurrent placement (a
+    create, or an evacuation from another host) reads the hosts again and retries;
+    only a fleet with no room left gives "No valid host", which the controller does
+    not retry."""
+    for _ in range(MAX_CLAIM_ATTEMPTS):
+        index = scheduler.load_index(sess, ctx.cfg.compute.service_down_time)
+        stats = scheduler.FilterStats()
+        h = next(index.candidates(req, stats), None)
+        if h is None:
+            raise Conflict(f"No valid host to evacuate instance {inst.id} to "
+                           f"({scheduler.describe(stats)}).")
+        if scheduler.claim(sess, inst, h, req):
+            return h.host
+    raise Fault(f"Every host claim for instance {inst.id} was lost to concurrent "
+                "placements; retry.", 503)

@@ -255,12 +255,15 @@ class EvacuationEnv(Protocol):
         """Force the host's compute service down (the compute API then allows
         evacuating its instances, whatever its heartbeat says), or clear it."""
 
-    def evacuate(self, instance_id: str, source: str) -> str:
-        """Rebuild ``instance_id``, which is on ``source``, on another host; returns that
-        host. The compute API chooses it (reserved hosts first, anti-affinity kept).
-
-        Raises :class:`NoValidHost`, :class:`Conflict` (also when the instance is no
-        longer on ``source``) or :class:`TransientError`."""
+    def evacuate_many(self, calls: Sequence[tuple[str, str]]
+                      ) -> list[str | EvacuateError]:
+        """Rebuild each ``(instance_id, source)`` on another host. Per call, in order:
+        the host the compute API chose (reserved hosts first, anti-affinity kept), or
+        the :class:`NoValidHost`, :class:`Conflict` (also when the instance is no
+        longer on its source) or :class:`TransientError` it failed with. The calls may
+        run concurrently (the real environment's do): the controller only passes
+        instances of one priority level together, so capacity still goes to the
+        higher levels first."""
 
     def host_clean(self, host: str) -> bool:
         """The returned host has destroyed its stale domains of evacuated instances."""

@@ -19,6 +19,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -32,6 +33,7 @@ from core.compute.models import ComputeService, Instance, InstanceMetadata, Migr
 from ha import crm
 from ha.evacuator.env import (
     Conflict,
+    EvacuateError,
     EventRecord,
     EventState,
     FenceEvent,
@@ -217,7 +219,25 @@ class RealEnv:
         self._compute("PUT", "/os-services/force-down",
                       {"host": host, "binary": "nova-compute", "forced_down": forced})
 
+    def evacuate_many(self, calls: Sequence[tuple[str, str]]
+                      ) -> list[str | EvacuateError]:
+        """The calls ``evacuator.parallel_calls`` at a time: each spends most of its
+        time waiting (the API's auth and checks, its nudge to the target's agent), and
+        the compute API serialises the claims of one source host itself."""
+        def one(call: tuple[str, str]) -> str | EvacuateError:
+            try:
+                return self.evacuate(*call)
+            except EvacuateError as exc:
+                return exc
+
+        if len(calls) <= 1:
+            return [one(c) for c in calls]
+        workers = min(len(calls), self.cfg.evacuator.parallel_calls)
+        with ThreadPoolExecutor(workers, thread_name_prefix="evacuate") as pool:
+            return list(pool.map(one, calls))
+
     def evacuate(self, instance_id: str, source: str) -> str:
+        """One evacuate call, checked before and after against the database."""
         status = self.instance_status(instance_id)
         if status is None:
             raise Conflict(f"instance {instance_id} no longer exists")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from itertools import groupby
 from typing import Any
 
 from ha.evacuator.base import Policy, Steps, UnknownState, View
@@ -51,6 +52,7 @@ from ha.evacuator.env import (
     REBUILDING,
     STOPPED,
     Conflict,
+    EvacuateError,
     EvacuationEnv,
     EventRecord,
     EventState,
@@ -59,7 +61,6 @@ from ha.evacuator.env import (
     InstanceView,
     NodeState,
     NoValidHost,
-    TransientError,
 )
 
 OPT_OUT_VALUES = frozenset({"false", "0", "no", "off"})
@@ -138,6 +139,7 @@ class InstanceSteps(Steps):
                           if r.state is InstanceState.PENDING),
                          key=lambda p: (-p[1].priority, p[0].id, p[1].name, p[1].instance_id))
         blocked = 0
+        started: list[tuple[EventRecord, InstanceRecord]] = []
         for ev, r in waiting:
             if ev.state is not EventState.EVACUATING or r.next_try_at > view.now:
                 continue
@@ -146,8 +148,12 @@ class InstanceSteps(Steps):
             if busy >= self.policy.max_concurrent_rebuilds:
                 blocked += 1
                 continue
-            if self._start(ev, r, view):
+            record = self._cas_instance(r, InstanceState.REBUILDING, attempts=r.attempts + 1,
+                                        started_at=view.now, target=None)
+            if record is not None:
+                started.append((ev, record))
                 busy += 1
+        self._call(started, view)
         if blocked and blocked != self._blocked:
             self.env.log(f"{blocked} instance(s) wait for a rebuild slot ({busy} rebuilding, "
                          f"at most {self.policy.max_concurrent_rebuilds})")
@@ -202,25 +208,23 @@ class InstanceSteps(Steps):
             return False
         return True
 
-    def _start(self, ev: EventRecord, r: InstanceRecord, view: View) -> bool:
-        """Call evacuate once, recorded before and after. True if it is rebuilding."""
-        attempts = r.attempts + 1
-        started = self._cas_instance(r, InstanceState.REBUILDING, attempts=attempts,
-                                     started_at=view.now, target=None)
-        if started is None:
-            return False
-        try:
-            target = self.env.evacuate(r.instance_id, r.source)
-        except NoValidHost as exc:
-            self._finish(ev, started, InstanceState.FAILED, str(exc), view)
-            return False
-        except TransientError as exc:
-            self._retry(ev, started, f"evacuate failed: {exc}", view)
-            return False
-        except Conflict as exc:
-            return self._conflict(ev, started, exc, view)
-        self._rebuilding(ev, started, target, view, adopted=False)
-        return True
+    def _call(self, started: list[tuple[EventRecord, InstanceRecord]], view: View) -> None:
+        """Call evacuate for records already marked rebuilding (so a controller that
+        dies in a call leaves a trace its successor follows), one priority level at a
+        time: the calls of a level may run concurrently, so when capacity is short it
+        still goes to the higher levels first."""
+        for _, level in groupby(started, key=lambda pair: pair[1].priority):
+            batch = list(level)
+            results = self.env.evacuate_many([(r.instance_id, r.source) for _, r in batch])
+            for (ev, r), result in zip(batch, results, strict=True):
+                if isinstance(result, NoValidHost):
+                    self._finish(ev, r, InstanceState.FAILED, str(result), view)
+                elif isinstance(result, Conflict):
+                    self._conflict(ev, r, result, view)
+                elif isinstance(result, EvacuateError):  # TransientError, or one unforeseen
+                    self._retry(ev, r, f"evacuate failed: {result}", view)
+                else:
+                    self._rebuilding(ev, r, result, view, adopted=False)
 
     def _rebuilding(self, ev: EventRecord, r: InstanceRecord, target: str, view: View,
                     adopted: bool) -> None:
@@ -231,9 +235,10 @@ class InstanceSteps(Steps):
         self.env.log(f"event {ev.id} {ev.host}: {r.name} {how} to {target} "
                      f"(priority {r.priority}, attempt {r.attempts})")
         current = view.events.get(ev.id, ev)
+        called = self.env.now()  # the call's answer, not the iteration's start
         self._cas_event(view, current, current.state,
-                        first_rebuild_at=current.first_rebuild_at or view.now,
-                        last_rebuild_at=view.now)
+                        first_rebuild_at=current.first_rebuild_at or called,
+                        last_rebuild_at=called)
 
     def _retry(self, ev: EventRecord, r: InstanceRecord, why: str, view: View) -> None:
         if r.attempts >= self.policy.max_attempts:

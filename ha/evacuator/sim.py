@@ -26,7 +26,7 @@ instance evacuated twice from one host.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core.compute import scheduler
@@ -37,6 +37,7 @@ from ha.evacuator.env import (
     REBUILDING,
     STOPPED,
     Conflict,
+    EvacuateError,
     FenceEvent,
     FenceResult,
     InstanceStatus,
@@ -480,8 +481,17 @@ class SimEnv(MemoryRecords):
     def set_forced_down(self, host: str, forced: bool) -> None:
         self.world.hosts[host].forced_down = forced
 
-    def evacuate(self, instance_id: str, source: str) -> str:
-        return self.world.evacuate(instance_id, source)
+    def evacuate_many(self, calls: Sequence[tuple[str, str]]
+                      ) -> list[str | EvacuateError]:
+        """One call after the other, in order (a crash mid-batch leaves the rest
+        uncalled, as a controller dying while its calls were in flight may)."""
+        results: list[str | EvacuateError] = []
+        for instance_id, source in calls:
+            try:
+                results.append(self.world.evacuate(instance_id, source))
+            except EvacuateError as exc:
+                results.append(exc)
+        return results
 
     def host_clean(self, host: str) -> bool:
         return self.world.host_clean(host)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.conftest import free_port
@@ -26,7 +27,8 @@ class AllInOne:
     two never touch each other's guests on the shared libvirtd.
     """
 
-    def __init__(self, state: Path, clouds: Path, port: int, compute: bool = False) -> None:
+    def __init__(self, state: Path, clouds: Path, port: int, compute: bool = False,
+                 settings: Sequence[str] = ()) -> None:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("OS_", "HAVEN_"))}
         self.ports = {"identity": port, "compute": free_port(), "image": free_port(),
@@ -36,6 +38,8 @@ class AllInOne:
                "--set", "compute.shutdown_timeout=10"]
         for service, p in self.ports.items():
             cmd += ["--set", f"{service}.listen=127.0.0.1:{p}"]
+        for setting in settings:
+            cmd += ["--set", setting]
         if not compute:
             cmd.append("--no-compute")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

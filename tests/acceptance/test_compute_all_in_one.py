@@ -7,6 +7,7 @@ whole module; every test leaves no guest behind.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,13 +22,15 @@ from tests.acceptance.helpers import AllInOne, openstack
 from tests.conftest import free_port
 
 MARKER = "HAVEN-TINY-BOOTED"
+GUEST_NICE = 5
 
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AllInOne, Path, Path]]:
     base = tmp_path_factory.mktemp("aio-compute")
     state, clouds = base / "state", base / "clouds.yaml"
-    aio = AllInOne(state, clouds, free_port(), compute=True)
+    aio = AllInOne(state, clouds, free_port(), compute=True,
+                   settings=[f"compute.guest_nice={GUEST_NICE}"])
     try:
         yield aio, state, clouds
     finally:
@@ -67,6 +70,20 @@ def domain_exists(uuid: str) -> bool:
         conn.close()
 
 
+def guest_running_niced(uuid: str) -> bool:
+    """The domain runs (not left paused) and every thread of its QEMU has the
+    configured niceness: it was started paused, reniced, then resumed."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        running = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        pid = int(Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text())
+    finally:
+        conn.close()
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    return running and all(os.getpriority(os.PRIO_PROCESS, t) == GUEST_NICE for t in tids)
+
+
 def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) -> None:
     aio, state, clouds = cloud
     server = cli_json(clouds, "server", "create", "--image", "tiny", "--flavor", "m1.tiny",
@@ -76,6 +93,7 @@ def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) 
     assert str(server["addresses"]).count("192.0.2.") == 1
     uuid = str(server["id"])
     assert domain_exists(uuid)
+    assert guest_running_niced(uuid)
 
     def console() -> str:
         return openstack(clouds, "console", "log", "show", "vm1").stdout
@@ -87,6 +105,7 @@ def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) 
     poll(lambda: field(clouds, "vm1", "status") == "SHUTOFF", 60, "SHUTOFF")
     assert openstack(clouds, "server", "start", "vm1").returncode == 0
     poll(lambda: field(clouds, "vm1", "status") == "ACTIVE", 60, "ACTIVE again")
+    assert guest_running_niced(uuid)
     # the second boot finds the token the first one wrote: the disk persisted
     poll(lambda: "from-disk" in console(), 120, "the token read back from disk",
          lambda: console() + "\n".join(aio.lines[-30:]))

@@ -16,12 +16,14 @@ printed its boot marker, then that node loses power. From the kill it records:
 Between runs the guests are deleted and the victim is powered on again.
 Prints one JSON document and one human line per way and size.
 Usage: python tests/bench/evacuation.py [--sizes 5,10,20] [--runs 3] [--vd-sizes 20]
+       [--vd-runs 3] [--token MS] [--keep-logs] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from core.compute.virt.libvirt import DomainSpec, domain_xml  # noqa: E402
 from ha.lab import faults, lifecycle, node, stack, state  # noqa: E402
 from ha.lab.commands import CLEAN_ENV, wait_until  # noqa: E402
-from tests.lab.labtools import StackLab  # noqa: E402
+from tests.bench.cpu_profile import CpuSampler  # noqa: E402
+from tests.lab.labtools import StackLab, keep_logs  # noqa: E402
 
 NODES = ["node1", "node2", "node3"]
 TINY = ROOT / ".haven-bench" / "tiny" / "tiny.qcow2"
@@ -84,8 +87,26 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(values), 2), "max": round(max(values), 2)}
 
 
+class ProfileWindow:
+    """With ``--profile``: CPU seconds per kind of process from now (just before the
+    kill) to the first ``close()`` (every guest active), logged and kept in ``cpu``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.sampler = CpuSampler() if enabled else None
+        self.cpu: dict[str, float] | None = None
+        if self.sampler is not None:
+            self.sampler.start()
+
+    def close(self) -> None:
+        if self.sampler is None or self.cpu is not None:
+            return
+        self.cpu = self.sampler.stop()
+        log(f"CPU seconds from the kill to all active ({self.sampler.seconds:.1f} s on "
+            f"{os.cpu_count()} cores): {self.cpu}")
+
+
 # ---- Haven ---------------------------------------------------------------------------
-def haven_run(lab: Bench, n: int) -> dict[str, Any]:
+def haven_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
     victim = lab.pick_victim()
     survivor = next(x for x in NODES if x != victim)
     others = [x for x in NODES if x != victim]
@@ -103,6 +124,7 @@ def haven_run(lab: Bench, n: int) -> dict[str, Any]:
     consoles = {i: stack.paths(LAB_DIR).shared / "instances" / i / "console.log" for i in ids}
     wait_until(lambda: all(markers(p) >= 1 for p in consoles.values()), 600,
                "every guest's first boot marker", interval=1)
+    window = ProfileWindow(profile)
     t0 = time.time()
     faults.kill(LAB_DIR, victim)
     active: dict[str, float] = {}
@@ -118,6 +140,8 @@ def haven_run(lab: Bench, n: int) -> dict[str, Any]:
             if (ident in ids and ident not in active and host != victim and vm == "active"
                     and task == "-" and running.get(f"haven-{ident}") == host):
                 active[ident] = now - t0
+        if len(active) == n:
+            window.close()
         for ident, path in consoles.items():
             if ident not in marked and markers(path) >= 2:
                 marked[ident] = time.time() - t0
@@ -128,6 +152,8 @@ def haven_run(lab: Bench, n: int) -> dict[str, Any]:
               "all_markers_s": max(marked.values(), default=-1),
               "active_s": sorted(active.values()), "marker_s": sorted(marked.values()),
               "phases_s": event["phases_s"], "complete": len(active) == n}
+    if window.cpu is not None:
+        result["cpu_s"] = window.cpu
     for name in names:
         lab.openstack("server", "delete", name)
     wait_until(lambda: not [s for s in json.loads(lab.openstack("server", "list", "-f", "json"))
@@ -144,7 +170,7 @@ def _active_ids(lab: Bench, names: list[str]) -> list[str] | None:
 
 
 # ---- VirtualDomain -------------------------------------------------------------------
-def vd_run(lab: Bench, n: int) -> dict[str, Any]:
+def vd_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
     victim = lab.pick_victim()
     first = next(nd for nd in lab.survivors(victim))
     vd_dir = stack.paths(LAB_DIR).shared / "vd"
@@ -177,6 +203,7 @@ def vd_run(lab: Bench, n: int) -> dict[str, Any]:
                   f"{n} VirtualDomain guests on {victim}")
     wait_until(lambda: all(markers(p) >= 1 for p in consoles.values()), 600,
                "every guest's first boot marker", interval=1)
+    window = ProfileWindow(profile)
     t0 = time.time()
     faults.kill(LAB_DIR, victim)
     active: dict[str, float] = {}
@@ -189,6 +216,8 @@ def vd_run(lab: Bench, n: int) -> dict[str, Any]:
             where = view.running_on(x) if view else ()
             if x not in active and where and victim not in where:
                 active[x] = now - t0
+        if len(active) == n:
+            window.close()
             if x not in marked and markers(consoles[x]) >= 2:
                 marked[x] = time.time() - t0
         time.sleep(0.5)
@@ -196,6 +225,8 @@ def vd_run(lab: Bench, n: int) -> dict[str, Any]:
               "all_markers_s": max(marked.values(), default=-1),
               "active_s": sorted(active.values()), "marker_s": sorted(marked.values()),
               "complete": len(active) == n}
+    if window.cpu is not None:
+        result["cpu_s"] = window.cpu
     for x in names:
         node.exec_in(first, ["pcs", "resource", "delete", x, "--force"], timeout=120,
                      check=False)
@@ -209,6 +240,10 @@ def main() -> int:
     parser.add_argument("--vd-sizes", default="20")
     parser.add_argument("--vd-runs", type=int, default=3)
     parser.add_argument("--token", type=int, default=3000, help="corosync token (ms)")
+    parser.add_argument("--profile", action="store_true",
+                        help="CPU seconds per kind of process from the kill to all active")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="copy every node's logs out of the lab before it goes down")
     args = parser.parse_args()
     if lifecycle.busy_reason(LAB_DIR):
         print(f"a lab is up at {LAB_DIR}: run `haven lab down` first", file=sys.stderr)
@@ -225,12 +260,14 @@ def main() -> int:
         for way, n, runs in plan:
             for i in range(runs):
                 lab.restore()
-                r = haven_run(lab, n) if way == "haven" else vd_run(lab, n)
+                r = (haven_run if way == "haven" else vd_run)(lab, n, args.profile)
                 results[way].append(r)
                 log(f"{way} N={n} run {i + 1}: all active {r['all_active_s']:.1f} s, all "
                     f"markers {r['all_markers_s']:.1f} s" + (f", phases {r['phases_s']}"
                                                                if "phases_s" in r else ""))
     finally:
+        if args.keep_logs:
+            log(f"the lab's logs: {keep_logs(LAB_DIR)}")
         lifecycle.down(LAB_DIR)
     doc: dict[str, Any] = {"benchmark": "evacuation", "corosync_token_ms": args.token,
                            "summary": {}, "runs": results}

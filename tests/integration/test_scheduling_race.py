@@ -38,7 +38,7 @@ from sqlalchemy import select, update
 
 from core.common.db import Database
 from core.compute import states
-from core.compute.models import ComputeService, Instance
+from core.compute.models import ComputeService, Instance, Migration
 from core.compute.servers import NO_VALID_HOST
 from tests.conftest import ADMIN_PASSWORD, MariaDB, free_port
 
@@ -176,13 +176,19 @@ def upload_tiny_qcow2(cloud: Cloud, token: str) -> str:
     return image_id
 
 
-def only_hosts(db: Database, prefix: str, room: int) -> None:
-    """Disable every hypervisor there is, then add N_HOSTS with room for exactly ``room``
-    m1.tiny each by RAM (vCPU and disk are plentiful: RAM is the only binding limit)."""
-    ts = time.time()
+def only_hosts(db: Database, prefix: str, room: int, count: int = N_HOSTS) -> None:
+    """Disable every hypervisor there is, then add ``count`` with room for exactly
+    ``room`` m1.tiny each by RAM (vCPU and disk are plentiful: RAM is the only binding
+    limit)."""
     with db.session() as s:
         s.execute(update(ComputeService).values(enabled=False))
-        for i in range(N_HOSTS):
+    add_hosts(db, prefix, room, count)
+
+
+def add_hosts(db: Database, prefix: str, room: int, count: int) -> None:
+    ts = time.time()
+    with db.session() as s:
+        for i in range(count):
             s.add(ComputeService(
                 host=f"{prefix}-{i}", enabled=True, forced_down=False, reserved=False,
                 last_seen=ts, started_at=ts, vcpus=64, memory_mb=room * TINY_RAM + RESERVED_MB,
@@ -318,3 +324,63 @@ def test_anti_affinity_holds_when_three_apis_race_one_group(cloud: Cloud) -> Non
     assert all(i.server_group_id == group_id for i in servers)
     assert [line for line in cloud.compute_logs() if "Deadlock" in line] == []
     print(f"\nanti-affinity race: 5 placed on distinct hosts, 3 ERROR in {burst.seconds:.1f}s")
+
+
+def test_evacuations_racing_over_three_apis_fill_the_survivors_exactly(cloud: Cloud) -> None:
+    """A dead host's 24 servers evacuated at once (as the controller calls them) over
+    three API processes onto two hosts with room for 20: 20 move, 4 get "No valid host"
+    and stay where they were, untouched; no host over-commits, every counter matches
+    its instances, one migration record per move.
+
+    Regression: the evacuate call read the hosts, then released the source's claim and
+    tried each candidate once in that transaction, so parallel evacuations lost their
+    claims to each other and answered "No valid host" while there was room."""
+    token = cloud.token()
+    only_hosts(cloud.db, "evsrc", 24, count=1)
+    burst = boot_many(cloud, token, "ev", 24)
+    assert [status for status, _ in burst.answers] == [202] * 24, burst.answers
+    servers = servers_named(cloud.db, "ev")
+    assert {i.host for i in servers} == {"evsrc-0"}
+    with cloud.db.session() as s:  # they ran; then their host died and was fenced
+        s.execute(update(Instance).where(Instance.name.startswith("ev-"))
+                  .values(vm_state=states.ACTIVE, task_state=None, updated_at=time.time()))
+        s.execute(update(ComputeService).where(ComputeService.host == "evsrc-0")
+                  .values(forced_down=True))
+    add_hosts(cloud.db, "evdst", PER_HOST, 2)
+
+    start = threading.Barrier(len(servers))
+
+    def evacuate(i: int) -> tuple[int, str]:
+        start.wait(timeout=60)
+        resp = requests.post(f"{cloud.computes[i % 3]}/v2.1/servers/{servers[i].id}/action",
+                             json={"evacuate": {}}, timeout=120,
+                             headers={"X-Auth-Token": token,
+                                      "OpenStack-API-Version": "compute 2.25"})
+        return resp.status_code, resp.text
+
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        answers = list(pool.map(evacuate, range(len(servers))))
+    statuses = Counter(status for status, _ in answers)
+    assert statuses == Counter({200: 2 * PER_HOST, 409: 4}), f"{answers}\n{cloud.log_tails()}"
+    assert all("No valid host" in text for status, text in answers if status == 409), answers
+    assert [line for line in cloud.compute_logs() if "Deadlock" in line] == []
+
+    after = servers_named(cloud.db, "ev")
+    moved = [i for i in after if i.host != "evsrc-0"]
+    stayed = [i for i in after if i.host == "evsrc-0"]
+    assert Counter(i.host for i in moved) == Counter({"evdst-0": PER_HOST, "evdst-1": PER_HOST})
+    assert all(i.claimed_host == i.host and i.task_state == states.REBUILDING for i in moved)
+    assert len(stayed) == 4 and all(
+        i.claimed_host == "evsrc-0" and i.task_state is None and i.vm_state == states.ACTIVE
+        for i in stayed)  # the refused ones were rolled back whole
+    with cloud.db.session() as s:
+        rows = {h.host: h for h in s.scalars(select(ComputeService).where(
+            ComputeService.host.in_(("evsrc-0", "evdst-0", "evdst-1"))))}
+        migrations = list(s.scalars(select(Migration).where(
+            Migration.instance_id.in_([i.id for i in after]))))
+    for host, n in (("evsrc-0", 4), ("evdst-0", PER_HOST), ("evdst-1", PER_HOST)):
+        assert (rows[host].memory_mb_used, rows[host].vcpus_used, rows[host].disk_gb_used) == (
+            n * TINY_RAM, n * TINY_VCPUS, n * TINY_DISK), host
+    assert sorted(m.instance_id for m in migrations) == sorted(i.id for i in moved)
+    assert {(m.source_host, m.kind, m.status) for m in migrations} == {
+        ("evsrc-0", "evacuation", "accepted")}

@@ -8,6 +8,7 @@ world's state directly, as the world would have it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from ha.evacuator.controller import REASON_PREFIX, Controller, Policy, UnknownState
 from ha.evacuator.env import (
+    EvacuateError,
     EventRecord,
     EventState,
     FenceEvent,
@@ -176,6 +178,7 @@ class RecordingEnv(SimEnv):
     def __init__(self, world: World) -> None:
         super().__init__(world)
         self.calls: list[str] = []
+        self.batches: list[list[str]] = []
 
     def disable(self, host: str, reason: str) -> None:
         self.calls.append(f"disable {host}")
@@ -185,9 +188,11 @@ class RecordingEnv(SimEnv):
         self.calls.append(f"forced_down {host} {forced}")
         super().set_forced_down(host, forced)
 
-    def evacuate(self, instance_id: str, source: str) -> str:
-        self.calls.append(f"evacuate {instance_id}")
-        return super().evacuate(instance_id, source)
+    def evacuate_many(self, calls: Sequence[tuple[str, str]]
+                      ) -> list[str | EvacuateError]:
+        self.calls.extend(f"evacuate {instance_id}" for instance_id, _ in calls)
+        self.batches.append([instance_id for instance_id, _ in calls])
+        return super().evacuate_many(calls)
 
 
 def test_the_service_is_disabled_at_detection_and_forced_down_before_any_evacuation() -> None:
@@ -203,6 +208,25 @@ def test_the_service_is_disabled_at_detection_and_forced_down_before_any_evacuat
     assert env.calls == ["disable node3", "forced_down node3 True", "evacuate vm1",
                          "evacuate vm2"]
 
+
+
+def test_calls_are_batched_by_priority_level_highest_first() -> None:
+    """The calls of one level may run at once (the real env's do); a lower level is
+    only called after the higher one has its hosts, so short capacity goes upward."""
+    rig = Rig(instances={
+        "low": {"host": "node3"},
+        "high-a": {"host": "node3", "metadata": {"ha:priority": "5"}},
+        "high-b": {"host": "node3", "metadata": {"ha:priority": "5"}},
+        "mid": {"host": "node3", "metadata": {"ha:priority": "1"}}})
+    rig.env = env = RecordingEnv(rig.world)
+    rig.failover()
+    rig.world.power("node3", False)
+    rig.until(8)
+    assert env.batches == [["high-a", "high-b"], ["mid"], ["low"]]
+    assert all(rig.record("node3", vm).state is InstanceState.REBUILDING
+               or rig.record("node3", vm).state is InstanceState.DONE
+               for vm in ("low", "high-a", "high-b", "mid"))
+    rig.ok()
 
 def test_a_host_disabled_by_an_operator_stays_disabled_when_it_returns() -> None:
     rig = Rig(timing=Timing(boot_time=5))

@@ -170,14 +170,20 @@ class LibvirtDriver:
         except libvirt.libvirtError as exc:
             raise VirtError(f"cannot define {spec.uuid}: {exc}") from exc
 
-    def start(self, uuid: str) -> None:
+    def start(self, uuid: str, nice: int = 0) -> None:
+        """Start the domain; with ``nice``, its QEMU is started paused, reniced, then
+        resumed, so the guest never runs at the host services' priority. A domain
+        left paused (an agent that died between the two) is resumed."""
         dom = self._lookup(uuid)
         if dom is None:
             raise VirtError(f"domain {uuid} is not defined")
-        if dom.isActive():
-            return
         try:
-            dom.create()
+            if not dom.isActive():
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if nice else 0)
+            if nice:
+                self.lower_priority(uuid, nice)
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
         except libvirt.libvirtError as exc:
             raise VirtError(f"cannot start {uuid}: {exc}") from exc
 
