@@ -45,6 +45,7 @@ def test_corosync_conf_puts_every_brace_at_a_line_end_and_lists_every_node() -> 
             assert line.rstrip().endswith("{"), line  # corosync's parser wants this
     assert text.count("{") == text.count("}")
     assert "    token: 3000" in text
+    assert "    token_coefficient: 0" in text  # the token is the one asked for
     assert "cluster_name: haven-lab" in text
     for name, address in (("node1", "10.213.0.11"), ("node3", "10.213.0.13")):
         assert f"name: {name}" in text and f"ring0_addr: {address}" in text
