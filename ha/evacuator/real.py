@@ -243,10 +243,14 @@ class RealEnv:
             raise Conflict(f"instance {instance_id} no longer exists")
         if status.host != source:
             raise Conflict(f"instance {instance_id} is on {status.host}, not {source}")
+        began = time.monotonic()
         self._compute("POST", f"/servers/{instance_id}/action", {"evacuate": {}})
+        took = time.monotonic() - began
         after = self.instance_status(instance_id)
         if after is None or after.host in (None, source):
             raise TransientError(f"instance {instance_id} did not move off {source}")
+        LOG.info("evacuate %s: %s -> %s (the call took %.2f s)", instance_id, source,
+                 after.host, took)
         return str(after.host)
 
     # ---- records -----------------------------------------------------------------------
