@@ -71,8 +71,8 @@ def domain_exists(uuid: str) -> bool:
 
 
 def guest_running_niced(uuid: str) -> bool:
-    """The domain runs (not left paused) and every thread of its QEMU has the
-    configured niceness: it was started paused, reniced, then resumed."""
+    """The domain runs (not left paused) and every thread of its QEMU, and its session's
+    scheduler group, has the configured niceness: started paused, reniced, resumed."""
     conn = libvirt.open("qemu:///system")
     try:
         dom = conn.lookupByUUIDString(uuid)
@@ -81,7 +81,11 @@ def guest_running_niced(uuid: str) -> bool:
     finally:
         conn.close()
     tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    return running and all(os.getpriority(os.PRIO_PROCESS, t) == GUEST_NICE for t in tids)
+    group = Path(f"/proc/{pid}/autogroup")  # libvirt gives each QEMU a session of its own
+    group_niced = not group.exists() or group.read_text().split("nice")[1].strip() == str(
+        GUEST_NICE)
+    return running and group_niced and all(
+        os.getpriority(os.PRIO_PROCESS, t) == GUEST_NICE for t in tids)
 
 
 def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) -> None:

@@ -7,6 +7,8 @@ import uuid
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+import pytest
+
 from core.compute.virt.libvirt import DomainSpec, LibvirtDriver, domain_xml, read_console
 
 
@@ -60,9 +62,22 @@ def test_console_tail(tmp_path: Path) -> None:
     assert read_console(log, None).count("\n") == 100
 
 
-def test_lower_priority_renices_every_thread_of_the_guest_process(tmp_path: Path) -> None:
+def autogroup_nice(pid: int) -> int | None:
+    """The nice of ``pid``'s scheduler autogroup, or None when autogroup is off."""
+    try:
+        text = Path(f"/proc/{pid}/autogroup").read_text()
+    except OSError:
+        return None
+    return int(text.split("nice")[1])
+
+
+@pytest.mark.parametrize("own_session", [True, False], ids=["session-leader", "not-leader"])
+def test_lower_priority_renices_every_thread_and_the_session_group(tmp_path: Path,
+                                                                   own_session: bool) -> None:
     """A stand-in QEMU (a real process with two threads; no guest boots in a unit
-    test) found through its libvirt pid file: every thread, not just the first."""
+    test) found through its libvirt pid file: every thread, not just the first, and
+    its autogroup when it is alone in its session as libvirt's QEMUs are (a group shared with
+    other processes, such as this test's own, is left alone)."""
     import os
     import subprocess
     import sys
@@ -70,7 +85,8 @@ def test_lower_priority_renices_every_thread_of_the_guest_process(tmp_path: Path
 
     code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); " \
            "time.sleep(30)"
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=own_session)
+    mine = autogroup_nice(os.getpid())
     try:
         ident = str(uuid.uuid4())
         for _ in range(100):
@@ -82,6 +98,9 @@ def test_lower_priority_renices_every_thread_of_the_guest_process(tmp_path: Path
         assert driver.lower_priority(ident, 7, run_dir=tmp_path) >= 2
         tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
         assert all(os.getpriority(os.PRIO_PROCESS, t) == 7 for t in tids)
+        if mine is not None:  # the kernel groups by session here
+            assert autogroup_nice(proc.pid) == (7 if own_session else mine)
+            assert autogroup_nice(os.getpid()) == mine
         assert driver.lower_priority(str(uuid.uuid4()), 7, run_dir=tmp_path) == 0
     finally:
         proc.kill()

@@ -189,11 +189,23 @@ class LibvirtDriver:
 
     def lower_priority(self, uuid: str, nice: int, run_dir: Path = Path("/run/libvirt/qemu"),
                        ) -> int:
-        """Renice every thread of the domain's QEMU (vCPUs included) to ``nice``; returns
-        how many. Host services (this agent, libvirtd, the database, the cluster) then
-        keep their CPU when a hypervisor starts many guests at once, as after an
-        evacuation: without cgroups to reserve host CPU, niceness is the lever. A guest
-        that is not running, or a pid file this process cannot read, is left alone."""
+        """Renice the domain's QEMU to ``nice``: every thread (vCPUs included) and, when
+        the kernel groups processes by session (``sched_autogroup``, on by default in
+        Debian), QEMU's own session group too; returns how many threads. Host services
+        (this agent, libvirtd, the database, the cluster) then keep their CPU when a
+        hypervisor starts many guests at once, as after an evacuation: without cgroups
+        to reserve host CPU, niceness is the lever.
+
+        The group matters more than the threads: libvirt starts each QEMU in a session
+        of its own, and with autogroup the CPU is first shared equally between sessions,
+        nice values only counting inside one. Reniced threads alone changed nothing:
+        twenty booting guests were twenty equal shares against libvirtd's one, and
+        each new guest's start took longer than the last (0.4 s to 1.6 s for ten, one
+        after the other; 0.4 s to 0.8 s with the groups reniced). A QEMU that is not
+        its session's only process shares its group with others, which are left alone.
+
+        A guest that is not running, or a pid file this process cannot read, is left
+        alone."""
         try:
             pid = int((run_dir / f"{PREFIX}{uuid}.pid").read_text().strip())
             tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
@@ -206,6 +218,7 @@ class LibvirtDriver:
                 done += 1
             except OSError:
                 continue
+        lower_session_group(pid, nice)
         return done
 
     def destroy(self, uuid: str) -> None:
@@ -259,6 +272,30 @@ class LibvirtDriver:
         except libvirt.libvirtError:
             self.destroy(uuid)
             self.start(uuid)
+
+
+def lower_session_group(pid: int, nice: int) -> bool:
+    """Set the scheduler autogroup nice of ``pid``'s session if ``pid`` is the only
+    process in it (libvirt's QEMUs are: it forks them through a child that calls
+    ``setsid`` and exits), so the group renices nobody else. False when autogroup is
+    off, the session is shared, or the process is gone."""
+    try:
+        sid = os.getsid(pid)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != pid and _session_of(entry) == sid:
+                return False
+        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+        return True
+    except OSError:
+        return False
+
+
+def _session_of(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[3])  # field 6: session
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def read_console(path: Path, lines: int | None, max_bytes: int = 1 << 20) -> str:
