@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.dom import minidom
@@ -105,6 +106,42 @@ class ProfileWindow:
             f"{os.cpu_count()} cores): {self.cpu}")
 
 
+def kill_and_watch(victim: str, consoles: dict[str, Path],
+                   active_now: Callable[[], set[str]], timeout: float, profile: bool
+                   ) -> dict[str, Any]:
+    """Once every guest has printed its first boot marker, cut the victim's power and
+    poll (about every 0.5 s) until every guest is active again (``active_now``) and
+    has printed its marker a second time; seconds from the kill, per guest."""
+    n = len(consoles)
+    wait_until(lambda: all(markers(p) >= 1 for p in consoles.values()), 600,
+               "every guest's first boot marker", interval=1)
+    window = ProfileWindow(profile)
+    t0 = time.time()
+    faults.kill(LAB_DIR, victim)
+    active: dict[str, float] = {}
+    marked: dict[str, float] = {}
+    deadline = time.time() + timeout
+    while (len(active) < n or len(marked) < n) and time.time() < deadline:
+        now_active = active_now()
+        now = time.time()
+        for x in now_active - set(active):
+            active[x] = now - t0
+        if len(active) == n:
+            window.close()
+        for x, path in consoles.items():
+            if x not in marked and markers(path) >= 2:
+                marked[x] = time.time() - t0
+        time.sleep(0.5)
+    result: dict[str, Any] = {
+        "all_active_s": max(active.values(), default=-1),
+        "all_markers_s": max(marked.values(), default=-1),
+        "active_s": sorted(active.values()), "marker_s": sorted(marked.values()),
+        "complete": len(active) == n}
+    if window.cpu is not None:
+        result["cpu_s"] = window.cpu
+    return result
+
+
 # ---- Haven ---------------------------------------------------------------------------
 def haven_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
     victim = lab.pick_victim()
@@ -122,38 +159,24 @@ def haven_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
         for other in others:
             lab.openstack("compute", "service", "set", "--enable", other, "nova-compute")
     consoles = {i: stack.paths(LAB_DIR).shared / "instances" / i / "console.log" for i in ids}
-    wait_until(lambda: all(markers(p) >= 1 for p in consoles.values()), 600,
-               "every guest's first boot marker", interval=1)
-    window = ProfileWindow(profile)
-    t0 = time.time()
-    faults.kill(LAB_DIR, victim)
-    active: dict[str, float] = {}
-    marked: dict[str, float] = {}
-    deadline = time.time() + 600
-    while (len(active) < n or len(marked) < n) and time.time() < deadline:
+
+    def active_now() -> set[str]:
+        """Instances ACTIVE with no task on a survivor, whose domain runs there."""
         rows = lab.sql(survivor, "SELECT id, host, vm_state, IFNULL(task_state, '-') FROM "
                                  "instances WHERE deleted = 0")
         running = lab.running(victim)
-        now = time.time()
+        found = set()
         for i in range(0, len(rows), 4):
             ident, host, vm, task = rows[i:i + 4]
-            if (ident in ids and ident not in active and host != victim and vm == "active"
-                    and task == "-" and running.get(f"haven-{ident}") == host):
-                active[ident] = now - t0
-        if len(active) == n:
-            window.close()
-        for ident, path in consoles.items():
-            if ident not in marked and markers(path) >= 2:
-                marked[ident] = time.time() - t0
-        time.sleep(0.5)
+            if (ident in ids and host != victim and vm == "active" and task == "-"
+                    and running.get(f"haven-{ident}") == host):
+                found.add(ident)
+        return found
+
+    watch = kill_and_watch(victim, consoles, active_now, 600, profile)
     events = json.loads(lab.haven(survivor, "evacuation", "list", "--json"))
     event = next(e for e in events if e["host"] == victim)
-    result = {"victim": victim, "n": n, "all_active_s": max(active.values(), default=-1),
-              "all_markers_s": max(marked.values(), default=-1),
-              "active_s": sorted(active.values()), "marker_s": sorted(marked.values()),
-              "phases_s": event["phases_s"], "complete": len(active) == n}
-    if window.cpu is not None:
-        result["cpu_s"] = window.cpu
+    result = {"victim": victim, "n": n, **watch, "phases_s": event["phases_s"]}
     for name in names:
         lab.openstack("server", "delete", name)
     wait_until(lambda: not [s for s in json.loads(lab.openstack("server", "list", "-f", "json"))
@@ -201,32 +224,15 @@ def vd_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
     names = list(consoles)
     lab.wait_view(lambda v: all(v.running_on(x) == (victim,) for x in names), 600,
                   f"{n} VirtualDomain guests on {victim}")
-    wait_until(lambda: all(markers(p) >= 1 for p in consoles.values()), 600,
-               "every guest's first boot marker", interval=1)
-    window = ProfileWindow(profile)
-    t0 = time.time()
-    faults.kill(LAB_DIR, victim)
-    active: dict[str, float] = {}
-    marked: dict[str, float] = {}
-    deadline = time.time() + 900
-    while (len(active) < n or len(marked) < n) and time.time() < deadline:
+
+    def active_now() -> set[str]:
+        """Resources crm_mon shows started on a survivor."""
         view = lab.view(excluding=(victim,))
-        now = time.time()
-        for x in names:
-            where = view.running_on(x) if view else ()
-            if x not in active and where and victim not in where:
-                active[x] = now - t0
-        if len(active) == n:
-            window.close()
-            if x not in marked and markers(consoles[x]) >= 2:
-                marked[x] = time.time() - t0
-        time.sleep(0.5)
-    result = {"victim": victim, "n": n, "all_active_s": max(active.values(), default=-1),
-              "all_markers_s": max(marked.values(), default=-1),
-              "active_s": sorted(active.values()), "marker_s": sorted(marked.values()),
-              "complete": len(active) == n}
-    if window.cpu is not None:
-        result["cpu_s"] = window.cpu
+        return {x for x in names
+                if view and view.running_on(x) and victim not in view.running_on(x)}
+
+    result = {"victim": victim, "n": n,
+              **kill_and_watch(victim, consoles, active_now, 900, profile)}
     for x in names:
         node.exec_in(first, ["pcs", "resource", "delete", x, "--force"], timeout=120,
                      check=False)
