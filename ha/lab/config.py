@@ -173,18 +173,36 @@ def node_source(node_root: Path, target: str) -> Path:
     return node_root / target.lstrip("/")
 
 
-def init_mounts(node_root: Path, sbin_overlay: Path) -> list[dict[str, str]]:
+CHECKOUT = Path(__file__).resolve().parents[2]  # the Haven tree the nodes run from
+
+
+def init_mounts(node_root: Path, sbin_overlay: Path, checkout: Path = CHECKOUT
+                ) -> list[dict[str, str]]:
     """The mount list a node's init performs, in order.
 
     The last one overlays the lab's fence agent onto /usr/sbin inside the node only,
     where pacemaker-fenced looks for fence_* agents; the host's /usr stays untouched.
+
+    Nodes run Haven from the host's checkout. A checkout under a path that a node
+    gets fresh (a clone in /tmp, as a CI job makes) would vanish under the node's
+    tmpfs: it is bound to a holding place in the node's directory first and bound
+    back at its own path once the tmpfs is there.
     """
+    hidden = any(m.kind == "tmpfs" and checkout.is_relative_to(m.target)
+                 for m in NODE_MOUNTS)
+    holding = node_root / "checkout"
     mounts = []
+    if hidden:
+        mounts.append({"kind": "bind", "source": str(checkout), "target": str(holding),
+                       "options": "", "mkdir": "yes"})
     for mount in NODE_MOUNTS:
         entry = {"kind": mount.kind, "target": mount.target, "options": mount.options}
         if mount.kind == "bind":
             entry["source"] = str(node_source(node_root, mount.target))
         mounts.append(entry)
+    if hidden:
+        mounts.append({"kind": "bind", "source": str(holding), "target": str(checkout),
+                       "options": "", "mkdir": "yes"})
     mounts.append({"kind": "overlay", "target": "/usr/sbin", "source": "overlay",
                    "options": f"lowerdir={sbin_overlay}:/usr/sbin"})
     return mounts

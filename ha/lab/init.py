@@ -40,6 +40,8 @@ def set_up(spec: dict[str, Any]) -> None:
     # ever propagate back to the host, whatever unshare's defaults become.
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
     for entry in spec["mounts"]:
+        if entry.get("mkdir"):
+            os.makedirs(entry["target"], exist_ok=True)
         result = subprocess.run(mount_argv(entry), capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(mount_argv(entry))}: {result.stderr.strip()}")

@@ -269,3 +269,20 @@ def test_down_unmounts_only_the_namespaces_it_removes(tmp_path: Path) -> None:
     assert lifecycle.lab_mounts(tmp_path / "never", [], info) == []
     assert lifecycle.lab_mounts(tmp_path / "lab", ["hvl-node1"], info) == [
         "/run/netns/hvl-node1", f"{tmp_path}/lab/nodes"]
+
+
+def test_a_checkout_under_tmp_stays_visible_in_the_nodes(tmp_path: Path) -> None:
+    """A CI clone in /tmp: bound aside before the node's fresh /tmp, bound back after."""
+    checkout = Path("/tmp/ci-clone")
+    mounts = config.init_mounts(tmp_path / "root", tmp_path / "sbin", checkout=checkout)
+    holding = str(tmp_path / "root" / "checkout")
+    targets = [m["target"] for m in mounts]
+    assert mounts[0] == {"kind": "bind", "source": str(checkout), "target": holding,
+                         "options": "", "mkdir": "yes"}
+    back = targets.index(str(checkout))
+    assert back > targets.index("/tmp")
+    assert mounts[back] == {"kind": "bind", "source": holding, "target": str(checkout),
+                            "options": "", "mkdir": "yes"}
+    # a checkout elsewhere needs neither
+    plain = config.init_mounts(tmp_path / "root", tmp_path / "sbin", checkout=Path("/srv/x"))
+    assert holding not in [m["target"] for m in plain]
