@@ -80,7 +80,7 @@ def test_qemu_settings_replace_active_lines_and_say_who_set_them() -> None:
 
 
 def test_init_mounts_fresh_tmpfs_private_copies_and_the_agent_overlay(tmp_path: Path) -> None:
-    mounts = config.init_mounts(tmp_path / "root", tmp_path / "sbin")
+    mounts = config.init_mounts(tmp_path / "root", tmp_path / "sbin", checkout=Path("/srv/h"))
     by_target = {m["target"]: m for m in mounts}
     for fresh in ("/run", "/dev/shm", "/tmp"):
         assert by_target[fresh]["kind"] == "tmpfs"
