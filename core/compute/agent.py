@@ -211,7 +211,8 @@ class ComputeAgent:
                 self._finish(inst, task, vm_state=states.ACTIVE, power_state=states.RUNNING)
             elif task in (states.REBOOTING, states.REBOOTING_HARD):
                 self._ensure_defined(inst)
-                self.driver.reboot(inst.id, hard=task == states.REBOOTING_HARD)
+                self.driver.reboot(inst.id, hard=task == states.REBOOTING_HARD,
+                                   nice=self.cfg.compute.guest_nice)
                 self._finish(inst, task, vm_state=states.ACTIVE, power_state=states.RUNNING)
             elif task is None:
                 self._sync_power(inst)

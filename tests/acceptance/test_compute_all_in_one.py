@@ -113,6 +113,9 @@ def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) 
     # the second boot finds the token the first one wrote: the disk persisted
     poll(lambda: "from-disk" in console(), 120, "the token read back from disk",
          lambda: console() + "\n".join(aio.lines[-30:]))
+    assert openstack(clouds, "server", "reboot", "--hard", "vm1").returncode == 0
+    poll(lambda: field(clouds, "vm1", "status") == "ACTIVE", 60, "ACTIVE after a hard reboot")
+    assert guest_running_niced(uuid)  # a new QEMU, started the same way
 
     deleted = openstack(clouds, "server", "delete", "--wait", "vm1")
     assert deleted.returncode == 0, deleted.stderr

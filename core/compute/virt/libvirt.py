@@ -259,19 +259,21 @@ class LibvirtDriver:
             LOG.info("%s ignored ACPI shutdown for %ss: forcing it off", uuid, timeout)
         self.destroy(uuid)
 
-    def reboot(self, uuid: str, hard: bool) -> None:
+    def reboot(self, uuid: str, hard: bool, nice: int = 0) -> None:
+        """A guest reboot (same QEMU, keeps its niceness), or off and on again for a
+        hard one, or when the guest does not take the request."""
         dom = self._lookup(uuid)
         if dom is None:
             raise VirtError(f"domain {uuid} is not defined")
         if hard or not dom.isActive():
             self.destroy(uuid)
-            self.start(uuid)
+            self.start(uuid, nice)
             return
         try:
             dom.reboot(libvirt.VIR_DOMAIN_REBOOT_DEFAULT)
         except libvirt.libvirtError:
             self.destroy(uuid)
-            self.start(uuid)
+            self.start(uuid, nice)
 
 
 def lower_session_group(pid: int, nice: int) -> bool:
