@@ -133,7 +133,8 @@ def test_fence_reboot_through_the_agent_brings_the_node_back(lab: DummyLab) -> N
     victim, asker = "node2", lab.state().nodes["node1"]
     started = time.monotonic()
     node.exec_in(asker, ["stonith_admin", "--reboot", victim, "--timeout", "90"], timeout=120)
-    lab.wait_view(lambda v: v.online == NODES, 90, f"{victim} to rejoin after reboot")
+    # a liveness bound, not a speed goal: a loaded 2-core machine has taken over 90 s
+    lab.wait_view(lambda v: v.online == NODES, 180, f"{victim} to rejoin after reboot")
     TIMINGS["fence reboot to rejoined"] = f"{time.monotonic() - started:.1f} s"
     requests = [r for r in power.parse_power_log((LAB_DIR / state.POWER_LOG).read_text())
                 if r.node == victim]
