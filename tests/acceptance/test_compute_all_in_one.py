@@ -18,6 +18,7 @@ import pytest
 import requests
 import yaml
 
+from core.compute.virt.libvirt import autogroup_nice
 from tests.acceptance.helpers import AllInOne, openstack
 from tests.conftest import free_port
 
@@ -81,9 +82,8 @@ def guest_running_niced(uuid: str) -> bool:
     finally:
         conn.close()
     tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    group = Path(f"/proc/{pid}/autogroup")  # libvirt gives each QEMU a session of its own
-    group_niced = not group.exists() or group.read_text().split("nice")[1].strip() == str(
-        GUEST_NICE)
+    group = autogroup_nice(pid)  # libvirt gives each QEMU a session of its own
+    group_niced = group is None or group == GUEST_NICE
     return running and group_niced and all(
         os.getpriority(os.PRIO_PROCESS, t) == GUEST_NICE for t in tids)
 

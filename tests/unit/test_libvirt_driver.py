@@ -9,7 +9,14 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from core.compute.virt.libvirt import DomainSpec, LibvirtDriver, domain_xml, read_console
+from core.compute.virt.libvirt import (
+    DomainSpec,
+    LibvirtDriver,
+    autogroup_nice,
+    domain_xml,
+    parse_autogroup,
+    read_console,
+)
 
 
 def spec(cloud: str = "cloud-a") -> DomainSpec:
@@ -62,13 +69,13 @@ def test_console_tail(tmp_path: Path) -> None:
     assert read_console(log, None).count("\n") == 100
 
 
-def autogroup_nice(pid: int) -> int | None:
-    """The nice of ``pid``'s scheduler autogroup, or None when autogroup is off."""
-    try:
-        text = Path(f"/proc/{pid}/autogroup").read_text()
-    except OSError:
-        return None
-    return int(text.split("nice")[1])
+@pytest.mark.parametrize(("text", "nice"), [
+    ("/autogroup-86097 nice 0\n", 0), ("/autogroup-7 nice -5\n", -5), ("/autogroup-3 nice 19", 19),
+    ("", None), ("garbage\n", None), ("/autogroup-1 nice x\n", None)])
+def test_parse_autogroup(text: str, nice: int | None) -> None:
+    """An empty file (a process in a CPU cgroup of its own, as in a CI container) means no
+    autogroup applies, not a crash."""
+    assert parse_autogroup(text) == nice
 
 
 @pytest.mark.parametrize("own_session", [True, False], ids=["session-leader", "not-leader"])

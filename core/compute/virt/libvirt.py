@@ -279,8 +279,10 @@ class LibvirtDriver:
 def lower_session_group(pid: int, nice: int) -> bool:
     """Set the scheduler autogroup nice of ``pid``'s session if ``pid`` is the only
     process in it (libvirt's QEMUs are: it forks them through a child that calls
-    ``setsid`` and exits), so the group renices nobody else. False when autogroup is
-    off, the session is shared, or the process is gone."""
+    ``setsid`` and exits), so the group renices nobody else. False when no autogroup
+    applies, the session is shared, or the process is gone."""
+    if autogroup_nice(pid) is None:
+        return False
     try:
         sid = os.getsid(pid)
         for entry in os.listdir("/proc"):
@@ -290,6 +292,27 @@ def lower_session_group(pid: int, nice: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The nice of ``pid``'s scheduler autogroup, or None when no autogroup applies: the
+    kernel has none, or the process sits in a CPU cgroup of its own (a container, a
+    systemd slice), where ``/proc/PID/autogroup`` reads empty and session groups do
+    not share the CPU."""
+    try:
+        return parse_autogroup(Path(f"/proc/{pid}/autogroup").read_text())
+    except OSError:
+        return None
+
+
+def parse_autogroup(text: str) -> int | None:
+    """The nice in a ``/proc/PID/autogroup`` line (``/autogroup-86 nice 0``); None for
+    the empty file of a process outside the root CPU cgroup (seen in CI containers)."""
+    _, sep, nice = text.partition(" nice ")
+    try:
+        return int(nice) if sep else None
+    except ValueError:
+        return None
 
 
 def _session_of(pid: str) -> int | None:
