@@ -64,6 +64,21 @@ exec \"$VENV/bin/python\" \"$agent\" \"\$@\""
   fi
 done
 
+# Haven's Pacemaker alert agents (the evacuator's wake-up), loaded by `haven cluster
+# bootstrap` with `pcs alert create path=...`. -I -S: started on every node at every
+# cluster event, so no site-packages to scan (they need only the standard library).
+ALERT_DIR=/usr/lib/haven/alerts
+mkdir -p "$ALERT_DIR"
+for agent in "$ROOT"/agents/alert/haven-*; do
+  name="$(basename "$agent")"
+  wrapper="#!/bin/sh
+exec \"$VENV/bin/python\" -I -S \"$agent\" \"\$@\""
+  if [ "$(cat "$ALERT_DIR/$name" 2>/dev/null)" != "$wrapper" ]; then
+    printf '%s\n' "$wrapper" > "$ALERT_DIR/$name"
+    chmod 755 "$ALERT_DIR/$name"
+  fi
+done
+
 stamp="$VENV/.haven-stamp"
 want="$MODE $(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
 have="$(cat "$stamp" 2>/dev/null || true)"

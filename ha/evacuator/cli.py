@@ -110,17 +110,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core.common.logs import setup_logging
     from core.common.server import wait_for_signal
     from ha.evacuator import daemon
+    from ha.evacuator.wake import Pacer
 
     cfg = config_from_args(args)
     setup_logging(cfg.log.level, cfg.log.file)
-    stop = threading.Event()
-    worker = threading.Thread(target=daemon.run, args=(cfg, open_database(cfg), stop),
+    pacer = Pacer(cfg.evacuator.interval)
+    worker = threading.Thread(target=daemon.run, args=(cfg, open_database(cfg), pacer),
                               name="evacuator", daemon=True)
     worker.start()
     try:
         wait_for_signal()
     finally:
-        stop.set()
+        pacer.stop()
         worker.join(timeout=10)
     return 0
 

@@ -7,13 +7,14 @@ at the world (crm_mon busy, the database failing over) is logged and the next
 iteration tries again: nothing was decided on half a view.
 
 Each iteration touches a heartbeat file, which the OCF agent's deep monitor
-checks: a controller stuck in a call is restarted by Pacemaker.
+checks: a controller stuck in a call is restarted by Pacemaker. Between iterations
+it sleeps ``evacuator.interval``, or less when Pacemaker's alert agent wakes it on a
+node or fence event (ha/evacuator/wake.py).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from core.common.db import Database
 from ha.evacuator.base import Policy
 from ha.evacuator.controller import Controller
 from ha.evacuator.real import RealEnv
+from ha.evacuator.wake import Pacer, WakeListener
 
 LOG = logging.getLogger("haven.evacuator")
 
@@ -39,14 +41,25 @@ def heartbeat_path(cfg: HavenConfig) -> Path:
     return cfg.state_path / "evacuator.heartbeat"
 
 
-def run(cfg: HavenConfig, db: Database, stop: threading.Event) -> None:
+def run(cfg: HavenConfig, db: Database, pacer: Pacer) -> None:
+    """Iterate until ``pacer.stop()``."""
     env = RealEnv(cfg, db, ServiceClients(cfg))
     controller = Controller(env, policy_from(cfg))
     beat = heartbeat_path(cfg)
     beat.parent.mkdir(parents=True, exist_ok=True)
-    LOG.info("evacuation controller started (every %.1f s)", cfg.evacuator.interval)
+    listener = WakeListener(pacer)
+    woken = listener.start()
+    LOG.info("evacuation controller started (every %.1f s%s)", cfg.evacuator.interval,
+             ", and when Pacemaker reports a node or fence event" if woken else "")
+    try:
+        _loop(controller, beat, pacer)
+    finally:
+        listener.close()
+
+
+def _loop(controller: Controller, beat: Path, pacer: Pacer) -> None:
     failing = False
-    while not stop.is_set():
+    while not pacer.stopping:
         started = time.monotonic()
         try:
             controller.do_one_iteration()
@@ -58,4 +71,5 @@ def run(cfg: HavenConfig, db: Database, stop: threading.Event) -> None:
                 LOG.exception("iteration failed (retrying every interval): %s", exc)
             failing = True
         beat.touch()
-        stop.wait(max(0.0, cfg.evacuator.interval - (time.monotonic() - started)))
+        if pacer.wait(started) and not pacer.stopping:
+            LOG.info("woken by a cluster event (Pacemaker alert)")

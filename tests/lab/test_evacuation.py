@@ -187,6 +187,11 @@ def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: Eva
         phases = shown["phases_s"]
         assert phases["fence confirmed"] <= phases["first rebuild"] <= phases["all active"]
         TIMINGS["phases (s after detection)"] = ", ".join(f"{k} {v}" for k, v in phases.items())
+        # Pacemaker's alert agent woke the controller (not only its poll).
+        controller = view.running_on("haven-evacuator")[0]  # not the victim: it stayed
+        log = node.exec_in(lab.state().nodes[controller],
+                           ["cat", "/var/log/haven/haven-evacuator.log"], timeout=30).stdout
+        assert "woken by a cluster event" in log
 
         # The host comes back: it starts none of the evacuated guests, cleans up, and is
         # enabled again by the controller once clean.

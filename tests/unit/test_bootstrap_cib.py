@@ -107,5 +107,7 @@ def test_one_evacuation_controller_runs_with_hypervisors_and_after_the_compute_a
     assert len(creates) == 1 and " clone" not in creates[0]  # a primitive: never two
     assert ("pcs constraint order start haven-compute-api-clone then start haven-evacuator"
             in commands)
+    alerts = [c for c in commands if c.startswith("pcs alert create ")]
+    assert len(alerts) == 1 and "path=/usr/lib/haven/alerts/haven-evacuator-wake" in alerts[0]
     plain = ClusterPlan(nodes=("a", "b"), vip="10.0.0.9/24", vip_nic="eth0")
     assert not any("haven-evacuator" in " ".join(c) for c in all_commands(plain))
