@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.compute.virt.libvirt import DomainSpec, domain_xml  # noqa: E402
 from ha.lab import faults, lifecycle, node, stack, state  # noqa: E402
-from ha.lab.commands import CLEAN_ENV, wait_until  # noqa: E402
+from ha.lab.commands import CLEAN_ENV, LabError, wait_until  # noqa: E402
 from tests.bench.cpu_profile import CpuSampler  # noqa: E402
 from tests.lab.labtools import StackLab, keep_logs  # noqa: E402
 
@@ -107,14 +107,28 @@ class ProfileWindow:
 
 
 def kill_and_watch(victim: str, consoles: dict[str, Path],
-                   active_now: Callable[[], set[str]], timeout: float, profile: bool
-                   ) -> dict[str, Any]:
+                   active_now: Callable[[], set[str]], timeout: float, profile: bool,
+                   reboot: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Once every guest has printed its first boot marker, cut the victim's power and
     poll (about every 0.5 s) until every guest is active again (``active_now``) and
-    has printed its marker a second time; seconds from the kill, per guest."""
+    has printed its marker a second time; seconds from the kill, per guest.
+
+    A guest whose console stays silent is rebooted once (``reboot``) before the kill:
+    seen once in 20, a TCG guest idle in its kernel with nothing on its serial console
+    after the boot loader's banner; that is the guest, not what is measured here."""
     n = len(consoles)
-    wait_until(lambda: all(markers(p) >= 1 for p in consoles.values()), 600,
-               "every guest's first boot marker", interval=1)
+
+    def all_booted() -> bool:
+        return all(markers(p) >= 1 for p in consoles.values())
+
+    if reboot is not None:
+        try:
+            wait_until(all_booted, 300, "every guest's first boot marker", interval=1)
+        except LabError:
+            for ident in [i for i, p in consoles.items() if markers(p) < 1]:
+                log(f"guest {ident} printed no boot marker in 300 s: rebooting it")
+                reboot(ident)
+    wait_until(all_booted, 600, "every guest's first boot marker", interval=1)
     window = ProfileWindow(profile)
     t0 = time.time()
     faults.kill(LAB_DIR, victim)
@@ -173,7 +187,8 @@ def haven_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
                 found.add(ident)
         return found
 
-    watch = kill_and_watch(victim, consoles, active_now, 600, profile)
+    watch = kill_and_watch(victim, consoles, active_now, 600, profile,
+                           reboot=lambda i: lab.openstack("server", "reboot", "--hard", i))
     events = json.loads(lab.haven(survivor, "evacuation", "list", "--json"))
     event = next(e for e in events if e["host"] == victim)
     result = {"victim": victim, "n": n, **watch, "phases_s": event["phases_s"]}
