@@ -259,9 +259,8 @@ class EvacuatorConfig:
         "Instances rebuilding at once, over all failed hosts (the storm governor's bound).",
         _between(1, 1000)))
     parallel_calls: int = field(default=8, metadata=_doc(
-        "Evacuate calls made at once (of one priority level). The compute API serialises "
-        "the claims of one source host; the rest of each call (auth, checks, the agent's "
-        "nudge) runs in parallel.", _between(1, 64)))
+        "Evacuate requests made at once (of one priority level): one per failed source "
+        "host, each moving all its servers in one transaction.", _between(1, 64)))
     max_failed_share: float = field(default=0.5, metadata=_doc(
         "If more than this share of hypervisors fail together, hold and alert instead of "
         "evacuating onto the few survivors (an operator releases the hold)."))

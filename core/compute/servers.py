@@ -46,6 +46,7 @@ MAX_METADATA = 128
 # Claims an instance may lose to other schedulers before it goes to ERROR. Each loss
 # means another instance was placed, so this only bounds a pathological pile-up.
 MAX_CLAIM_ATTEMPTS = 30
+MAX_EVACUATE_BATCH = 1000  # servers in one POST /v2.1/os-hosts/<host>/evacuate
 
 
 def load_server(instance_id: str, write: bool = False) -> Instance:
@@ -624,6 +625,25 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         nudge(ctx, inst)
         bottle.response.status = 200
         return {"adminPass": ""}
+
+    @app.post("/v2.1/os-hosts/<host>/evacuate")
+    def evacuate_host_servers(host: str) -> dict[str, Any]:
+        """Haven's extension: evacuate many servers of one dead host at once."""
+        from core.compute.evacuate import evacuate_servers
+
+        policy.enforce(auth(), "compute:evacuate")
+        spec = field(json_body(), "evacuate", dict)
+        ids = field(spec, "servers", list)
+        if not ids or len(ids) > MAX_EVACUATE_BATCH or not all(
+                isinstance(i, str) and i for i in ids) or len(set(ids)) != len(ids):
+            raise BadRequest("Invalid input for field 'evacuate.servers': 1 to "
+                             f"{MAX_EVACUATE_BATCH} distinct server IDs.")
+        results, moved = evacuate_servers(ctx, session(), host, ids,
+                                          lambda i: load_server(i, write=True))
+        commit()
+        for inst in moved:
+            nudge(ctx, inst)
+        return {"evacuations": results}
 
     def create_image(_instance_id: str, _args: Any) -> None:
         raise BadRequest("createImage is not supported yet by Haven.")

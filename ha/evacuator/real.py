@@ -59,6 +59,19 @@ from ha.evacuator.models import (
 
 LOG = logging.getLogger("haven.evacuator")
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+EVACUATE_BATCH = 100  # servers per evacuate request (the API takes up to 1000)
+
+
+def call_error(status: int | None, text: str) -> EvacuateError:
+    """What a compute API error means to the controller: no room (not retried), a
+    conflict (the instance moved or changed: looked at again), or transient."""
+    if status == 409:
+        return NoValidHost(text) if "No valid host" in text else Conflict(text)
+    if status in (400, 404):
+        return Conflict(text)
+    return TransientError(text)
+
+
 COMPUTE_HEADERS = {"OpenStack-API-Version": "compute 2.25",
                    "X-OpenStack-Nova-API-Version": "2.25"}
 
@@ -201,12 +214,7 @@ class RealEnv:
             self.clients.request(method, "compute", path, json=body, headers=COMPUTE_HEADERS,
                                  expect=expect, timeout=30)
         except ServiceCallError as exc:
-            if exc.status == 409:
-                text = str(exc)
-                raise (NoValidHost(text) if "No valid host" in text else Conflict(text)) from None
-            if exc.status in (400, 404):
-                raise Conflict(str(exc)) from None
-            raise TransientError(str(exc)) from None
+            raise call_error(exc.status, str(exc)) from None
 
     def disable(self, host: str, reason: str) -> None:
         self._compute("PUT", "/os-services/disable-log-reason",
@@ -221,37 +229,54 @@ class RealEnv:
 
     def evacuate_many(self, calls: Sequence[tuple[str, str]]
                       ) -> list[str | EvacuateError]:
-        """The calls ``evacuator.parallel_calls`` at a time: each spends most of its
-        time waiting (the API's auth and checks, its nudge to the target's agent), and
-        the compute API serialises the claims of one source host itself."""
-        def one(call: tuple[str, str]) -> str | EvacuateError:
-            try:
-                return self.evacuate(*call)
-            except EvacuateError as exc:
-                return exc
+        """One request per source host for all its servers (the compute API's
+        ``POST /os-hosts/<host>/evacuate``, one transaction; at most ``EVACUATE_BATCH``
+        servers each), the requests of different sources ``evacuator.parallel_calls``
+        at a time. Each server gets the answer a single evacuate would have given."""
+        groups: dict[str, list[int]] = {}
+        for index, (_, source) in enumerate(calls):
+            groups.setdefault(source, []).append(index)
+        chunks = [(source, indexes[i:i + EVACUATE_BATCH]) for source, indexes in groups.items()
+                  for i in range(0, len(indexes), EVACUATE_BATCH)]
+        answers: dict[int, str | EvacuateError] = {}
+        if len(chunks) == 1:
+            answers.update(self._evacuate_chunk(calls, *chunks[0]))
+        elif chunks:
+            workers = min(len(chunks), self.cfg.evacuator.parallel_calls)
+            with ThreadPoolExecutor(workers, thread_name_prefix="evacuate") as pool:
+                for part in pool.map(lambda c: self._evacuate_chunk(calls, *c), chunks):
+                    answers.update(part)
+        return [answers[i] for i in range(len(calls))]
 
-        if len(calls) <= 1:
-            return [one(c) for c in calls]
-        workers = min(len(calls), self.cfg.evacuator.parallel_calls)
-        with ThreadPoolExecutor(workers, thread_name_prefix="evacuate") as pool:
-            return list(pool.map(one, calls))
-
-    def evacuate(self, instance_id: str, source: str) -> str:
-        """One evacuate call, checked before and after against the database."""
-        status = self.instance_status(instance_id)
-        if status is None:
-            raise Conflict(f"instance {instance_id} no longer exists")
-        if status.host != source:
-            raise Conflict(f"instance {instance_id} is on {status.host}, not {source}")
+    def _evacuate_chunk(self, calls: Sequence[tuple[str, str]], source: str,
+                        indexes: list[int]) -> dict[int, str | EvacuateError]:
+        ids = [calls[i][0] for i in indexes]
         began = time.monotonic()
-        self._compute("POST", f"/servers/{instance_id}/action", {"evacuate": {}})
-        took = time.monotonic() - began
-        after = self.instance_status(instance_id)
-        if after is None or after.host in (None, source):
-            raise TransientError(f"instance {instance_id} did not move off {source}")
-        LOG.info("evacuate %s: %s -> %s (the call took %.2f s)", instance_id, source,
-                 after.host, took)
-        return str(after.host)
+        try:
+            resp = self.clients.request(
+                "POST", "compute", f"/os-hosts/{source}/evacuate",
+                json={"evacuate": {"servers": ids}}, headers=COMPUTE_HEADERS, expect=(200,),
+                timeout=60)
+            items = resp.json()["evacuations"]
+            if [item["server_id"] for item in items] != ids:
+                raise ValueError("the answer does not list the servers asked for")
+        except ServiceCallError as exc:
+            failed = call_error(exc.status, str(exc))
+            return dict.fromkeys(indexes, failed)
+        except (ValueError, KeyError, TypeError) as exc:  # the call may have moved some
+            failed = TransientError(f"evacuate of {source}'s servers: bad answer: {exc}")
+            return dict.fromkeys(indexes, failed)
+        LOG.info("evacuate %d server(s) of %s: one call, %.2f s", len(ids), source,
+                 time.monotonic() - began)
+        answers: dict[int, str | EvacuateError] = {}
+        for index, item in zip(indexes, items, strict=True):
+            if isinstance(item.get("host"), str):
+                answers[index] = item["host"]
+                LOG.info("evacuate %s: %s -> %s", item["server_id"], source, item["host"])
+            else:
+                error = item.get("error") or {}
+                answers[index] = call_error(error.get("code"), str(error.get("message")))
+        return answers
 
     # ---- records -----------------------------------------------------------------------
     def open_events(self) -> Sequence[EventRecord]:

@@ -205,3 +205,55 @@ def test_evacuation_records_are_listed_and_shown_to_admins_only(compute: Compute
     assert compute.call("GET", "/os-evacuations", member).status_code == 403
     assert compute.call("GET", "/os-evacuations/999999").status_code == 404
     assert compute.call("GET", "/os-evacuations?limit=0").status_code == 400
+
+
+def test_batch_evacuate_moves_what_fits_and_answers_per_server(compute: Compute) -> None:
+    """``POST /os-hosts/<host>/evacuate`` (the controller's call): per server its new host
+    or the error a single evacuate would give; a refused server is left as it was while
+    its batch-mates move; bad bodies are 400, members 403. SQLite here (the all-in-one);
+    tests/integration/test_scheduling_race.py races batches on MariaDB."""
+    from sqlalchemy import update
+
+    from core.compute import states
+    from core.compute.models import Instance
+
+    compute.add_host("h1")
+    ids = [compute.boot(f"e{i}").json()["server"]["id"] for i in range(3)]
+    compute.services.db.run_in_transaction(lambda s: s.execute(
+        update(Instance).where(Instance.id.in_(ids)).values(vm_state=states.ACTIVE,
+                                                            task_state=None)))
+    up = compute.call("POST", "/os-hosts/h1/evacuate", json={"evacuate": {"servers": ids}})
+    assert up.status_code == 200
+    assert {x["error"]["code"] for x in up.json()["evacuations"]} == {409}
+    assert "still in use" in up.json()["evacuations"][0]["error"]["message"]
+
+    compute.add_host("h2", slots=2)
+    forced = compute.call("PUT", "/os-services/force-down", json={
+        "host": "h1", "binary": "nova-compute", "forced_down": True},
+        headers={"OpenStack-API-Version": "compute 2.11"})
+    assert forced.status_code == 200
+    asked = [*ids, "00000000-0000-0000-0000-000000000000"]
+    resp = compute.call("POST", "/os-hosts/h1/evacuate", json={"evacuate": {"servers": asked}})
+    assert resp.status_code == 200, resp.text
+    items = resp.json()["evacuations"]
+    assert [x["server_id"] for x in items] == asked
+    assert [x.get("host") for x in items[:2]] == ["h2", "h2"]
+    assert items[2]["error"]["code"] == 409 and "No valid host" in items[2]["error"]["message"]
+    assert items[3]["error"]["code"] == 404
+    detail = {s["id"]: s for s in compute.call("GET", "/servers/detail").json()["servers"]}
+    assert [detail[i]["OS-EXT-SRV-ATTR:host"] for i in ids] == ["h2", "h2", "h1"]
+    assert detail[ids[2]]["OS-EXT-STS:task_state"] is None  # rolled back, not half-moved
+    assert [detail[i]["OS-EXT-STS:task_state"] for i in ids[:2]] == ["rebuilding"] * 2
+    hosts = {h["hypervisor_hostname"]: h for h in compute.call(
+        "GET", "/os-hypervisors/detail").json()["hypervisors"]}
+    assert hosts["h2"]["memory_mb_used"] == 2 * 256 and hosts["h1"]["memory_mb_used"] == 256
+
+    for body in ({}, {"evacuate": {}}, {"evacuate": {"servers": []}},
+                 {"evacuate": {"servers": [ids[2], ids[2]]}}, {"evacuate": {"servers": [7]}},
+                 {"evacuate": {"servers": "x"}}):
+        bad = compute.call("POST", "/os-hosts/h1/evacuate", json=body)
+        assert bad.status_code == 400 and ("servers" in bad.text or "evacuate" in bad.text), (
+            body, bad.text)
+    member = compute.services.member("bp", "bu")
+    assert compute.call("POST", "/os-hosts/h1/evacuate", member,
+                        json={"evacuate": {"servers": [ids[2]]}}).status_code == 403

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,28 +326,9 @@ def test_anti_affinity_holds_when_three_apis_race_one_group(cloud: Cloud) -> Non
     print(f"\nanti-affinity race: 5 placed on distinct hosts, 3 ERROR in {burst.seconds:.1f}s")
 
 
-def test_evacuations_racing_over_three_apis_fill_the_survivors_exactly(cloud: Cloud) -> None:
-    """A dead host's 24 servers evacuated at once (as the controller calls them) over
-    three API processes onto two hosts with room for 20: 20 move, 4 get "No valid host"
-    and stay where they were, untouched; no host over-commits, every counter matches
-    its instances, one migration record per move.
-
-    Regression: the evacuate call read the hosts, then released the source's claim and
-    tried each candidate once in that transaction, so parallel evacuations lost their
-    claims to each other and answered "No valid host" while there was room."""
-    token = cloud.token()
-    only_hosts(cloud.db, "evsrc", 24, count=1)
-    burst = boot_many(cloud, token, "ev", 24)
-    assert [status for status, _ in burst.answers] == [202] * 24, burst.answers
-    servers = servers_named(cloud.db, "ev")
-    assert {i.host for i in servers} == {"evsrc-0"}
-    with cloud.db.session() as s:  # they ran; then their host died and was fenced
-        s.execute(update(Instance).where(Instance.name.startswith("ev-"))
-                  .values(vm_state=states.ACTIVE, task_state=None, updated_at=time.time()))
-        s.execute(update(ComputeService).where(ComputeService.host == "evsrc-0")
-                  .values(forced_down=True))
-    add_hosts(cloud.db, "evdst", PER_HOST, 2)
-
+def evacuate_one_by_one(cloud: Cloud, token: str, source: str, servers: list[Instance]
+                        ) -> list[tuple[int, str]]:
+    """One evacuate action per server, all released at once over the three APIs."""
     start = threading.Barrier(len(servers))
 
     def evacuate(i: int) -> tuple[int, str]:
@@ -359,28 +340,86 @@ def test_evacuations_racing_over_three_apis_fill_the_survivors_exactly(cloud: Cl
         return resp.status_code, resp.text
 
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
-        answers = list(pool.map(evacuate, range(len(servers))))
+        return list(pool.map(evacuate, range(len(servers))))
+
+
+def evacuate_in_batches(cloud: Cloud, token: str, source: str, servers: list[Instance]
+                        ) -> list[tuple[int, str]]:
+    """The controller's way: ``POST /os-hosts/<host>/evacuate`` with many servers; here
+    three batches racing each other over the three APIs. Per server, the status and
+    text a single evacuate would have answered."""
+    batches = [servers[k::3] for k in range(3)]
+    start = threading.Barrier(3)
+
+    def evacuate(k: int) -> list[tuple[str, int, str]]:
+        start.wait(timeout=60)
+        resp = requests.post(f"{cloud.computes[k]}/v2.1/os-hosts/{source}/evacuate",
+                             json={"evacuate": {"servers": [i.id for i in batches[k]]}},
+                             headers={"X-Auth-Token": token}, timeout=120)
+        assert resp.status_code == 200, resp.text
+        items = resp.json()["evacuations"]
+        assert [x["server_id"] for x in items] == [i.id for i in batches[k]]
+        return [(x["server_id"], 200, x["host"]) if "host" in x else
+                (x["server_id"], x["error"]["code"], x["error"]["message"]) for x in items]
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        answers = {sid: (code, text) for part in pool.map(evacuate, range(3))
+                   for sid, code, text in part}
+    return [answers[i.id] for i in servers]
+
+
+@pytest.mark.parametrize("way", [evacuate_one_by_one, evacuate_in_batches],
+                         ids=["one-by-one", "batches"])
+def test_evacuations_racing_over_three_apis_fill_the_survivors_exactly(
+        cloud: Cloud, way: Callable[[Cloud, str, str, list[Instance]], list[tuple[int, str]]],
+        ) -> None:
+    """A dead host's 24 servers evacuated at once over three API processes onto two
+    hosts with room for 20: 20 move, 4 get "No valid host" and stay where they were,
+    untouched; no host over-commits, every counter matches its instances, one
+    migration record per move. Both ways: one call per server, and the batches the
+    controller sends (which roll a refused server back without its batch-mates).
+
+    Regression: the evacuate call read the hosts, then released the source's claim and
+    tried each candidate once in that transaction, so parallel evacuations lost their
+    claims to each other and answered "No valid host" while there was room."""
+    token = cloud.token()
+    p = "ev" if way is evacuate_one_by_one else "eb"
+    source = f"{p}src-0"
+    only_hosts(cloud.db, f"{p}src", 24, count=1)
+    burst = boot_many(cloud, token, p, 24)
+    assert [status for status, _ in burst.answers] == [202] * 24, burst.answers
+    servers = servers_named(cloud.db, p)
+    assert {i.host for i in servers} == {source}
+    with cloud.db.session() as s:  # they ran; then their host died and was fenced
+        s.execute(update(Instance).where(Instance.name.startswith(f"{p}-"))
+                  .values(vm_state=states.ACTIVE, task_state=None, updated_at=time.time()))
+        s.execute(update(ComputeService).where(ComputeService.host == source)
+                  .values(forced_down=True))
+    add_hosts(cloud.db, f"{p}dst", PER_HOST, 2)
+
+    answers = way(cloud, token, source, servers)
     statuses = Counter(status for status, _ in answers)
     assert statuses == Counter({200: 2 * PER_HOST, 409: 4}), f"{answers}\n{cloud.log_tails()}"
     assert all("No valid host" in text for status, text in answers if status == 409), answers
     assert [line for line in cloud.compute_logs() if "Deadlock" in line] == []
 
-    after = servers_named(cloud.db, "ev")
-    moved = [i for i in after if i.host != "evsrc-0"]
-    stayed = [i for i in after if i.host == "evsrc-0"]
-    assert Counter(i.host for i in moved) == Counter({"evdst-0": PER_HOST, "evdst-1": PER_HOST})
+    after = servers_named(cloud.db, p)
+    moved = [i for i in after if i.host != source]
+    stayed = [i for i in after if i.host == source]
+    assert Counter(i.host for i in moved) == Counter({f"{p}dst-0": PER_HOST,
+                                                      f"{p}dst-1": PER_HOST})
     assert all(i.claimed_host == i.host and i.task_state == states.REBUILDING for i in moved)
     assert len(stayed) == 4 and all(
-        i.claimed_host == "evsrc-0" and i.task_state is None and i.vm_state == states.ACTIVE
+        i.claimed_host == source and i.task_state is None and i.vm_state == states.ACTIVE
         for i in stayed)  # the refused ones were rolled back whole
     with cloud.db.session() as s:
         rows = {h.host: h for h in s.scalars(select(ComputeService).where(
-            ComputeService.host.in_(("evsrc-0", "evdst-0", "evdst-1"))))}
+            ComputeService.host.in_((source, f"{p}dst-0", f"{p}dst-1"))))}
         migrations = list(s.scalars(select(Migration).where(
             Migration.instance_id.in_([i.id for i in after]))))
-    for host, n in (("evsrc-0", 4), ("evdst-0", PER_HOST), ("evdst-1", PER_HOST)):
+    for host, n in ((source, 4), (f"{p}dst-0", PER_HOST), (f"{p}dst-1", PER_HOST)):
         assert (rows[host].memory_mb_used, rows[host].vcpus_used, rows[host].disk_gb_used) == (
             n * TINY_RAM, n * TINY_VCPUS, n * TINY_DISK), host
     assert sorted(m.instance_id for m in migrations) == sorted(i.id for i in moved)
     assert {(m.source_host, m.kind, m.status) for m in migrations} == {
-        ("evsrc-0", "evacuation", "accepted")}
+        (source, "evacuation", "accepted")}

@@ -54,3 +54,54 @@ def test_fence_events_of_one_node_oldest_first() -> None:
     assert [(e.result, e.action) for e in events] == [
         (FenceResult.FAILED, "off"), (FenceResult.SUCCESS, "off")]
     assert events[1].killed and not events[0].killed
+
+
+class StandInComputeApi:
+    """Stands in for the compute API's batch evacuate (the real one is exercised in
+    tests/integration/test_scheduling_race.py and every evacuation lab): records the
+    requests, answers per server from a table."""
+
+    def __init__(self, answers: dict[str, dict[str, object]], status: int = 200) -> None:
+        self.answers = answers
+        self.status = status
+        self.requests: list[tuple[str, list[str]]] = []
+
+    def request(self, method: str, service: str, path: str, **kwargs: object) -> object:
+        from core.common.clients import ServiceCallError
+
+        body = kwargs["json"]
+        assert method == "POST" and service == "compute" and isinstance(body, dict)
+        ids = body["evacuate"]["servers"]
+        self.requests.append((path, ids))
+        if self.status != 200:
+            raise ServiceCallError(f"{path}: {self.status}", self.status)
+        items = [{"server_id": i, **self.answers[i]} for i in ids]
+
+        class Response:
+            def json(self) -> object:
+                return {"evacuations": items}
+        return Response()
+
+
+def test_evacuate_many_sends_one_request_per_source_and_maps_each_answer() -> None:
+    from core.common.config import HavenConfig
+    from ha.evacuator.env import Conflict, NoValidHost, TransientError
+
+    api = StandInComputeApi({
+        "a": {"host": "n2"}, "b": {"error": {"code": 409, "message": "No valid host was found"}},
+        "c": {"error": {"code": 404, "message": "gone"}}, "d": {"host": "n3"},
+        "e": {"error": {"code": 503, "message": "database unavailable"}}})
+    env = RealEnv(HavenConfig(), None, api)  # type: ignore[arg-type]
+    got = env.evacuate_many([("a", "n1"), ("b", "n1"), ("d", "n4"), ("c", "n1"), ("e", "n4")])
+    assert sorted(api.requests) == [("/os-hosts/n1/evacuate", ["a", "b", "c"]),
+                                    ("/os-hosts/n4/evacuate", ["d", "e"])]
+    assert got[0] == "n2" and got[2] == "n3"
+    assert isinstance(got[1], NoValidHost)  # not retried: the fleet is full
+    assert isinstance(got[3], Conflict)  # looked at again: it moved or went away
+    assert isinstance(got[4], TransientError)  # retried with backoff
+
+    failing = StandInComputeApi({}, status=502)
+    env = RealEnv(HavenConfig(), None, failing)  # type: ignore[arg-type]
+    assert all(isinstance(r, TransientError) for r in env.evacuate_many([("a", "n1"),
+                                                                         ("b", "n1")]))
+    assert env.evacuate_many([]) == []
