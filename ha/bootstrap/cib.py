@@ -140,12 +140,12 @@ def haven_services(plan: ClusterPlan) -> list[Command]:
                          "op", "start", "timeout=60s",
                          "op", "monitor", "interval=10s", "timeout=20s", "OCF_CHECK_LEVEL=0",
                          "op", "monitor", "interval=30s", "timeout=30s", "OCF_CHECK_LEVEL=10"])
-        # Pacemaker's alert on node and fence events wakes the controller at once
+        # Pacemaker's alert on a completed fence wakes the controller at once
         # instead of at its next poll (ha/evacuator/wake.py); installed by the set-up.
         commands.append(["pcs", "alert", "create", f"path={EVACUATOR_WAKE_ALERT}",
                          "id=haven-evacuator-wake",
-                         "description=wakes the evacuation controller on node and fence "
-                         "events", "meta", "timeout=5s"])
+                         "description=wakes the evacuation controller when a fence completes",
+                         "meta", "timeout=5s"])
     address, prefix = plan.vip.split("/", 1)
     commands.append(["pcs", "resource", "create", "vip", "ocf:heartbeat:IPaddr2",
                      f"ip={address}", f"cidr_netmask={prefix}", f"nic={plan.vip_nic}",

@@ -9,7 +9,7 @@ iteration tries again: nothing was decided on half a view.
 Each iteration touches a heartbeat file, which the OCF agent's deep monitor
 checks: a controller stuck in a call is restarted by Pacemaker. Between iterations
 it sleeps ``evacuator.interval``, or less when Pacemaker's alert agent wakes it on a
-node or fence event (ha/evacuator/wake.py).
+fence (ha/evacuator/wake.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def run(cfg: HavenConfig, db: Database, pacer: Pacer) -> None:
     listener = WakeListener(pacer)
     woken = listener.start()
     LOG.info("evacuation controller started (every %.1f s%s)", cfg.evacuator.interval,
-             ", and when Pacemaker reports a node or fence event" if woken else "")
+             ", and when Pacemaker reports a fence" if woken else "")
     try:
         _loop(controller, beat, pacer)
     finally:

@@ -1,12 +1,12 @@
-"""Wake the evacuation controller the moment Pacemaker reports a node or fence event.
+"""Wake the evacuation controller the moment Pacemaker reports a fence.
 
 The controller looks at the cluster every ``evacuator.interval`` seconds. Between two
 looks, a host that was lost and fenced waited for up to an interval plus one slow
 iteration: measured in the evacuation benchmark, the fence completed 1.2 s before the
 controller saw it (of 12 s from power loss to 20 guests active). Pacemaker runs its
-alert agents on every node at such events; Haven's (``haven-evacuator-wake``, loaded
-by ``haven cluster bootstrap``) sends one datagram here, and the controller looks at
-once.
+alert agents on every node at each cluster event; Haven's (``haven-evacuator-wake``,
+loaded by ``haven cluster bootstrap``) sends one datagram here when the event is a
+fence, and the controller looks at once.
 
 The datagram only says "look now": the controller still decides from ``crm_mon`` and
 the fence history, so a stray or forged wake-up costs one iteration and nothing
@@ -27,7 +27,12 @@ LOG = logging.getLogger("haven.evacuator")
 
 DEFAULT_NAME = "haven-evacuator-wake"
 ENV_NAME = "HAVEN_EVACUATOR_WAKE"  # another name: a second cloud on one host, or a test
-WAKE_KINDS = frozenset({"node", "fencing"})  # CRM_alert_kind values worth a look
+# CRM_alert_kind values worth a look: a fence's result, which is what the controller
+# waits for. Not "node" (a node lost): the controller can do nothing before the fence,
+# and looking at once, at the moment Pacemaker's controller is recording the loss, made
+# it wait a second for its CIB updates before scheduling the fence (measured: the
+# fence came 1.05 s after the loss in three runs of three, 0.1 s without the look).
+WAKE_KINDS = frozenset({"fencing"})
 
 
 def wake_address() -> bytes:

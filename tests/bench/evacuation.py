@@ -107,11 +107,18 @@ class ProfileWindow:
 
 
 def kill_and_watch(victim: str, consoles: dict[str, Path],
-                   active_now: Callable[[], set[str]], timeout: float, profile: bool,
-                   reboot: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   active_now: Callable[[], dict[str, float | None]], timeout: float,
+                   profile: bool, reboot: Callable[[str], None] | None = None
+                   ) -> dict[str, Any]:
     """Once every guest has printed its first boot marker, cut the victim's power and
     poll (about every 0.5 s) until every guest is active again (``active_now``) and
     has printed its marker a second time; seconds from the kill, per guest.
+
+    ``active_now`` maps each guest found active (with its domain running on a
+    survivor) to when it became so, if the system recorded it (Haven: the agent's
+    write of ACTIVE, made once the domain runs), else None: then the poll that saw it
+    is the time, up to a poll late (0.3 to 0.6 s measured under the evacuation's load).
+    Both are reported: ``all_active_s`` (recorded where known) and ``all_active_seen_s``.
 
     A guest whose console stays silent is rebooted once (``reboot``) before the kill:
     seen once in 20, a TCG guest idle in its kernel with nothing on its serial console
@@ -133,13 +140,16 @@ def kill_and_watch(victim: str, consoles: dict[str, Path],
     t0 = time.time()
     faults.kill(LAB_DIR, victim)
     active: dict[str, float] = {}
+    seen: dict[str, float] = {}
     marked: dict[str, float] = {}
     deadline = time.time() + timeout
     while (len(active) < n or len(marked) < n) and time.time() < deadline:
         now_active = active_now()
         now = time.time()
-        for x in now_active - set(active):
-            active[x] = now - t0
+        for x, at in now_active.items():
+            if x not in active:
+                seen[x] = now - t0
+                active[x] = (at if at is not None and t0 < at <= now else now) - t0
         if len(active) == n:
             window.close()
         for x, path in consoles.items():
@@ -148,6 +158,7 @@ def kill_and_watch(victim: str, consoles: dict[str, Path],
         time.sleep(0.5)
     result: dict[str, Any] = {
         "all_active_s": max(active.values(), default=-1),
+        "all_active_seen_s": max(seen.values(), default=-1),
         "all_markers_s": max(marked.values(), default=-1),
         "active_s": sorted(active.values()), "marker_s": sorted(marked.values()),
         "complete": len(active) == n}
@@ -174,17 +185,18 @@ def haven_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
             lab.openstack("compute", "service", "set", "--enable", other, "nova-compute")
     consoles = {i: stack.paths(LAB_DIR).shared / "instances" / i / "console.log" for i in ids}
 
-    def active_now() -> set[str]:
-        """Instances ACTIVE with no task on a survivor, whose domain runs there."""
-        rows = lab.sql(survivor, "SELECT id, host, vm_state, IFNULL(task_state, '-') FROM "
-                                 "instances WHERE deleted = 0")
+    def active_now() -> dict[str, float | None]:
+        """Instances ACTIVE with no task on a survivor, whose domain runs there, with
+        when the agent wrote ACTIVE (after the domain's start and resume returned)."""
+        rows = lab.sql(survivor, "SELECT id, host, vm_state, IFNULL(task_state, '-'), "
+                                 "updated_at FROM instances WHERE deleted = 0")
         running = lab.running(victim)
-        found = set()
-        for i in range(0, len(rows), 4):
-            ident, host, vm, task = rows[i:i + 4]
+        found: dict[str, float | None] = {}
+        for i in range(0, len(rows), 5):
+            ident, host, vm, task, updated = rows[i:i + 5]
             if (ident in ids and host != victim and vm == "active" and task == "-"
                     and running.get(f"haven-{ident}") == host):
-                found.add(ident)
+                found[ident] = float(updated)
         return found
 
     watch = kill_and_watch(victim, consoles, active_now, 600, profile,
@@ -240,10 +252,10 @@ def vd_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
     lab.wait_view(lambda v: all(v.running_on(x) == (victim,) for x in names), 600,
                   f"{n} VirtualDomain guests on {victim}")
 
-    def active_now() -> set[str]:
-        """Resources crm_mon shows started on a survivor."""
+    def active_now() -> dict[str, float | None]:
+        """Resources crm_mon shows started on a survivor (no recorded time: the poll's)."""
         view = lab.view(excluding=(victim,))
-        return {x for x in names
+        return {x: None for x in names
                 if view and view.running_on(x) and victim not in view.running_on(x)}
 
     result = {"victim": victim, "n": n,
@@ -283,9 +295,10 @@ def main() -> int:
                 lab.restore()
                 r = (haven_run if way == "haven" else vd_run)(lab, n, args.profile)
                 results[way].append(r)
-                log(f"{way} N={n} run {i + 1}: all active {r['all_active_s']:.1f} s, all "
-                    f"markers {r['all_markers_s']:.1f} s" + (f", phases {r['phases_s']}"
-                                                               if "phases_s" in r else ""))
+                phases = f", phases {r['phases_s']}" if "phases_s" in r else ""
+                log(f"{way} N={n} run {i + 1}: all active {r['all_active_s']:.1f} s (seen by "
+                    f"the poll {r['all_active_seen_s']:.1f} s), all markers "
+                    f"{r['all_markers_s']:.1f} s{phases}")
     finally:
         if args.keep_logs:
             log(f"the lab's logs: {keep_logs(LAB_DIR)}")
@@ -297,12 +310,14 @@ def main() -> int:
             mine = [r for r in rs if r["n"] == n]
             doc["summary"][f"{way} N={n}"] = {
                 "all_active_s": summary([r["all_active_s"] for r in mine]),
+                "all_active_seen_s": summary([r["all_active_seen_s"] for r in mine]),
                 "all_markers_s": summary([r["all_markers_s"] for r in mine]),
                 "complete_runs": sum(r["complete"] for r in mine), "runs": len(mine)}
     print(json.dumps(doc, indent=2))
     for key, s in doc["summary"].items():
         print(f"evacuation {key}: every guest running on a survivor p50 "
-              f"{s['all_active_s']['p50']:.1f} s (max {s['all_active_s']['max']:.1f}), every "
+              f"{s['all_active_s']['p50']:.1f} s (max {s['all_active_s']['max']:.1f}; first seen "
+              f"by the poll p50 {s['all_active_seen_s']['p50']:.1f} s), every "
               f"console marker p50 {s['all_markers_s']['p50']:.1f} s over {s['runs']} runs")
     return 0
 

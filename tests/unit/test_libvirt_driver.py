@@ -112,3 +112,18 @@ def test_lower_priority_renices_every_thread_and_the_session_group(tmp_path: Pat
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_each_thread_has_a_connection_of_its_own() -> None:
+    """libvirtd serves five calls of one connection at a time, and a guest start holds
+    one for the whole start: the agent's build workers each need their own."""
+    import threading
+
+    driver = LibvirtDriver("test:///default", "qemu", "cloud-a")
+    here = driver.conn()
+    assert driver.conn() is here  # kept, not reopened
+    there: list[object] = []
+    worker = threading.Thread(target=lambda: there.append(driver.conn()))
+    worker.start()
+    worker.join()
+    assert there and there[0] is not here

@@ -94,29 +94,35 @@ def domain_xml(spec: DomainSpec, virt_type: str) -> str:
 
 
 class LibvirtDriver:
-    """One libvirt connection, reopened when it breaks (libvirtd restarted)."""
+    """A libvirt connection per thread, each reopened when it breaks (libvirtd
+    restarted).
+
+    Per thread, not one shared: libvirtd serves at most ``max_client_requests`` (5)
+    calls of one connection at a time, and a guest start holds its call for the whole
+    start. With the agent's eight build workers on one connection, an evacuation's
+    starts ran five at a time and every define queued behind them (2.3 s measured)."""
 
     def __init__(self, uri: str, virt_type: str = "qemu", cloud_id: str | None = None) -> None:
         self.uri = uri
         self.virt_type = virt_type
         self.cloud_id = cloud_id
-        self._conn: libvirt.virConnect | None = None
-        self._lock = threading.Lock()
+        self._local = threading.local()
 
     def conn(self) -> libvirt.virConnect:
-        with self._lock:
-            if self._conn is not None:
-                try:
-                    if self._conn.isAlive():
-                        return self._conn
-                except libvirt.libvirtError:
-                    pass
-                LOG.warning("libvirt connection to %s lost; reconnecting", self.uri)
+        """This thread's connection."""
+        current: libvirt.virConnect | None = getattr(self._local, "conn", None)
+        if current is not None:
             try:
-                self._conn = libvirt.open(self.uri)
-            except libvirt.libvirtError as exc:
-                raise VirtError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
-            return self._conn
+                if current.isAlive():
+                    return current
+            except libvirt.libvirtError:
+                pass
+            LOG.warning("libvirt connection to %s lost; reconnecting", self.uri)
+        try:
+            self._local.conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"cannot connect to libvirt at {self.uri}: {exc}") from exc
+        return self._local.conn
 
     def _lookup(self, uuid: str) -> libvirt.virDomain | None:
         """The domain with ``uuid`` if it is this cloud's (others are never touched)."""
