@@ -29,9 +29,10 @@ DEFAULT_NAME = "haven-evacuator-wake"
 ENV_NAME = "HAVEN_EVACUATOR_WAKE"  # another name: a second cloud on one host, or a test
 # CRM_alert_kind values worth a look: a fence's result, which is what the controller
 # waits for. Not "node" (a node lost): the controller can do nothing before the fence,
-# and looking at once, at the moment Pacemaker's controller is recording the loss, made
-# it wait a second for its CIB updates before scheduling the fence (measured: the
-# fence came 1.05 s after the loss in three runs of three, 0.1 s without the look).
+# and a look then (crm_mon, the fence history, the database) only competes for the CPU
+# with Pacemaker scheduling that fence. (Pacemaker's controller sometimes waits a
+# whole second before scheduling it, when its own CIB updates for the lost node are
+# still pending; seen in 4 runs of 6, with and without that look.)
 WAKE_KINDS = frozenset({"fencing"})
 
 
