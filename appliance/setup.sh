@@ -50,34 +50,29 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Haven's OCF agents, as ocf:haven:<name>: small wrappers that run the agent with the
-# venv's Python (the agents import Haven's own modules).
-OCF_DIR=/usr/lib/ocf/resource.d/haven
-mkdir -p "$OCF_DIR"
-for agent in "$ROOT"/agents/ocf/haven-*; do
-  name="$(basename "$agent")"
-  wrapper="#!/bin/sh
-exec \"$VENV/bin/python\" \"$agent\" \"\$@\""
-  if [ "$(cat "$OCF_DIR/$name" 2>/dev/null)" != "$wrapper" ]; then
-    printf '%s\n' "$wrapper" > "$OCF_DIR/$name"
-    chmod 755 "$OCF_DIR/$name"
-  fi
-done
+# install_wrappers DIR PYTHON_FLAGS AGENT...: a small script DIR/<agent's name> per
+# agent that runs it with the venv's Python (rewritten only when it changed).
+install_wrappers() {
+  local dir="$1" flags="$2" agent name wrapper
+  shift 2
+  mkdir -p "$dir"
+  for agent in "$@"; do
+    name="$(basename "$agent")"
+    wrapper="#!/bin/sh
+exec \"$VENV/bin/python\" $flags\"$agent\" \"\$@\""
+    if [ "$(cat "$dir/$name" 2>/dev/null)" != "$wrapper" ]; then
+      printf '%s\n' "$wrapper" > "$dir/$name"
+      chmod 755 "$dir/$name"
+    fi
+  done
+}
 
+# Haven's OCF agents, as ocf:haven:<name> (they import Haven's own modules).
+install_wrappers /usr/lib/ocf/resource.d/haven "" "$ROOT"/agents/ocf/haven-*
 # Haven's Pacemaker alert agents (the evacuator's wake-up), loaded by `haven cluster
 # bootstrap` with `pcs alert create path=...`. -I -S: started on every node at every
 # cluster event, so no site-packages to scan (they need only the standard library).
-ALERT_DIR=/usr/lib/haven/alerts
-mkdir -p "$ALERT_DIR"
-for agent in "$ROOT"/agents/alert/haven-*; do
-  name="$(basename "$agent")"
-  wrapper="#!/bin/sh
-exec \"$VENV/bin/python\" -I -S \"$agent\" \"\$@\""
-  if [ "$(cat "$ALERT_DIR/$name" 2>/dev/null)" != "$wrapper" ]; then
-    printf '%s\n' "$wrapper" > "$ALERT_DIR/$name"
-    chmod 755 "$ALERT_DIR/$name"
-  fi
-done
+install_wrappers /usr/lib/haven/alerts "-I -S " "$ROOT"/agents/alert/haven-*
 
 stamp="$VENV/.haven-stamp"
 want="$MODE $(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
