@@ -238,14 +238,13 @@ class RealEnv:
             groups.setdefault(source, []).append(index)
         chunks = [(source, indexes[i:i + EVACUATE_BATCH]) for source, indexes in groups.items()
                   for i in range(0, len(indexes), EVACUATE_BATCH)]
+        if not chunks:
+            return []
         answers: dict[int, str | EvacuateError] = {}
-        if len(chunks) == 1:
-            answers.update(self._evacuate_chunk(calls, *chunks[0]))
-        elif chunks:
-            workers = min(len(chunks), self.cfg.evacuator.parallel_calls)
-            with ThreadPoolExecutor(workers, thread_name_prefix="evacuate") as pool:
-                for part in pool.map(lambda c: self._evacuate_chunk(calls, *c), chunks):
-                    answers.update(part)
+        workers = min(len(chunks), self.cfg.evacuator.parallel_calls)
+        with ThreadPoolExecutor(workers, thread_name_prefix="evacuate") as pool:
+            for part in pool.map(lambda c: self._evacuate_chunk(calls, *c), chunks):
+                answers.update(part)
         return [answers[i] for i in range(len(calls))]
 
     def _evacuate_chunk(self, calls: Sequence[tuple[str, str]], source: str,

@@ -17,6 +17,7 @@ wrong for the ``hacluster`` user that runs alert agents.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -81,6 +82,7 @@ class WakeListener:
 
     def __init__(self, pacer: Pacer) -> None:
         self.pacer = pacer
+        self._closing = False
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._thread = threading.Thread(target=self._run, name="evacuator-wake", daemon=True)
 
@@ -97,12 +99,19 @@ class WakeListener:
         return True
 
     def close(self) -> None:
+        """Stop listening; shutdown wakes the receiving thread (close alone leaves it
+        blocked), which then ends."""
+        self._closing = True
+        with contextlib.suppress(OSError):  # never bound, or already closed
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
 
     def _run(self) -> None:
         while True:
             try:
                 self._sock.recv(64)
-            except OSError:  # closed
+            except OSError:
+                return
+            if self._closing:
                 return
             self.pacer.wake()

@@ -121,7 +121,7 @@ def kill_and_watch(victim: str, consoles: dict[str, Path],
     Both are reported: ``all_active_s`` (recorded where known) and ``all_active_seen_s``.
 
     A guest whose console stays silent is rebooted once (``reboot``) before the kill:
-    seen once in 20, a TCG guest idle in its kernel with nothing on its serial console
+    seen 3 times in ~60 guests, a TCG guest idle in its kernel with nothing on its serial console
     after the boot loader's banner; that is the guest, not what is measured here."""
     n = len(consoles)
 
