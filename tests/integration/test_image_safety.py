@@ -155,3 +155,31 @@ def test_qemu_img_is_never_asked_to_probe() -> None:
         assert '"-f"' in line, line
         if '"-b"' in line:
             assert '"-F"' in line, line
+
+
+def test_compute_refuses_an_unsafe_image_stored_before_the_checks(services: Services,
+                                                                  tmp_path: Path) -> None:
+    """The descriptor attack as it would sit in a store filled before the fix.
+
+    The row and file are written directly (the API refuses to make them now):
+    an active vmdk image whose data names /etc/passwd. The compute agent's
+    base cache must refuse it before any qemu-img or QEMU sees it, and keep
+    nothing; a clean image next to it is cached as before.
+    """
+    from core.common.clients import ServiceCallError, ServiceClients
+    from core.compute.images import ImageCache
+
+    def stored(fmt: str, data: bytes) -> str:
+        image_id = create(services, fmt)
+        services.cfg.image_store_path.joinpath(image_id).write_bytes(data)
+        with services.db.engine.begin() as conn:
+            conn.execute(text("UPDATE images SET status='active', size=:n WHERE id=:i"),
+                         {"n": len(data), "i": image_id})
+        return image_id
+
+    cache = ImageCache(tmp_path / "_base", ServiceClients(services.cfg))
+    with pytest.raises(ServiceCallError, match="unsafe"):
+        cache.ensure(stored("vmdk", DESCRIPTOR))
+    assert not [p for p in (tmp_path / "_base").iterdir() if not p.name.endswith(".lock")]
+    path, fmt = cache.ensure(stored("qcow2", make(tmp_path, "qcow2")))
+    assert fmt == "qcow2" and path.read_bytes()[:4] == b"QFI\xfb"
