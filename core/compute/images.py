@@ -5,6 +5,13 @@ share) into ``_base/<image id>``: an exclusive ``flock`` on a lock file beside i
 makes a second host or thread wait for the first download instead of doing its
 own, and the file is renamed into place only when complete and checked, so a
 crash never leaves a truncated base that overlays would silently point at.
+
+Every base is checked here too (core.common.diskimage), before it is renamed
+into place and each time it is used: the image service checks uploads, but
+an image stored before that check, or a row edited by hand, must still not
+make QEMU open a file the image names. The format used is the one the image
+record declares, and it is passed on explicitly (``qemu-img create -F``):
+nothing on this host ever lets QEMU probe a base.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 from pathlib import Path
 
 from core.common.clients import ServiceCallError, ServiceClients
+from core.common.diskimage import UnsafeImage, check
 
 
 class ImageCache:
@@ -31,7 +39,9 @@ class ImageCache:
         with open(self.directory / f"{image_id}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if path.exists() and meta.exists():
-                return path, str(json.loads(meta.read_text())["disk_format"])
+                fmt = str(json.loads(meta.read_text())["disk_format"])
+                _check(path, fmt, image_id)
+                return path, fmt
             image = self.clients.request("GET", "image", f"/v2/images/{image_id}").json()
             if image.get("status") != "active":
                 raise ServiceCallError(f"image {image_id} is {image.get('status')}")
@@ -46,8 +56,21 @@ class ImageCache:
             if image.get("checksum") and md5.hexdigest() != image["checksum"]:
                 part.unlink(missing_ok=True)
                 raise ServiceCallError(f"image {image_id} download corrupt (checksum)")
+            try:
+                _check(part, str(image.get("disk_format")), image_id)
+            except ServiceCallError:
+                part.unlink(missing_ok=True)
+                raise
             os.chmod(part, 0o444)  # bases are shared by many overlays: never written
             os.replace(part, path)
             meta.write_text(json.dumps({"disk_format": image["disk_format"],
                                         "checksum": image.get("checksum")}))
             return path, str(image["disk_format"])
+
+
+def _check(path: Path, disk_format: str, image_id: str) -> None:
+    """Refuse a base that is not a self-contained image of its declared format."""
+    try:
+        check(path, disk_format)
+    except UnsafeImage as exc:
+        raise ServiceCallError(f"image {image_id} is unsafe to boot: {exc}") from None

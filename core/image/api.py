@@ -1,11 +1,15 @@
 """The image API (Glance v2 subset) and its app factory.
 
-Upload path: the image row is claimed ``queued -> saving`` with a
-compare-and-swap (two concurrent uploads cannot both write), the body is
-streamed to a temporary file in the store while its size and hashes are
-computed, the data is inspected with qemu-img (formats.py), then renamed into
-place and the row set ``active``. Any failure leaves the row ``queued`` and no
-partial data behind.
+Upload path: the image row is claimed ``queued -> saving`` with one
+compare-and-swap UPDATE that also pins the declared disk and container
+formats (two concurrent uploads cannot both write, and a format changed after
+the upload read it makes the claim fail), the body is streamed to a temporary
+file in the store while its size and hashes are computed, the data is checked
+against the pinned format (formats.py), then renamed into place and the row
+set ``saving -> active`` by a second compare-and-swap on the same format. The
+formats themselves change only by an UPDATE conditional on ``queued``, so once
+data arrives they are fixed: what was checked is what QEMU will be told.
+Any failure leaves the row ``queued`` and no partial data behind.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import bottle
-from sqlalchemy import or_, select, update
+from sqlalchemy import false, or_, select, update
 
 from core.common import policy
 from core.common.auth import TokenValidator
@@ -26,7 +30,6 @@ from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound, TooLarge
 from core.common.health import add_healthcheck
-from core.common.policy import admin
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import auth, base_url, commit, field, json_body, make_app, session
@@ -39,6 +42,7 @@ from core.image.models import (
     ImageProperty,
     ImageTag,
 )
+from core.image.policies import RULES
 
 CORE_FIELDS = {"id", "name", "status", "visibility", "protected", "owner", "disk_format",
                "container_format", "size", "virtual_size", "checksum", "os_hash_algo",
@@ -48,9 +52,7 @@ READ_ONLY = {"id", "status", "size", "virtual_size", "checksum", "os_hash_algo",
              "os_hash_value", "created_at", "updated_at", "self", "file", "schema",
              "locations", "direct_url"}
 
-RULES = {
-    "image:publicize": admin,
-}
+FORMAT_FIELDS = ("disk_format", "container_format")
 
 
 def image_view(img: Image, props: dict[str, str], tags: list[str]) -> dict[str, Any]:
@@ -97,10 +99,15 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     add_healthcheck(app, "image", {"database": db.ping, "bus": None, "store": store_writable})
 
+    def target(img: Image) -> dict[str, Any]:
+        return {"project_id": img.owner}
+
     def visible(img: Image) -> bool:
         ctx = auth()
-        return ctx.is_admin or img.visibility in ("public", "community") or (
-            img.owner == ctx.project_id)
+        if img.visibility in ("public", "community") and policy.allowed(
+                ctx, "image:read_shared"):
+            return True
+        return policy.allowed(ctx, "image:read", target(img))
 
     def load(image_id: str) -> Image:
         img = session().get(Image, image_id)
@@ -116,9 +123,25 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         return image_view(img, props, tags)
 
     def may_modify(img: Image) -> None:
-        ctx = auth()
-        if not ctx.is_admin and img.owner != ctx.project_id:
+        if not policy.allowed(auth(), "image:write", target(img)):
             raise Forbidden("You are not permitted to modify this image.")
+
+    def set_format(img: Image, key: str, value: Any) -> None:
+        """Change a format only while no data has arrived (Glance's rule), atomically.
+
+        The UPDATE is conditional on ``queued``: an upload that claimed the
+        image a moment after this request read it makes it match no row,
+        so the format it checks the data against cannot change under it.
+        """
+        allowed = DISK_FORMATS if key == "disk_format" else CONTAINER_FORMATS
+        if value not in allowed:
+            raise BadRequest(f"Invalid input for field '{key}': {value!r} "
+                             f"(supported: {', '.join(allowed)})")
+        changed = rowcount(session().execute(
+            update(Image).where(Image.id == img.id, Image.status == "queued")
+            .values({key: value, "updated_at": now()})))
+        if img.status != "queued" or changed != 1:
+            raise Forbidden(f"Attribute {key} can be only replaced for a queued image.")
 
     def set_attr(img: Image, key: str, value: Any) -> None:
         if key in READ_ONLY:
@@ -128,15 +151,11 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
                 raise BadRequest(f"Invalid input for field 'visibility': {value!r}")
             if value == "public" and not policy.allowed(auth(), "image:publicize"):
                 raise Forbidden("Only an administrator can make an image public.")
-        elif key == "disk_format":
-            if img.status != "queued":
-                raise Forbidden("disk_format can only change before data is uploaded.")
-            if value not in DISK_FORMATS:
-                raise BadRequest(f"Invalid input for field 'disk_format': {value!r} "
-                                 f"(supported: {', '.join(DISK_FORMATS)})")
-        elif key == "container_format":
-            if value not in CONTAINER_FORMATS:
-                raise BadRequest(f"Invalid input for field 'container_format': {value!r}")
+            if value == "community" and not policy.allowed(auth(), "image:communitize",
+                                                           target(img)):
+                raise Forbidden("You are not permitted to make this image community.")
+        elif key in FORMAT_FIELDS:
+            set_format(img, key, value)
         elif key in ("min_disk", "min_ram"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise BadRequest(f"Invalid input for field '{key}': expected a non-negative "
@@ -147,7 +166,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         elif key == "name":
             if value is not None and (not isinstance(value, str) or len(value) > 255):
                 raise BadRequest("Invalid input for field 'name': a string up to 255.")
-        elif key == "owner" and not auth().is_admin:
+        elif key == "owner" and not policy.allowed(auth(), "image:set_owner"):
             raise Forbidden("Only an administrator can change the owner.")
         if key in CORE_FIELDS:
             setattr(img, key, value)
@@ -172,8 +191,12 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         ctx = auth()
         query = select(Image).where(Image.status != "deleted").order_by(Image.created_at.desc())
         if not ctx.is_admin:
-            query = query.where(or_(Image.visibility.in_(("public", "community")),
-                                    Image.owner == ctx.project_id))
+            shared = (Image.visibility.in_(("public", "community"))
+                      if policy.allowed(ctx, "image:read_shared") else false())
+            own = (Image.owner == ctx.project_id
+                   if policy.allowed(ctx, "image:read", {"project_id": ctx.project_id})
+                   else false())
+            query = query.where(or_(shared, own))
         for key in ("name", "status", "visibility", "owner", "disk_format"):
             if key in q:
                 query = query.where(getattr(Image, key) == q[key])
@@ -183,6 +206,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
     @app.post("/v2/images")
     def create_image() -> dict[str, Any]:
         body = json_body()
+        policy.enforce(auth(), "image:create")
         ts = now()
         img = Image(status="queued", owner=auth().project_id, visibility="shared",
                     protected=False, min_disk=0, min_ram=0, created_at=ts, updated_at=ts)
@@ -272,19 +296,25 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
     def upload(image_id: str) -> None:
         img = load(image_id)
         may_modify(img)
-        if not img.disk_format or not img.container_format:
+        disk_format, container_format = img.disk_format, img.container_format
+        if not disk_format or not container_format:
             raise BadRequest("Set disk_format and container_format before uploading data.")
+        pinned = (Image.id == img.id, Image.disk_format == disk_format,
+                  Image.container_format == container_format)
         claimed = rowcount(session().execute(
-            update(Image).where(Image.id == img.id, Image.status == "queued")
+            update(Image).where(*pinned, Image.status == "queued")
             .values(status="saving", updated_at=now())))
         if claimed != 1:
+            if img.status == "queued":
+                raise Conflict(f"Image {image_id} changed while the upload started; "
+                               "read it again and retry.")
             raise Conflict(f"Image {image_id} is {img.status}: data can be uploaded only once.")
         commit()  # other requests must see 'saving' while the data streams in
         final = store.path(img.id)
         part = final.with_suffix(".part")
         try:
             size, md5, sha512 = _receive(bottle.request.environ, part, max_bytes)
-            info = inspect(part, img.disk_format)
+            info = inspect(part, disk_format)
             os.replace(part, final)
         except (ImageFormatError, TooLarge, BadRequest) as exc:
             part.unlink(missing_ok=True)
@@ -296,11 +326,15 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
             part.unlink(missing_ok=True)
             _reset(db, img.id)
             raise
-        img = session().get(Image, image_id) or img
-        img.size, img.checksum, img.os_hash_algo, img.os_hash_value = size, md5, "sha512", sha512
-        img.virtual_size = info.virtual_size
-        img.status = "active"
-        img.updated_at = now()
+        activated = rowcount(session().execute(
+            update(Image).where(*pinned, Image.status == "saving")
+            .values(status="active", size=size, checksum=md5, os_hash_algo="sha512",
+                    os_hash_value=sha512, virtual_size=info.virtual_size, updated_at=now())))
+        if activated != 1:  # deleted (or, were it possible, changed) while saving
+            final.unlink(missing_ok=True)
+            _reset(db, img.id)
+            raise Conflict(f"Image {image_id} changed while its data was uploaded; "
+                           "the data was discarded.")
 
     @app.get("/v2/images/<image_id>/file")
     def download(image_id: str) -> Any:

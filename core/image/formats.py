@@ -1,11 +1,12 @@
-"""Checking uploaded image data with ``qemu-img info`` before anyone boots it.
+"""Checking uploaded image data before anyone boots it.
 
-A disk image is a program for QEMU's block layer: a qcow2 "image" with a
-backing file or an external data file pointing at ``/etc/shadow`` or another
-tenant's disk would read host files when booted. So every upload is inspected,
-the detected format must be the declared one (a "raw" upload that is really
-qcow2 is refused for the same reason), and references to other files are
-refused outright (Glance's format inspector does the same).
+Two steps, in this order. First the bytes are read in Python
+(core.common.diskimage): the content must be the declared format, a "raw"
+upload must carry no other format's signature, and nothing in the image may
+name another file. Only then is ``qemu-img info`` run, always with ``-f``
+(never probing, which is how a raw upload becomes a VMDK descriptor), to
+validate the structure and read the virtual size; its answer is checked
+again for backing files and extents as a second line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-SAFE_VMDK_TYPES = {"monolithicSparse", "streamOptimized"}
+from core.common.diskimage import SAFE_VMDK_TYPES, UnsafeImage, check
 
 
 class ImageFormatError(ValueError):
@@ -31,6 +32,10 @@ class ImageInfo:
 def inspect(path: Path, declared: str) -> ImageInfo:
     """Check ``path`` holds a self-contained image in format ``declared``."""
     try:
+        check(path, declared)
+    except UnsafeImage as exc:
+        raise ImageFormatError(str(exc)) from None
+    try:
         out = subprocess.run(
             ["qemu-img", "info", "--output=json", "-f", declared, str(path)],
             capture_output=True, text=True, timeout=60, check=False)
@@ -40,11 +45,8 @@ def inspect(path: Path, declared: str) -> ImageInfo:
         raise ImageFormatError(f"data is not a valid {declared} image: "
                                f"{out.stderr.strip()[:300]}")
     info = json.loads(out.stdout)
-    detected = _detect(path)
-    if declared == "raw" and detected not in ("raw", None):
-        raise ImageFormatError(f"declared raw but the data is {detected}")
-    if declared != "raw" and detected != declared:
-        raise ImageFormatError(f"declared {declared} but the data is {detected or 'unknown'}")
+    if info.get("format") != declared:
+        raise ImageFormatError(f"declared {declared} but qemu-img read {info.get('format')}")
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise ImageFormatError("images with a backing file are not accepted")
     specific = info.get("format-specific", {}).get("data", {})
@@ -58,12 +60,3 @@ def inspect(path: Path, declared: str) -> ImageInfo:
         if any(extent.get("filename") != str(path) for extent in specific.get("extents", [])):
             raise ImageFormatError("vmdk images with external extents are not accepted")
     return ImageInfo(declared, int(info.get("virtual-size", 0)))
-
-
-def _detect(path: Path) -> str | None:
-    """The format qemu-img probes, without trusting the declaration."""
-    out = subprocess.run(["qemu-img", "info", "--output=json", str(path)],
-                         capture_output=True, text=True, timeout=60, check=False)
-    if out.returncode != 0:
-        return None
-    return str(json.loads(out.stdout).get("format"))
