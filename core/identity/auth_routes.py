@@ -12,6 +12,7 @@ from core.common.auth import revoke
 from core.common.faults import BadRequest
 from core.common.wsgi import auth, base_url, json_body, session
 from core.identity import views
+from core.identity.lockout import client_address
 from core.identity.models import Domain, Project, RoleAssignment
 from core.identity.tokens import TokenService
 
@@ -38,7 +39,7 @@ def _subject_token() -> str:
     return token
 
 
-def register(app: bottle.Bottle, tokens: TokenService) -> None:
+def register(app: bottle.Bottle, tokens: TokenService, trusted_proxies: list[str]) -> None:
     @app.get("/", skip_auth=True)
     def versions() -> dict[str, Any]:
         bottle.response.status = 300
@@ -52,7 +53,8 @@ def register(app: bottle.Bottle, tokens: TokenService) -> None:
     @app.post("/v3/auth/tokens", skip_auth=True)
     def issue_token() -> dict[str, Any]:
         body = json_body()
-        token, payload = tokens.issue(session(), body)
+        source = client_address(bottle.request.environ, trusted_proxies)
+        token, payload = tokens.issue(session(), body, source)
         bottle.response.status = 201
         bottle.response.set_header("X-Subject-Token", token)
         return tokens.body(session(), payload, catalog="nocatalog" not in bottle.request.query)

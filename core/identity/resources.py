@@ -21,7 +21,7 @@ from core.common.auth import revoke
 from core.common.db import Base
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound
 from core.common.wsgi import auth, base_url, field, json_body, session
-from core.identity import views
+from core.identity import lockout, views
 from core.identity.models import (
     DEFAULT_DOMAIN_ID,
     Domain,
@@ -301,10 +301,13 @@ def register_users(app: bottle.Bottle, bcrypt_cost: int) -> None:
             enabled = field(body, "enabled", bool)
             if user.enabled and not enabled:
                 revoke(session(), user_id=user.id)
+            if enabled:  # Keystone's way to unlock a locked-out user
+                lockout.clear(session(), lockout.user_subject(user.id))
             user.enabled = enabled
         if "password" in body:
             user.password_hash = hash_password(_password(body, "password"), bcrypt_cost)
             revoke(session(), user_id=user.id)
+            lockout.clear(session(), lockout.user_subject(user.id))
         _flush_unique("user", user.name)
         return {"user": views.user_view(base_url(), user)}
 
@@ -313,6 +316,7 @@ def register_users(app: bottle.Bottle, bcrypt_cost: int) -> None:
         _enforce("identity:delete_user")
         user = get_or_404(User, user_id, "user")
         revoke(session(), user_id=user.id)
+        lockout.clear(session(), lockout.user_subject(user.id))
         session().execute(delete(RoleAssignment).where(RoleAssignment.user_id == user.id))
         session().delete(user)
 
