@@ -37,10 +37,10 @@ def create_app(cfg: HavenConfig, db: Database, clock: Clock = time.time) -> bott
 
     add_healthcheck(app, "identity", {"database": db.ping, "bus": None,
                                       "fernet_keys": fernet_keys})
-    auth_routes.register(app, tokens, cfg.identity.trusted_proxies)
+    auth_routes.register(app, tokens)
     resources.register_domains(app)
     resources.register_projects(app)
-    resources.register_users(app, cfg.identity.bcrypt_cost)
+    resources.register_users(app, cfg.identity.bcrypt_cost, lockout)
     resources.register_roles(app)
     resources.register_grants(app)
     resources.register_catalog(app)

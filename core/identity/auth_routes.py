@@ -12,7 +12,6 @@ from core.common.auth import revoke
 from core.common.faults import BadRequest
 from core.common.wsgi import auth, base_url, json_body, session
 from core.identity import views
-from core.identity.lockout import client_address
 from core.identity.models import Domain, Project, RoleAssignment
 from core.identity.tokens import TokenService
 
@@ -39,7 +38,7 @@ def _subject_token() -> str:
     return token
 
 
-def register(app: bottle.Bottle, tokens: TokenService, trusted_proxies: list[str]) -> None:
+def register(app: bottle.Bottle, tokens: TokenService) -> None:
     @app.get("/", skip_auth=True)
     def versions() -> dict[str, Any]:
         bottle.response.status = 300
@@ -53,7 +52,7 @@ def register(app: bottle.Bottle, tokens: TokenService, trusted_proxies: list[str
     @app.post("/v3/auth/tokens", skip_auth=True)
     def issue_token() -> dict[str, Any]:
         body = json_body()
-        source = client_address(bottle.request.environ, trusted_proxies)
+        source = tokens.lockout.source(bottle.request.environ)
         token, payload = tokens.issue(session(), body, source)
         bottle.response.status = 201
         bottle.response.set_header("X-Subject-Token", token)

@@ -142,13 +142,14 @@ class LockoutRules:
     source_attempts: int
     source_duration: int
     exempt_user_names: frozenset[str]  # in the default domain: the service user
+    trusted_proxies: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, cfg: HavenConfig) -> LockoutRules:
         ident = cfg.identity
         return cls(ident.lockout_failure_attempts, ident.lockout_duration,
                    ident.source_failure_attempts, ident.source_lockout_duration,
-                   frozenset({cfg.service_user.name}))
+                   frozenset({cfg.service_user.name}), frozenset(ident.trusted_proxies))
 
 
 class Lockout:
@@ -158,6 +159,10 @@ class Lockout:
         self.db = db
         self.rules = rules
         self.clock = clock
+
+    def source(self, environ: Mapping[str, Any]) -> str:
+        """The address of the client of the request with WSGI ``environ``."""
+        return client_address(environ, self.rules.trusted_proxies)
 
     def exempt(self, user: User) -> bool:
         return user.domain_id == DEFAULT_DOMAIN_ID and user.name in self.rules.exempt_user_names

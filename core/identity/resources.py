@@ -237,7 +237,7 @@ def _password(body: dict[str, Any], path: str) -> str:
     return password
 
 
-def register_users(app: bottle.Bottle, bcrypt_cost: int) -> None:
+def register_users(app: bottle.Bottle, bcrypt_cost: int, locks: lockout.Lockout) -> None:
     def default_project(body: dict[str, Any]) -> str | None:
         project_id = field(body, "default_project_id", str, None)
         if project_id is not None and session().get(Project, project_id) is None:
@@ -327,8 +327,14 @@ def register_users(app: bottle.Bottle, bcrypt_cost: int) -> None:
         original = _password(body, "original_password")
         new = _password(body, "password")
         user = get_or_404(User, user_id, "user")
+        # the original password is a password check like a login's, with its lockout
+        source = locks.source(bottle.request.environ)
+        locks.check_source(session(), source)
+        locks.check_user(session(), user)
         if not verify_password(original, user.password_hash):
+            locks.failed(source, user)
             raise Fault("The original password is not correct.", 401)
+        locks.succeeded(session(), user)
         user.password_hash = hash_password(new, bcrypt_cost)
         revoke(session(), user_id=user.id)
 

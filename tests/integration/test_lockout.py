@@ -133,6 +133,21 @@ def test_admin_unlocks_by_enabling_the_user(keystone: Keystone) -> None:
     assert keystone.login("carol", "right-pw").status_code == 201
 
 
+def test_wrong_original_passwords_count_too(keystone: Keystone) -> None:
+    """Changing a password checks the original one: with a stolen token, that check
+    must not be a way around the lockout."""
+    uid = keystone.user("erin")
+    token = keystone.login("erin", "right-pw").headers["X-Subject-Token"]
+    for _ in range(3):
+        change = requests.post(f"{keystone.url}/v3/users/{uid}/password", timeout=30,
+                               headers={"X-Auth-Token": token},
+                               json={"user": {"original_password": "guess",
+                                              "password": "new-pw"}})
+        assert change.status_code == 401, change.text
+    locked = keystone.login("erin", "right-pw")
+    assert locked.json()["error"]["message"] == locked_message(uid)
+
+
 def test_the_service_user_is_never_locked(keystone: Keystone, haven_cfg: HavenConfig) -> None:
     """Locking the service user would stop every service: it is exempt, as Keystone's
     ignore_lockout_failure_attempts option makes service users."""
