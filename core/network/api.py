@@ -417,7 +417,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         rules = []
         if privileged_device_owner(field(body, "device_owner", str, "")):
             rules.append(f"{action}:device_owner")
-        if field(body, "binding:host_id", str, ""):
+        if "binding:host_id" in body:
             rules.append(f"{action}:binding:host_id")
         if action == "network:create_port" and "mac_address" in body:
             rules.append(f"{action}:mac_address")
