@@ -11,12 +11,19 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from core.common.config import HavenConfig
 from core.common.db import Database
 from core.common.server import AppServers, Listener
-from core.identity.lockout import client_address, record_failure, user_subject
-from core.identity.models import AuthFailure
+from core.identity.lockout import (
+    Lockout,
+    LockoutRules,
+    client_address,
+    record_failure,
+    user_subject,
+)
+from core.identity.models import AuthFailure, User
 from tests.conftest import ADMIN_PASSWORD
 
 
@@ -204,3 +211,16 @@ def test_concurrent_failures_are_all_counted(database: Database) -> None:
     # a failure after a quiet period starts the count again
     assert database.run_in_transaction(
         lambda s: record_failure(s, subject, now + 601, 600)) == 1
+
+
+def test_concurrent_wrong_passwords_count_for_user_and_address(database: Database) -> None:
+    """What the token API calls on each wrong password, from many threads at once."""
+    rules = LockoutRules(user_attempts=100, user_duration=600, source_attempts=100,
+                         source_duration=300, exempt_user_names=frozenset())
+    locks = Lockout(database, rules, Clock())
+    user = User(id="u-racer", name="racer", domain_id="default")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: locks.failed("198.51.100.9", user), range(24)))
+    with database.session() as s:
+        counts = {row.subject: row.count for row in s.scalars(select(AuthFailure))}
+    assert counts == {user_subject("u-racer"): 24, "source:198.51.100.9": 24}
