@@ -128,6 +128,46 @@ class IdentityConfig:
             _between(12, 16),
         ),
     )
+    lockout_failure_attempts: int = field(
+        default=6,
+        metadata=_doc(
+            "Consecutive failed password authentications after which a user is locked for "
+            "lockout_duration seconds (Keystone's security_compliance option; 0 turns the "
+            "per-user lockout off). The service user is exempt (Keystone's "
+            "ignore_lockout_failure_attempts): locking it would stop every service.",
+            _at_least(0),
+        ),
+    )
+    lockout_duration: int = field(
+        default=1800,
+        metadata=_doc(
+            "Seconds a locked user stays locked; an admin unlocks earlier by setting the "
+            "user enabled (openstack user set --enable).",
+            _between(1, 31 * 86400),
+        ),
+    )
+    source_failure_attempts: int = field(
+        default=30,
+        metadata=_doc(
+            "Failed password authentications from one client address, for any users, "
+            "after which that address gets 429 for source_lockout_duration seconds (stops "
+            "password spraying; 0 turns it off). Counted until the address has been quiet "
+            "for source_lockout_duration.",
+            _at_least(0),
+        ),
+    )
+    source_lockout_duration: int = field(
+        default=300,
+        metadata=_doc("Seconds an address that reached source_failure_attempts is refused.",
+                      _between(1, 86400)),
+    )
+    trusted_proxies: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Addresses of reverse proxies in front of the identity API. Only when the "
+            "socket peer is one of them is the last X-Forwarded-For hop taken as the "
+            "client's address; otherwise the header is ignored (a client could forge it)."),
+    )
     admin_user: str = field(default="admin", metadata=_doc("Name of the bootstrap admin user."))
     admin_project: str = field(
         default="admin", metadata=_doc("Name of the bootstrap admin project.")

@@ -23,6 +23,7 @@ TITLES = {
     409: ("Conflict", "conflictingRequest"),
     413: ("Request Entity Too Large", "overLimit"),
     415: ("Unsupported Media Type", "unsupportedMediaType"),
+    429: ("Too Many Requests", "overLimit"),
     500: ("Internal Server Error", "computeFault"),
     503: ("Service Unavailable", "serviceUnavailable"),
 }

@@ -52,7 +52,8 @@ def register(app: bottle.Bottle, tokens: TokenService) -> None:
     @app.post("/v3/auth/tokens", skip_auth=True)
     def issue_token() -> dict[str, Any]:
         body = json_body()
-        token, payload = tokens.issue(session(), body)
+        source = tokens.lockout.source(bottle.request.environ)
+        token, payload = tokens.issue(session(), body, source)
         bottle.response.status = 201
         bottle.response.set_header("X-Subject-Token", token)
         return tokens.body(session(), payload, catalog="nocatalog" not in bottle.request.query)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.common.db import Base
+from core.common.db import Base, Timestamp
 
 DEFAULT_DOMAIN_ID = "default"
 
@@ -100,3 +100,18 @@ class Endpoint(Base):
     region_id: Mapped[str] = mapped_column(ForeignKey("regions.id"))
     url: Mapped[str] = mapped_column(Text)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class AuthFailure(Base):
+    """Failed password authentications of one subject: ``user:<id>`` or ``source:<address>``.
+
+    Shared through the database so every API node of a cluster counts the same
+    failures (core/identity/lockout.py). ``count`` only ever changes by a single
+    UPDATE that increments it in the database, never by a read-modify-write, so
+    concurrent failures on any nodes are never lost.
+    """
+
+    __tablename__ = "auth_failures"
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    last_at: Mapped[float] = mapped_column(Timestamp, index=True)

@@ -21,7 +21,7 @@ from core.common.auth import revoke
 from core.common.db import Base
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound
 from core.common.wsgi import auth, base_url, field, json_body, session
-from core.identity import views
+from core.identity import lockout, views
 from core.identity.models import (
     DEFAULT_DOMAIN_ID,
     Domain,
@@ -237,7 +237,7 @@ def _password(body: dict[str, Any], path: str) -> str:
     return password
 
 
-def register_users(app: bottle.Bottle, bcrypt_cost: int) -> None:
+def register_users(app: bottle.Bottle, bcrypt_cost: int, locks: lockout.Lockout) -> None:
     def default_project(body: dict[str, Any]) -> str | None:
         project_id = field(body, "default_project_id", str, None)
         if project_id is not None and session().get(Project, project_id) is None:
@@ -301,10 +301,13 @@ def register_users(app: bottle.Bottle, bcrypt_cost: int) -> None:
             enabled = field(body, "enabled", bool)
             if user.enabled and not enabled:
                 revoke(session(), user_id=user.id)
+            if enabled:  # Keystone's way to unlock a locked-out user
+                lockout.clear(session(), lockout.user_subject(user.id))
             user.enabled = enabled
         if "password" in body:
             user.password_hash = hash_password(_password(body, "password"), bcrypt_cost)
             revoke(session(), user_id=user.id)
+            lockout.clear(session(), lockout.user_subject(user.id))
         _flush_unique("user", user.name)
         return {"user": views.user_view(base_url(), user)}
 
@@ -313,6 +316,7 @@ def register_users(app: bottle.Bottle, bcrypt_cost: int) -> None:
         _enforce("identity:delete_user")
         user = get_or_404(User, user_id, "user")
         revoke(session(), user_id=user.id)
+        lockout.clear(session(), lockout.user_subject(user.id))
         session().execute(delete(RoleAssignment).where(RoleAssignment.user_id == user.id))
         session().delete(user)
 
@@ -323,8 +327,14 @@ def register_users(app: bottle.Bottle, bcrypt_cost: int) -> None:
         original = _password(body, "original_password")
         new = _password(body, "password")
         user = get_or_404(User, user_id, "user")
+        # the original password is a password check like a login's, with its lockout
+        source = locks.source(bottle.request.environ)
+        locks.check_source(session(), source)
+        locks.check_user(session(), user)
         if not verify_password(original, user.password_hash):
+            locks.failed(source, user)
             raise Fault("The original password is not correct.", 401)
+        locks.succeeded(session(), user)
         user.password_hash = hash_password(new, bcrypt_cost)
         revoke(session(), user_id=user.id)
 

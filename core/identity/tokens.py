@@ -20,6 +20,7 @@ from core.common.faults import BadRequest, Fault, NotFound
 from core.common.tokens import TokenCodec, TokenPayload, isoformat_us, new_audit_id, now_us
 from core.common.wsgi import field
 from core.identity.catalog import CatalogCache
+from core.identity.lockout import Lockout
 from core.identity.lookups import DomainRec, Lookups, UserRec, user_rec
 from core.identity.models import Domain, User
 from core.identity.passwords import MAX_PASSWORD_BYTES, verify_password
@@ -34,8 +35,10 @@ def unauthorized(message: str = AUTH_FAILED) -> Fault:
 class TokenService:
     """Issues and renders tokens for the identity API."""
 
-    def __init__(self, codec: TokenCodec, validator: TokenValidator, lifetime_s: int) -> None:
+    def __init__(self, codec: TokenCodec, validator: TokenValidator, lifetime_s: int,
+                 lockout: Lockout) -> None:
         self.codec = codec
+        self.lockout = lockout
         self.validator = validator
         self.lifetime_us = lifetime_s * 1_000_000
         self.catalog = CatalogCache()
@@ -53,7 +56,10 @@ class TokenService:
         return domain
 
     # ---- issue -------------------------------------------------------------------
-    def issue(self, session: Session, body: Mapping[str, Any]) -> tuple[str, TokenPayload]:
+    def issue(self, session: Session, body: Mapping[str, Any], source: str
+              ) -> tuple[str, TokenPayload]:
+        """A token for ``body``'s credentials; ``source`` is the client's address, for
+        the per-address lockout of password authentication."""
         identity = field(body, "auth.identity", dict)
         methods = field(identity, "methods", list)
         if not methods or not all(isinstance(m, str) for m in methods):
@@ -64,7 +70,7 @@ class TokenService:
         self.validator.revocations.sync(session)  # fresh caches for this decision
         now = now_us()
         if methods[0] == "password":
-            user = self._password_user(session, field(identity, "password.user", dict))
+            user = self._password_user(session, field(identity, "password.user", dict), source)
             expires_at = now + self.lifetime_us
             audit_ids: tuple[bytes, ...] = (new_audit_id(),)
         else:
@@ -88,11 +94,13 @@ class TokenService:
         )
         return self.codec.seal(payload), payload
 
-    def _password_user(self, session: Session, ref: Mapping[str, Any]) -> UserRec:
+    def _password_user(self, session: Session, ref: Mapping[str, Any], source: str
+                       ) -> UserRec:
         password = field(ref, "password", str)
         if len(password.encode()) > MAX_PASSWORD_BYTES:
             raise BadRequest("Invalid input for field 'auth.identity.password.user.password': "
                              f"longer than {MAX_PASSWORD_BYTES} bytes.")
+        self.lockout.check_source(session, source)
         user: User | None
         if "id" in ref:
             user = session.get(User, field(ref, "id", str))
@@ -103,13 +111,18 @@ class TokenService:
                 domain = self._domain(session, domain_ref, "auth.identity.password.user.domain")
             except Fault:
                 verify_password(password, None)  # same cost as a real check
+                self.lockout.failed(source, None)
                 raise
             user = session.scalars(
                 select(User).where(User.domain_id == domain.id, User.name == name)
             ).first()
+        if user is not None:
+            self.lockout.check_user(session, user)
         if not verify_password(password, user.password_hash if user else None):
+            self.lockout.failed(source, user)
             raise unauthorized()
         assert user is not None
+        self.lockout.succeeded(session, user)
         user_domain = session.get(Domain, user.domain_id)
         if not user.enabled or user_domain is None or not user_domain.enabled:
             raise unauthorized()

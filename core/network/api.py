@@ -1,8 +1,11 @@
 """The network API (Neutron v2.0 subset: networks, subnets, ports) and its app factory.
 
-Visibility follows Neutron: a project sees its own resources and shared
-networks; an admin sees everything. Ports carry their fixed IPs from IPAM, so
-every server shows an address in ``addresses``.
+Visibility and rights follow Neutron's default policies (core/network/policies.py):
+a project's readers see its resources and the shared and external networks, its
+members change them, an admin sees and changes everything. Resources the caller
+cannot see answer 404; ones it sees but may not change, 403; an unscoped token
+gets 403 for every call. Ports carry their fixed IPs from IPAM, so every server
+shows an address in ``addresses``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import bottle
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from core.common import policy
 from core.common.auth import AuthContext, TokenValidator
 from core.common.config import HavenConfig
 from core.common.db import Database
@@ -26,6 +30,7 @@ from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import auth, base_url, field, json_body, make_app, session
 from core.network import ipam
 from core.network.models import IPAllocation, Network, Port, Subnet
+from core.network.policies import RULES, privileged_device_owner
 
 
 def network_view(n: Network, subnets: list[str]) -> dict[str, Any]:
@@ -78,6 +83,27 @@ def _owner(ctx: AuthContext, body: dict[str, Any], kind: str) -> str | None:
     return ctx.project_id
 
 
+def network_target(n: Network) -> dict[str, Any]:
+    return {"project_id": n.project_id, "shared": n.shared, "external": n.external}
+
+
+def child_target(project_id: str | None, n: Network) -> dict[str, Any]:
+    """What subnet and port rules see: the resource's project and its network's."""
+    return {**network_target(n), "project_id": project_id, "network_project_id": n.project_id}
+
+
+def writer() -> AuthContext:
+    """The caller of a write: a token scoped to a project, or 403.
+
+    An unscoped token has no roles and no project; refusing it here, before any
+    lookup, makes every write a 403 for it (Neutron refuses it by scope).
+    """
+    ctx = auth()
+    if ctx.project_id is None:
+        raise Forbidden("A token scoped to a project is required to change network resources.")
+    return ctx
+
+
 def _mac() -> str:
     return "fa:16:3e:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3))
 
@@ -105,37 +131,80 @@ def create_subnet_row(s: Any, net: Network, name: str, cidr: str, gateway: str |
     return sub
 
 
+def requested_ips(requested: list[Any] | None, subnets: list[Subnet], network_id: str
+                  ) -> list[tuple[Subnet, str | None]]:
+    """The port's ``fixed_ips`` request as (subnet, address or None), checked: 400 naming
+    the entry that names no subnet of the network or is not an address."""
+    out: list[tuple[Subnet, str | None]] = []
+    for i, ip in enumerate(requested or []):
+        if not isinstance(ip, dict):
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}]': an object.")
+        unknown = sorted(set(ip) - {"subnet_id", "ip_address"})
+        if unknown:
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].{unknown[0]}': "
+                             "not supported.")
+        sub_id = ip.get("subnet_id")
+        candidates = [s for s in subnets if sub_id in (None, s.id)]
+        if not candidates:
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].subnet_id': "
+                             f"no subnet {sub_id} on network {network_id}.")
+        address = ip.get("ip_address")
+        if address is None:
+            out.append((candidates[0], None))
+            continue
+        try:
+            wanted = ipaddress.ip_address(str(address))
+        except ValueError:
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].ip_address'"
+                             f": {address!r} is not an IP address.") from None
+        inside = [s for s in candidates if wanted in ipaddress.ip_network(s.cidr)]
+        if not inside:
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].ip_address': "
+                             f"{wanted} is in no subnet of network {network_id}.")
+        out.append((inside[0], str(wanted)))
+    return out
+
+
 def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
     validator = TokenValidator(TokenCodec(KeyRepository(cfg.fernet_key_dir,
                                                         cfg.identity.max_active_keys)))
     app = make_app(db, validator, style="neutron")
     add_healthcheck(app, "network", {"database": db.ping, "bus": None})
 
-    def net_visible(n: Network) -> bool:
-        ctx = auth()
-        return ctx.is_admin or n.shared or n.project_id == ctx.project_id
+    policy.register(RULES)
 
-    def owned(project_id: str | None) -> bool:
+    def reader() -> AuthContext:
+        """The caller of a read: scoped to a project (else it would see project-less rows)."""
         ctx = auth()
-        return ctx.is_admin or project_id == ctx.project_id
+        if ctx.project_id is None or "reader" not in ctx.roles:
+            raise Forbidden("A token scoped to a project is required to read network resources.")
+        return ctx
 
     def load_network(network_id: str) -> Network:
         n = session().get(Network, network_id)
-        if n is None or not net_visible(n):
+        if n is None or not policy.allowed(reader(), "network:get_network", network_target(n)):
             raise NotFound(f"Network {network_id} could not be found.")
         return n
 
-    def load_subnet(subnet_id: str) -> Subnet:
-        s = session().get(Subnet, subnet_id)
-        if s is None or not (owned(s.project_id) or net_visible(load_network(s.network_id))):
-            raise NotFound(f"Subnet {subnet_id} could not be found.")
-        return s
+    def network_of(network_id: str) -> Network:
+        n = session().get(Network, network_id)
+        if n is None:  # a foreign key: only a concurrent delete gets here
+            raise NotFound(f"Network {network_id} could not be found.")
+        return n
 
-    def load_port(port_id: str) -> Port:
+    def load_subnet(subnet_id: str) -> tuple[Subnet, dict[str, Any]]:
+        s = session().get(Subnet, subnet_id)
+        target = child_target(s.project_id, network_of(s.network_id)) if s else {}
+        if s is None or not policy.allowed(reader(), "network:get_subnet", target):
+            raise NotFound(f"Subnet {subnet_id} could not be found.")
+        return s, target
+
+    def load_port(port_id: str) -> tuple[Port, dict[str, Any]]:
         p = session().get(Port, port_id)
-        if p is None or not owned(p.project_id):
+        target = child_target(p.project_id, network_of(p.network_id)) if p else {}
+        if p is None or not policy.allowed(reader(), "network:get_port", target):
             raise NotFound(f"Port {port_id} could not be found.")
-        return p
+        return p, target
 
     def subnet_ids(network_id: str) -> list[str]:
         return list(session().scalars(select(Subnet.id).where(Subnet.network_id == network_id)))
@@ -174,10 +243,11 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     @app.get("/v2.0/networks")
     def list_networks() -> dict[str, Any]:
-        ctx = auth()
+        ctx = reader()
         query = select(Network).order_by(Network.created_at)
         if not ctx.is_admin:
-            query = query.where(or_(Network.shared.is_(True), Network.project_id == ctx.project_id))
+            query = query.where(or_(Network.shared.is_(True), Network.external.is_(True),
+                                    Network.project_id == ctx.project_id))
         query = filtered(query, Network, ("id", "name", "tenant_id", "project_id"))
         q = bottle.request.query
         if "shared" in q:
@@ -189,12 +259,24 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     @app.post("/v2.0/networks")
     def create_network() -> dict[str, Any]:
+        ctx = writer()
         body = field(json_body(), "network", dict)
-        ctx = auth()
+        policy.enforce(ctx, "network:create_network")
         shared = field(body, "shared", bool, False)
         external = field(body, "router:external", bool, False)
-        if (shared or external) and not ctx.is_admin:
-            raise Forbidden("Only an administrator may create shared or external networks.")
+        if shared:
+            policy.enforce(ctx, "network:create_network:shared")
+        if external:
+            policy.enforce(ctx, "network:create_network:router:external")
+        provider = [k for k in body if k.startswith("provider:")]
+        if provider:
+            policy.enforce(ctx, "network:create_network:provider")
+        if field(body, "provider:network_type", str, "flat") != "flat":
+            raise BadRequest("Invalid input for field 'provider:network_type': "
+                             "Haven has flat networks only.")
+        if body.get("provider:segmentation_id") is not None:
+            raise BadRequest("Invalid input for field 'provider:segmentation_id': "
+                             "flat networks have none.")
         net = create_network_row(session(), field(body, "name", str, ""),
                                  _owner(ctx, body, "network"), shared, external,
                                  field(body, "provider:physical_network", str, None))
@@ -208,11 +290,20 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         n = load_network(network_id)
         return {"network": network_view(n, subnet_ids(n.id))}
 
+    def writable_network(network_id: str, action: str) -> Network:
+        """The network for ``action``: 404 if the caller cannot see it, 403 if only see it."""
+        ctx = writer()
+        n = load_network(network_id)
+        target = network_target(n)
+        if not policy.allowed(ctx, action, target):
+            if n.project_id != ctx.project_id and not (n.shared or n.external):
+                raise NotFound(f"Network {network_id} could not be found.")
+            policy.enforce(ctx, action, target)
+        return n
+
     @app.put("/v2.0/networks/<network_id>")
     def update_network(network_id: str) -> dict[str, Any]:
-        n = load_network(network_id)
-        if not owned(n.project_id):
-            raise NotFound(f"Network {network_id} could not be found.")
+        n = writable_network(network_id, "network:update_network")
         body = field(json_body(), "network", dict)
         if "name" in body:
             n.name = field(body, "name", str)
@@ -221,17 +312,17 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         if "admin_state_up" in body:
             n.admin_state_up = field(body, "admin_state_up", bool)
         if "shared" in body:
-            if not auth().is_admin:
-                raise Forbidden("Only an administrator may share a network.")
+            policy.enforce(auth(), "network:update_network:shared", network_target(n))
             n.shared = field(body, "shared", bool)
+        unknown = sorted(set(body) - {"name", "description", "admin_state_up", "shared"})
+        if unknown:
+            raise BadRequest(f"Invalid input for field '{unknown[0]}': cannot be updated.")
         n.updated_at = now()
         return {"network": network_view(n, subnet_ids(n.id))}
 
     @app.delete("/v2.0/networks/<network_id>")
     def delete_network(network_id: str) -> None:
-        n = load_network(network_id)
-        if not owned(n.project_id):
-            raise NotFound(f"Network {network_id} could not be found.")
+        n = writable_network(network_id, "network:delete_network")
         in_use = session().scalars(select(Port.id).where(Port.network_id == n.id).limit(1)).first()
         if in_use:
             raise Conflict(f"Unable to complete operation on network {network_id}. "
@@ -241,22 +332,24 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     @app.get("/v2.0/subnets")
     def list_subnets() -> dict[str, Any]:
-        ctx = auth()
+        ctx = reader()
         query = select(Subnet).order_by(Subnet.created_at)
         if not ctx.is_admin:
-            shared = select(Network.id).where(Network.shared.is_(True))
+            visible = select(Network.id).where(or_(
+                Network.shared.is_(True), Network.external.is_(True),
+                Network.project_id == ctx.project_id))
             query = query.where(or_(Subnet.project_id == ctx.project_id,
-                                    Subnet.network_id.in_(shared)))
+                                    Subnet.network_id.in_(visible)))
         query = filtered(query, Subnet, ("id", "name", "network_id", "tenant_id", "project_id",
                                          "cidr"))
         return {"subnets": [subnet_view(s) for s in session().scalars(query)]}
 
     @app.post("/v2.0/subnets")
     def create_subnet() -> dict[str, Any]:
+        ctx = writer()
         body = field(json_body(), "subnet", dict)
         net = load_network(field(body, "network_id", str))
-        if not owned(net.project_id):
-            raise Forbidden("Only the network's owner or an administrator may add subnets.")
+        policy.enforce(ctx, "network:create_subnet", child_target(ctx.project_id, net))
         if field(body, "ip_version", int, 4) != 4:
             raise BadRequest("Invalid input for field 'ip_version': only 4 is supported.")
         cidr_text = field(body, "cidr", str)
@@ -267,12 +360,15 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         if cidr.version != 4 or cidr.prefixlen > 30:
             raise BadRequest("Invalid input for field 'cidr': an IPv4 network of /30 or larger.")
         gateway: str | None = field(body, "gateway_ip", str, str(next(cidr.hosts())))
-        if gateway is not None and ipaddress.ip_address(gateway) not in cidr:
-            raise BadRequest(f"Invalid input for field 'gateway_ip': {gateway} not in {cidr}.")
+        try:
+            if gateway is not None and ipaddress.ip_address(gateway) not in cidr:
+                raise ValueError(f"{gateway} not in {cidr}")
+        except ValueError as exc:
+            raise BadRequest(f"Invalid input for field 'gateway_ip': {exc}.") from None
         if "gateway_ip" in body and body["gateway_ip"] is None:
             gateway = None
         sub = create_subnet_row(session(), net, field(body, "name", str, ""), str(cidr), gateway,
-                                _owner(auth(), body, "subnet"))
+                                _owner(ctx, body, "subnet"))
         pools = field(body, "allocation_pools", list, [])
         if pools:
             try:
@@ -290,13 +386,16 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     @app.get("/v2.0/subnets/<subnet_id>")
     def show_subnet(subnet_id: str) -> dict[str, Any]:
-        return {"subnet": subnet_view(load_subnet(subnet_id))}
+        return {"subnet": subnet_view(load_subnet(subnet_id)[0])}
 
     @app.delete("/v2.0/subnets/<subnet_id>")
     def delete_subnet(subnet_id: str) -> None:
-        sub = load_subnet(subnet_id)
-        if not owned(sub.project_id):
-            raise NotFound(f"Subnet {subnet_id} could not be found.")
+        ctx = writer()
+        sub, target = load_subnet(subnet_id)
+        if not policy.allowed(ctx, "network:delete_subnet", target):
+            if ctx.project_id not in (sub.project_id, target["network_project_id"]):
+                raise NotFound(f"Subnet {subnet_id} could not be found.")
+            policy.enforce(ctx, "network:delete_subnet", target)
         if session().scalars(select(IPAllocation.port_id).where(
                 IPAllocation.subnet_id == sub.id).limit(1)).first():
             raise Conflict(f"Unable to complete operation on subnet {subnet_id}: "
@@ -305,7 +404,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     @app.get("/v2.0/ports")
     def list_ports() -> dict[str, Any]:
-        ctx = auth()
+        ctx = reader()
         query = select(Port).order_by(Port.created_at)
         if not ctx.is_admin:
             query = query.where(Port.project_id == ctx.project_id)
@@ -313,13 +412,37 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
                                        "tenant_id", "project_id", "mac_address"))
         return {"ports": [port_view(p, fixed_ips(p.id)) for p in session().scalars(query)]}
 
+    def port_attribute_rules(body: dict[str, Any], action: str) -> list[str]:
+        """The extra rules the attributes in ``body`` call for (Neutron's per-attribute rules)."""
+        rules = []
+        if privileged_device_owner(field(body, "device_owner", str, "")):
+            rules.append(f"{action}:device_owner")
+        if "binding:host_id" in body:
+            rules.append(f"{action}:binding:host_id")
+        if action == "network:create_port" and "mac_address" in body:
+            rules.append(f"{action}:mac_address")
+        return rules
+
     @app.post("/v2.0/ports")
     def create_port() -> dict[str, Any]:
+        ctx = writer()
         body = field(json_body(), "port", dict)
         net = load_network(field(body, "network_id", str))
+        target = child_target(_owner(ctx, body, "port"), net)
+        policy.enforce(ctx, "network:create_port", target)
+        for rule in port_attribute_rules(body, "network:create_port"):
+            policy.enforce(ctx, rule, target)
+        subnets = list(session().scalars(select(Subnet).where(Subnet.network_id == net.id)))
+        requested = field(body, "fixed_ips", list, None)
+        wanted = requested_ips(requested, subnets, net.id)
+        for sub, address in wanted:
+            if address is not None:
+                policy.enforce(ctx, "network:create_port:fixed_ips:ip_address", target)
+                if ipam.reserved(sub, address):
+                    policy.enforce(ctx, "network:create_port:fixed_ips:reserved", target)
         ts = now()
         port = Port(name=field(body, "name", str, ""), network_id=net.id,
-                    project_id=_owner(auth(), body, "port"),
+                    project_id=target["project_id"],
                     mac_address=field(body, "mac_address", str, _mac()),
                     device_id=field(body, "device_id", str, ""),
                     device_owner=field(body, "device_owner", str, ""),
@@ -333,56 +456,44 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         except IntegrityError:
             raise Conflict(f"MAC address {port.mac_address} is in use on network "
                            f"{net.id}.") from None
-        subnets = list(session().scalars(select(Subnet).where(Subnet.network_id == net.id)))
-        requested = field(body, "fixed_ips", list, None)
         if requested is None:
             for sub in subnets[:1]:
                 ipam.allocate(session(), sub, port.id)
-        else:
-            for i, ip in enumerate(requested):
-                if not isinstance(ip, dict):
-                    raise BadRequest(f"Invalid input for field 'fixed_ips[{i}]': an object.")
-                sub_id = ip.get("subnet_id")
-                candidates = [s for s in subnets if sub_id in (None, s.id)]
-                if not candidates:
-                    raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].subnet_id': "
-                                     f"no subnet {sub_id} on network {net.id}.")
-                address = ip.get("ip_address")
-                if address is not None:
-                    try:
-                        wanted = ipaddress.ip_address(str(address))
-                    except ValueError:
-                        raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].ip_address'"
-                                         f": {address!r} is not an IP address.") from None
-                    if sub_id is None:
-                        candidates = [s for s in subnets
-                                      if wanted in ipaddress.ip_network(s.cidr)] or candidates
-                ipam.allocate(session(), candidates[0], port.id,
-                              str(address) if address is not None else None)
+        for sub, address in wanted:
+            ipam.allocate(session(), sub, port.id, address)
         bottle.response.status = 201
         return {"port": port_view(port, fixed_ips(port.id))}
 
     @app.get("/v2.0/ports/<port_id>")
     def show_port(port_id: str) -> dict[str, Any]:
-        p = load_port(port_id)
+        p, _ = load_port(port_id)
         return {"port": port_view(p, fixed_ips(p.id))}
+
+    def writable_port(port_id: str, action: str) -> tuple[Port, dict[str, Any]]:
+        ctx = writer()
+        p, target = load_port(port_id)
+        policy.enforce(ctx, action, target)  # visible (a reader of its project): 403
+        return p, target
 
     @app.put("/v2.0/ports/<port_id>")
     def update_port(port_id: str) -> dict[str, Any]:
-        p = load_port(port_id)
+        p, target = writable_port(port_id, "network:update_port")
         body = field(json_body(), "port", dict)
+        for rule in port_attribute_rules(body, "network:update_port"):
+            policy.enforce(auth(), rule, target)
+        if "status" in body:
+            policy.enforce(auth(), "network:update_port:status", target)
         setters: dict[str, Callable[[Any], None]] = {
             "name": lambda v: setattr(p, "name", v),
             "description": lambda v: setattr(p, "description", v),
             "device_id": lambda v: setattr(p, "device_id", v),
             "device_owner": lambda v: setattr(p, "device_owner", v),
             "binding:host_id": lambda v: setattr(p, "host_id", v),
+            "status": lambda v: setattr(p, "status", v),
         }
         for key in body:
             if key == "admin_state_up":
                 p.admin_state_up = field(body, key, bool)
-            elif key == "status" and auth().is_admin:
-                p.status = field(body, key, str)
             elif key in setters:
                 setters[key](field(body, key, str))
             else:
@@ -392,7 +503,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     @app.delete("/v2.0/ports/<port_id>")
     def delete_port(port_id: str) -> None:
-        p = load_port(port_id)
+        p, _ = writable_port(port_id, "network:delete_port")
         session().execute(delete(IPAllocation).where(IPAllocation.port_id == p.id))
         session().delete(p)
 

@@ -32,6 +32,16 @@ def default_pool(cidr: str, gateway: str | None) -> tuple[str, str]:
     return str(ipaddress.ip_address(first)), str(ipaddress.ip_address(last))
 
 
+def reserved(subnet: Subnet, address: str) -> bool:
+    """True for the subnet's gateway and addresses outside its allocation pool: the ones
+    an automatic allocation never hands out, so only an administrator may ask for them."""
+    addr = int(ipaddress.ip_address(address))
+    first, last = pool_addresses(subnet)
+    gateway = subnet.gateway_ip
+    return not first <= addr <= last or (
+        gateway is not None and addr == int(ipaddress.ip_address(gateway)))
+
+
 def allocate(session: Session, subnet: Subnet, port_id: str, wanted: str | None = None) -> str:
     """Hold an address of ``subnet`` for ``port_id``: ``wanted`` or a free one."""
     if wanted is not None:
