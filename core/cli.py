@@ -20,6 +20,7 @@ import yaml
 
 from core.common.config import ConfigError, HavenConfig, defaults_yaml, load_config
 from core.common.db import Database
+from core.common.files import write_private
 from core.common.logs import setup_logging
 
 LOG = logging.getLogger(__name__)
@@ -56,9 +57,7 @@ def admin_password(cfg: HavenConfig) -> str:
     if path.exists():
         return path.read_text().strip()
     password = secrets.token_urlsafe(18)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password + "\n")
+    write_private(path, password + "\n")
     return password
 
 

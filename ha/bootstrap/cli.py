@@ -22,7 +22,7 @@ from ha.bootstrap.nodeconf import Secrets, write_node_files
 
 PLAN_KEYS = {"nodes", "vip", "vip_nic", "haven_config", "fence_agent", "fence_options",
              "hypervisors", "addresses", "cluster_name", "db_buffer_pool", "shared_dir",
-             "api_workers", "compute_overrides"}
+             "api_workers", "compute_overrides", "fence_password_files"}
 DEFAULT_SAVE = "/etc/haven/cluster-bootstrap.sh"
 
 
@@ -62,7 +62,8 @@ def load_plan(path: Path) -> ClusterPlan:
             db_buffer_pool=str(data.get("db_buffer_pool", "128M")),
             shared_dir=str(data["shared_dir"]) if data.get("shared_dir") else None,
             api_workers=int(data.get("api_workers", 2)),
-            compute_overrides=dict(data.get("compute_overrides") or {}))
+            compute_overrides=dict(data.get("compute_overrides") or {}),
+            fence_password_files=bool(data.get("fence_password_files", False)))
     except (TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{path}: {exc}") from None
 
@@ -149,7 +150,8 @@ def add_commands(sub: Any) -> None:
                            "configuration")
     p.add_argument("--plan", required=True, help=plan_help)
     p.add_argument("--secrets", required=True, help="YAML: db_password, bus_password, "
-                   "service_password, erlang_cookie (the same file on every node)")
+                   "service_password, erlang_cookie, fence_passwords (node: password, with "
+                   "the plan's fence_password_files); the same file on every node")
     p.add_argument("--node", required=True, help="this node's name in the plan")
     p.add_argument("--root", default="/", help="write under this directory (default /)")
     p.set_defaults(func=cmd_node_config)

@@ -10,13 +10,14 @@ explained in the comments the files carry, where an operator will read them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import yaml
 
-from ha.bootstrap.cib import ClusterPlan
+from core.common.files import write_private
+from ha.bootstrap.cib import ClusterPlan, fence_password_file
 
 GALERA_CNF = "/etc/mysql/mariadb.conf.d/90-haven-galera.cnf"
 RABBITMQ_CONF = "/etc/rabbitmq/rabbitmq.conf"
@@ -51,6 +52,7 @@ class Secrets:
     bus_password: str
     service_password: str
     erlang_cookie: str
+    fence_passwords: Mapping[str, str] = field(default_factory=dict)  # node -> its device's
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object]) -> Secrets:
@@ -58,9 +60,13 @@ class Secrets:
                                "erlang_cookie") if not data.get(k)]
         if missing:
             raise ValueError(f"secrets: {missing[0]}: required")
+        fence = data.get("fence_passwords") or {}
+        if not isinstance(fence, Mapping):
+            raise ValueError("secrets: fence_passwords: a mapping of node to password")
         return cls(db_password=str(data["db_password"]), bus_password=str(data["bus_password"]),
                    service_password=str(data["service_password"]),
-                   erlang_cookie=str(data["erlang_cookie"]))
+                   erlang_cookie=str(data["erlang_cookie"]),
+                   fence_passwords={str(k): str(v) for k, v in fence.items()})
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -70,10 +76,13 @@ class Secrets:
                    erlang_cookie=secrets.token_hex(16).upper())
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump({"db_password": self.db_password,
-                               "bus_password": self.bus_password,
-                               "service_password": self.service_password,
-                               "erlang_cookie": self.erlang_cookie})
+        data: dict[str, object] = {"db_password": self.db_password,
+                                   "bus_password": self.bus_password,
+                                   "service_password": self.service_password,
+                                   "erlang_cookie": self.erlang_cookie}
+        if self.fence_passwords:
+            data["fence_passwords"] = dict(self.fence_passwords)
+        return yaml.safe_dump(data)
 
 
 def galera_cnf(plan: ClusterPlan, node: str) -> str:
@@ -165,13 +174,21 @@ def node_files(plan: ClusterPlan, node: str, secrets: Secrets) -> dict[str, tupl
     """Every file of one node: path -> (content, mode)."""
     if node not in plan.nodes:
         raise ValueError(f"{node}: not a node of the plan ({', '.join(plan.nodes)})")
-    return {
+    files = {
         GALERA_CNF: (galera_cnf(plan, node), 0o644),
         RABBITMQ_CONF: (rabbitmq_conf(secrets), 0o640),
         RABBITMQ_ADVANCED: (rabbitmq_advanced(), 0o640),
         ERLANG_COOKIE: (secrets.erlang_cookie, 0o400),
         plan.haven_config: (haven_config(plan, node, secrets), 0o640),
     }
+    if plan.fence_password_files:
+        # every node may run any other node's fence device: each gets them all
+        missing = [n for n in plan.nodes if not secrets.fence_passwords.get(n)]
+        if missing:
+            raise ValueError(f"secrets: fence_passwords: no password for {', '.join(missing)}")
+        for other in plan.nodes:
+            files[fence_password_file(other)] = (secrets.fence_passwords[other] + "\n", 0o600)
+    return files
 
 
 def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, root: Path) -> list[Path]:
@@ -179,21 +196,18 @@ def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, root: Path)
     belong to its user, as the broker refuses a cookie anyone else can read."""
     import contextlib
     import grp
-    import os
     import pwd
 
+    owner: tuple[int, int] | None = None
+    # no rabbitmq user: the package is not installed here; nothing to own
+    with contextlib.suppress(KeyError):
+        owner = (pwd.getpwnam("rabbitmq").pw_uid, grp.getgrnam("rabbitmq").gr_gid)
     written = []
     for path, (content, mode) in node_files(plan, node, secrets).items():
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)  # the cookie is read-only: replace, don't rewrite
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-        if "rabbitmq" in path:
-            # no rabbitmq user: the package is not installed here; nothing to own
-            with contextlib.suppress(KeyError):
-                os.chown(target, pwd.getpwnam("rabbitmq").pw_uid,
-                         grp.getgrnam("rabbitmq").gr_gid)
+        # a new file with its mode (and owner) from the start, renamed over the old
+        # one: a read-only cookie is replaced, and no secret is ever readable by others
+        write_private(target, content, mode, owner if "rabbitmq" in path else None)
         written.append(target)
     return written

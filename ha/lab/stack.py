@@ -17,7 +17,6 @@ the client are kept in ``LAB_DIR/stack``.
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
 import shutil
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from core.common.files import write_private
 from ha.bootstrap.cib import ClusterPlan
 from ha.bootstrap.nodeconf import API_PORTS, Secrets, write_node_files
 from ha.lab import config, node, state
@@ -37,6 +37,7 @@ VIP_HOST = 100  # .100 of the lab subnet
 CLIENT_HOST = 2  # the bridge's address: where lab clients run from
 HAVEN_BINARY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "haven"
 CLOUD = "haven-lab"
+ADMIN_PASSWORD_FILE = "/var/lib/haven/admin-password"  # where `haven bootstrap` reads it
 
 
 @dataclass(frozen=True)
@@ -140,12 +141,6 @@ def client_env(lab_dir: Path) -> dict[str, str]:
             "PATH": f"{HAVEN_BINARY.parent}:{CLEAN_ENV['PATH']}"}
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-
-
 def _fernet_keys(target: Path) -> None:
     from core.common.tokens import KeyRepository
 
@@ -168,8 +163,8 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     plan = lab_plan(st, p.shared)
     p.plan.write_text(plan_yaml(plan))
     if not p.secrets.exists():
-        _write_private(p.secrets, Secrets.generate().to_yaml())
-        _write_private(p.admin_password, secrets.token_urlsafe(18) + "\n")
+        write_private(p.secrets, Secrets.generate().to_yaml())
+        write_private(p.admin_password, secrets.token_urlsafe(18) + "\n")
     shared = Secrets.from_mapping(yaml.safe_load(p.secrets.read_text()))
     password = p.admin_password.read_text().strip()
     if not p.fernet_keys.is_dir():
@@ -184,12 +179,15 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     progress(f"node configuration written for {', '.join(plan.nodes)}")
     client = f"{host_address(st.subnet, CLIENT_HOST)}/{config.prefix_length(st.subnet)}"
     run(["ip", "-n", st.switch_ns, "addr", "replace", client, "dev", st.bridge])
-    p.clouds_yaml.write_text(clouds_yaml(vip_address(st), password))
+    write_private(p.clouds_yaml, clouds_yaml(vip_address(st), password))
     first = st.nodes[plan.nodes[0]]
+    # `haven bootstrap` takes the admin password from the node's state directory (a
+    # variable set by `env` would be in that command's arguments)
+    write_private(config.node_source(node.root_dir(lab_dir, first.name), ADMIN_PASSWORD_FILE),
+                  password + "\n")
     progress(f"haven cluster bootstrap on {first.name} (Galera, RabbitMQ, Haven, VIP)")
-    result = node.exec_in(first, ["env", f"HAVEN_ADMIN_PASSWORD={password}", str(HAVEN_BINARY),
-                                  "cluster", "bootstrap", "--plan", str(p.plan),
-                                  "--save", str(p.script)],
+    result = node.exec_in(first, [str(HAVEN_BINARY), "cluster", "bootstrap", "--plan",
+                                  str(p.plan), "--save", str(p.script)],
                           timeout=timeout, check=False)
     (p.root / "bootstrap.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:

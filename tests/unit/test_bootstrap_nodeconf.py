@@ -12,7 +12,7 @@ import yaml
 
 from core.common.config import load_config
 from ha.bootstrap import nodeconf
-from ha.bootstrap.cib import ClusterPlan
+from ha.bootstrap.cib import ClusterPlan, Fed
 from ha.bootstrap.run import Bootstrap, BootstrapError, database_commands
 
 PLAN = ClusterPlan(nodes=("n1", "n2", "n3"), vip="10.9.0.100/24", vip_nic="eth0",
@@ -63,8 +63,9 @@ def test_node_files_refuse_a_stranger_and_the_cookie_is_private(tmp_path: Path) 
 
 
 def test_database_commands_quote_the_password_and_need_one() -> None:
-    sql = database_commands(PLAN, "haven", "mysql+pymysql://haven:d%27b@h/haven")[0][2]
-    assert "IDENTIFIED BY 'd\\'b'" in sql
+    fed = database_commands(PLAN, "haven", "mysql+pymysql://haven:d%27b@h/haven")[0]
+    assert isinstance(fed, Fed) and fed.argv == ["mysql", "--batch"]
+    assert "IDENTIFIED BY 'd\\'b'" in fed.stdin
     with pytest.raises(BootstrapError, match="user and a password"):
         database_commands(PLAN, "haven", "mysql+pymysql://h/haven")
 
