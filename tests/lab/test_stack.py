@@ -38,7 +38,7 @@ TIMINGS: dict[str, str] = {}
 def lab(request: pytest.FixtureRequest) -> Iterator[StackLab]:
     if not TINY.is_file():
         subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
-                        str(TINY.parent)], check=True, timeout=600)
+                        "--out", str(TINY.parent)], check=True, timeout=600)
     with lab_session(request, LAB_DIR, "stack lab", TIMINGS):
         report = lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
         TIMINGS["haven lab up --libvirt"] = f"{report.seconds_total:.1f} s"
