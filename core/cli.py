@@ -156,8 +156,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 1:
         raise UsageError("--workers and --threads must be at least 1")
     setup_logging(cfg.log.level, cfg.log.file)
+    tls = (str(cfg.tls.cert_file), str(cfg.tls.key_file)) if cfg.tls.enabled else None
     serve_gunicorn(app_factory(cfg, args.service), args.listen or listen_of(cfg, args.service),
-                   args.workers, args.threads, args.service)
+                   args.workers, args.threads, args.service, tls)
     return 0
 
 
@@ -190,6 +191,10 @@ def cmd_all_in_one(args: argparse.Namespace) -> int:
     from core.allinone import run_all_in_one
 
     cfg = config_from_args(args)
+    if cfg.tls.enabled:
+        # its servers speak plain http: a catalog of https endpoints would be a lie
+        raise UsageError("tls: the all-in-one serves plain http on its own host; tls is "
+                         "for cluster nodes (haven serve)")
     cfg.state_path.mkdir(parents=True, exist_ok=True)
     return run_all_in_one(cfg, Path(args.clouds_yaml).expanduser(), admin_password(cfg),
                           with_compute=not args.no_compute)

@@ -18,6 +18,7 @@ import yaml
 
 from core.common.files import write_private
 from ha.bootstrap.cib import ClusterPlan, fence_password_file
+from ha.bootstrap.tls import ClusterCA
 
 GALERA_CNF = "/etc/mysql/mariadb.conf.d/90-haven-galera.cnf"
 RABBITMQ_CONF = "/etc/rabbitmq/rabbitmq.conf"
@@ -40,6 +41,11 @@ NET_TICKTIME_S = 10
 GALERA_PROVIDER_OPTIONS = ("evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S;"
                            "evs.keepalive_period=PT1S;evs.install_timeout=PT6S;"
                            "gmcast.peer_timeout=PT3S")
+# The cluster CA's certificate and this node's certificate and key (ha/bootstrap/tls.py)
+TLS_DIR = "/etc/haven/tls"
+TLS_CA = f"{TLS_DIR}/ca.crt"
+TLS_CERT = f"{TLS_DIR}/node.crt"
+TLS_KEY = f"{TLS_DIR}/node.key"
 API_PORTS: Mapping[str, int] = {"identity": 5000, "compute": 8774, "image": 9292,
                                 "network": 9696}
 
@@ -153,6 +159,9 @@ def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
                 "urls": [f"amqp://{BUS_USER}:{quote(secrets.bus_password, safe='')}@{b}:5672/%2F"
                          for b in brokers]},
         "catalog": {"public_host": vip},
+        # every API over https with this node's certificate; every client verifies
+        # against the cluster CA
+        "tls": {"cert_file": TLS_CERT, "key_file": TLS_KEY, "ca_file": TLS_CA},
         "service_user": {"password": secrets.service_password},
         "identity": {"listen": f"0.0.0.0:{API_PORTS['identity']}"},
         "compute": {"listen": f"0.0.0.0:{API_PORTS['compute']}", "host": node},
@@ -170,11 +179,26 @@ def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
-def node_files(plan: ClusterPlan, node: str, secrets: Secrets) -> dict[str, tuple[str, int]]:
+def node_names(plan: ClusterPlan, node: str) -> list[str]:
+    """Every name a client may reach this node's services by: the certificate's SANs.
+    The VIP (whoever holds it answers for it) and loopback (the node's own health
+    checks) included."""
+    return [node, plan.address_of(node), plan.vip.split("/", 1)[0], "localhost", "127.0.0.1"]
+
+
+def tls_files(plan: ClusterPlan, node: str, ca: ClusterCA) -> dict[str, tuple[str, int]]:
+    key, cert = ca.issue(node, node_names(plan, node))
+    return {TLS_CA: (ca.cert_pem.decode(), 0o644), TLS_CERT: (cert.decode(), 0o644),
+            TLS_KEY: (key.decode(), 0o600)}
+
+
+def node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA
+               ) -> dict[str, tuple[str, int]]:
     """Every file of one node: path -> (content, mode)."""
     if node not in plan.nodes:
         raise ValueError(f"{node}: not a node of the plan ({', '.join(plan.nodes)})")
     files = {
+        **tls_files(plan, node, ca),
         GALERA_CNF: (galera_cnf(plan, node), 0o644),
         RABBITMQ_CONF: (rabbitmq_conf(secrets), 0o640),
         RABBITMQ_ADVANCED: (rabbitmq_advanced(), 0o640),
@@ -191,7 +215,8 @@ def node_files(plan: ClusterPlan, node: str, secrets: Secrets) -> dict[str, tupl
     return files
 
 
-def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, root: Path) -> list[Path]:
+def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA,
+                     root: Path) -> list[Path]:
     """Write ``node_files`` under ``root`` (``/`` on a real node); RabbitMQ's files
     belong to its user, as the broker refuses a cookie anyone else can read."""
     import contextlib
@@ -203,7 +228,7 @@ def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, root: Path)
     with contextlib.suppress(KeyError):
         owner = (pwd.getpwnam("rabbitmq").pw_uid, grp.getgrnam("rabbitmq").gr_gid)
     written = []
-    for path, (content, mode) in node_files(plan, node, secrets).items():
+    for path, (content, mode) in node_files(plan, node, secrets, ca).items():
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         # a new file with its mode (and owner) from the start, renamed over the old

@@ -29,6 +29,7 @@ import yaml
 from core.common.files import write_private
 from ha.bootstrap.cib import ClusterPlan
 from ha.bootstrap.nodeconf import API_PORTS, Secrets, write_node_files
+from ha.bootstrap.tls import CA_CERT, load_or_create_ca
 from ha.lab import config, node, state
 from ha.lab.commands import LabError, run
 from ha.lab.network import NODE_IFNAME
@@ -63,6 +64,11 @@ class StackPaths:
     @property
     def clouds_yaml(self) -> Path:
         return self.root / "clouds.yaml"
+
+    @property
+    def ca(self) -> Path:
+        """The cluster CA (ca.crt is what clients verify the APIs with)."""
+        return self.root / "ca"
 
     @property
     def fernet_keys(self) -> Path:
@@ -120,11 +126,16 @@ def plan_yaml(plan: ClusterPlan) -> str:
     }, sort_keys=False)
 
 
-def clouds_yaml(vip: str, password: str) -> str:
+def auth_url(st: state.LabState) -> str:
+    return f"https://{vip_address(st)}:{API_PORTS['identity']}/v3"
+
+
+def clouds_yaml(auth: str, password: str, cacert: Path) -> str:
     return yaml.safe_dump({"clouds": {CLOUD: {
-        "auth": {"auth_url": f"http://{vip}:{API_PORTS['identity']}/v3", "username": "admin",
+        "auth": {"auth_url": auth, "username": "admin",
                  "password": password, "project_name": "admin",
                  "user_domain_name": "Default", "project_domain_name": "Default"},
+        "cacert": str(cacert),
         "region_name": "RegionOne", "identity_api_version": 3}}})
 
 
@@ -169,9 +180,10 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     password = p.admin_password.read_text().strip()
     if not p.fernet_keys.is_dir():
         _fernet_keys(p.fernet_keys)
+    ca = load_or_create_ca(p.ca, plan.cluster_name)
     for name in plan.nodes:
         root = node.root_dir(lab_dir, name)
-        write_node_files(plan, name, shared, root)
+        write_node_files(plan, name, shared, ca, root)
         keys = config.node_source(root, "/var/lib/haven") / "fernet-keys"
         if keys.exists():
             shutil.rmtree(keys)
@@ -179,7 +191,7 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     progress(f"node configuration written for {', '.join(plan.nodes)}")
     client = f"{host_address(st.subnet, CLIENT_HOST)}/{config.prefix_length(st.subnet)}"
     run(["ip", "-n", st.switch_ns, "addr", "replace", client, "dev", st.bridge])
-    write_private(p.clouds_yaml, clouds_yaml(vip_address(st), password))
+    write_private(p.clouds_yaml, clouds_yaml(auth_url(st), password, p.ca / CA_CERT))
     first = st.nodes[plan.nodes[0]]
     # `haven bootstrap` takes the admin password from the node's state directory (a
     # variable set by `env` would be in that command's arguments)

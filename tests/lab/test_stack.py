@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ha.bootstrap import nodeconf
 from ha.lab import faults, lifecycle, node, stack, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
@@ -76,6 +77,21 @@ def test_the_stack_runs_everywhere_and_openstack_works_through_the_vip(lab: Stac
     assert lab.sql("node1", "SELECT COUNT(*) FROM instances WHERE deleted = 0") == ["0"]
 
 
+def test_the_apis_are_https_only_and_verified_with_the_cluster_ca(lab: StackLab) -> None:
+    """Issue 9: every endpoint in the catalog is https at the VIP, a plain-http
+    request to an API port gets no answer, and a client that does not trust the
+    cluster CA is refused (the openstack CLI above trusts it through clouds.yaml)."""
+    lab.wait_stack(NODES, 120)
+    vip = stack.vip_address(lab.state())
+    ports = [str(p) for p in nodeconf.API_PORTS.values()]
+    probe = json.loads(lab.client(sys.executable, "-m", "tests.lab.tls_probe",
+                                  str(stack.paths(LAB_DIR).clouds_yaml), vip, *ports).stdout)
+    assert probe["catalog"] and all(u.startswith(f"https://{vip}:") for u in probe["catalog"])
+    assert sorted(probe["plain_http"]) == sorted(ports)
+    assert "answered" not in probe["plain_http"].values(), probe
+    assert probe["untrusted_https"] == {p: "SSLError" for p in ports}
+
+
 def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> None:
     lab.wait_stack(NODES, 120)
     victim = "node2"
@@ -89,9 +105,10 @@ def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> No
     assert failure.task == "monitor"
     # A new process answers, and the status says what happened until cleaned up.
     nd = lab.state().nodes[victim]
-    health = node.exec_in(nd, ["python3", "-c", "import urllib.request; urllib.request."
-                               "urlopen('http://127.0.0.1:5000/healthcheck', timeout=5)"],
-                          check=False)
+    health = node.exec_in(nd, ["python3", "-c", "import ssl, urllib.request; urllib.request."
+                               "urlopen('https://127.0.0.1:5000/healthcheck', timeout=5, "
+                               "context=ssl.create_default_context(cafile="
+                               f"'{nodeconf.TLS_CA}'))"], check=False)
     assert health.returncode == 0, health.stderr
     status = node.exec_in(nd, ["crm_mon", "-1"]).stdout
     assert "haven-identity" in status and "Failed Resource Actions" in status
@@ -108,11 +125,12 @@ def test_power_loss_of_the_vip_node_under_load_loses_no_acknowledged_write(
     fences_before = len(lab.fences(victim))
     log = tmp_path / "churn.jsonl"
     password = stack.paths(LAB_DIR).admin_password.read_text().strip()
-    auth_url = f"http://{stack.vip_address(lab.state())}:5000/v3"
+    auth_url = stack.auth_url(lab.state())
     churn = subprocess.Popen(
         stack.client_argv(lab.state(), [sys.executable, "-m", "tests.lab.vip_client", "churn",
                                         auth_url, password, str(log), "45"]),
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),
+                       "REQUESTS_CA_BUNDLE": str(stack.paths(LAB_DIR).ca / "ca.crt")})
     try:
         wait_until(lambda: log.exists() and len(log.read_text().splitlines()) > 50, 60,
                    "the client to get going")

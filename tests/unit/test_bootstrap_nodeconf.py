@@ -14,6 +14,7 @@ from core.common.config import load_config
 from ha.bootstrap import nodeconf
 from ha.bootstrap.cib import ClusterPlan, Fed
 from ha.bootstrap.run import Bootstrap, BootstrapError, database_commands
+from ha.bootstrap.tls import new_ca
 
 PLAN = ClusterPlan(nodes=("n1", "n2", "n3"), vip="10.9.0.100/24", vip_nic="eth0",
                    addresses={"n1": "10.9.0.1", "n2": "10.9.0.2", "n3": "10.9.0.3"},
@@ -21,6 +22,7 @@ PLAN = ClusterPlan(nodes=("n1", "n2", "n3"), vip="10.9.0.100/24", vip_nic="eth0"
                    compute_overrides={"heartbeat_interval": 2})
 SECRETS = nodeconf.Secrets(db_password="d'b", bus_password="b", service_password="s",
                            erlang_cookie="COOKIE")
+CA = new_ca("test")
 
 
 def test_galera_config_names_every_member_and_the_fast_eviction_timeouts() -> None:
@@ -47,6 +49,8 @@ def test_haven_config_is_valid_uses_the_local_database_every_broker_and_the_vip(
     assert [u.split("@")[1] for u in cfg.bus.urls] == ["n2:5672/%2F", "n1:5672/%2F",
                                                         "n3:5672/%2F"]
     assert cfg.catalog.public_host == "10.9.0.100"
+    assert (cfg.tls.scheme, cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file) == (
+        "https", nodeconf.TLS_CA, nodeconf.TLS_CERT, nodeconf.TLS_KEY)
     assert cfg.compute.instances_dir == "/srv/haven/instances"
     assert cfg.compute.heartbeat_interval == 2  # n2 is a hypervisor: overrides apply
     other = yaml.safe_load(nodeconf.haven_config(PLAN, "n1", SECRETS))
@@ -55,11 +59,11 @@ def test_haven_config_is_valid_uses_the_local_database_every_broker_and_the_vip(
 
 def test_node_files_refuse_a_stranger_and_the_cookie_is_private(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a node"):
-        nodeconf.node_files(PLAN, "n9", SECRETS)
-    written = nodeconf.write_node_files(PLAN, "n1", SECRETS, tmp_path)
+        nodeconf.node_files(PLAN, "n9", SECRETS, CA)
+    written = nodeconf.write_node_files(PLAN, "n1", SECRETS, CA, tmp_path)
     cookie = tmp_path / nodeconf.ERLANG_COOKIE.lstrip("/")
     assert cookie in written and oct(cookie.stat().st_mode & 0o777) == "0o400"
-    nodeconf.write_node_files(PLAN, "n1", SECRETS, tmp_path)  # rewriting a 0400 file works
+    nodeconf.write_node_files(PLAN, "n1", SECRETS, CA, tmp_path)  # rewriting a 0400 file works
 
 
 def test_database_commands_quote_the_password_and_need_one() -> None:

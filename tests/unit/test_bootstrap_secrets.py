@@ -21,6 +21,7 @@ from ha.bootstrap import nodeconf
 from ha.bootstrap.cib import ClusterPlan
 from ha.bootstrap.cli import load_plan
 from ha.bootstrap.run import Bootstrap, save_script, stages
+from ha.bootstrap.tls import new_ca
 
 NODES = ("n1", "n2", "n3")
 DB_PASSWORD = "dbpass-7f3a'word\\x"  # quotes and backslashes: escaped in SQL
@@ -106,14 +107,14 @@ def test_the_bootstrap_puts_no_secret_in_any_command_line(tmp_path: Path) -> Non
 def test_node_config_writes_each_fence_password_privately_on_every_node(
         tmp_path: Path) -> None:
     for node in NODES:
-        nodeconf.write_node_files(PLAN, node, SECRETS, tmp_path / node)
+        nodeconf.write_node_files(PLAN, node, SECRETS, new_ca("t"), tmp_path / node)
         for fenced in NODES:
             path = tmp_path / node / "etc/haven/fence" / f"{fenced}.password"
             assert path.read_text() == FENCE[fenced] + "\n"
             assert oct(path.stat().st_mode & 0o777) == "0o600"
     short = nodeconf.Secrets(**{**SECRETS.__dict__, "fence_passwords": {"n1": "x"}})
     with pytest.raises(ValueError, match="no password for n2, n3"):
-        nodeconf.node_files(PLAN, "n1", short)
+        nodeconf.node_files(PLAN, "n1", short, new_ca("t"))
 
 
 @pytest.mark.parametrize("key", ["password", "passwd"])
