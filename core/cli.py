@@ -138,7 +138,8 @@ def app_factory(cfg: HavenConfig, service: str) -> Callable[[], Any]:
         from core.common.bus import make_bus
         from core.compute.api import create_app as compute_app
 
-        return compute_app(cfg, db, make_bus(cfg.bus.driver, cfg.bus.urls, "compute-api"))
+        return compute_app(cfg, db, make_bus(cfg.bus.driver, cfg.bus.urls, "compute-api",
+                                                 cfg.tls.ca_file))
 
     return factory
 
@@ -175,7 +176,7 @@ def cmd_compute_agent(args: argparse.Namespace) -> int:
         raise UsageError("the compute agent runs in its own process: set bus.driver to amqp "
                          "(the local bus only works inside the all-in-one)")
     db = open_database(cfg)
-    bus = make_bus(cfg.bus.driver, cfg.bus.urls, f"compute-{cfg.compute_host}")
+    bus = make_bus(cfg.bus.driver, cfg.bus.urls, f"compute-{cfg.compute_host}", cfg.tls.ca_file)
     agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,
                                                       cfg.compute.virt_type))
     agent.start()

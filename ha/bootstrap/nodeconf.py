@@ -46,6 +46,9 @@ TLS_DIR = "/etc/haven/tls"
 TLS_CA = f"{TLS_DIR}/ca.crt"
 TLS_CERT = f"{TLS_DIR}/node.crt"
 TLS_KEY = f"{TLS_DIR}/node.key"
+# RabbitMQ's copies (it runs as its own user, and must be able to read its key)
+RABBITMQ_TLS_DIR = "/etc/rabbitmq/tls"
+AMQPS_PORT = 5671
 API_PORTS: Mapping[str, int] = {"identity": 5000, "compute": 8774, "image": 9292,
                                 "network": 9696}
 
@@ -122,9 +125,25 @@ wsrep_provider_options = "{GALERA_PROVIDER_OPTIONS}"
 """
 
 
+def rabbitmq_tls_conf(tls_dir: str, listen: str) -> str:
+    """The broker's AMQPS listener (``listen``: a port, or address:port)."""
+    return f"""listeners.ssl.default = {listen}
+ssl_options.cacertfile = {tls_dir}/ca.crt
+ssl_options.certfile = {tls_dir}/node.crt
+ssl_options.keyfile = {tls_dir}/node.key
+ssl_options.verify = verify_peer
+# clients authenticate with the password; a client certificate is not required
+ssl_options.fail_if_no_peer_cert = false
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
+"""
+
+
 def rabbitmq_conf(secrets: Secrets) -> str:
     return f"""# Written by `haven cluster node-config`: RabbitMQ for Haven.
-listeners.tcp.default = 5672
+# AMQP over TLS only (the cluster CA's certificates); no plain-text listener.
+listeners.tcp = none
+{rabbitmq_tls_conf(RABBITMQ_TLS_DIR, str(AMQPS_PORT))}
 # Pacemaker's rabbitmq-cluster agent wipes a node's database on every start; a
 # node that starts first makes this user again, a joining node gets the
 # cluster's. Haven only ever talks to the broker as this user.
@@ -156,8 +175,8 @@ def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
         "database": {"url": f"mysql+pymysql://{DB_USER}:{quote(secrets.db_password, safe='')}@"
                             f"{plan.address_of(node)}/{DB_NAME}?charset=utf8mb4"},
         "bus": {"driver": "amqp",
-                "urls": [f"amqp://{BUS_USER}:{quote(secrets.bus_password, safe='')}@{b}:5672/%2F"
-                         for b in brokers]},
+                "urls": [f"amqps://{BUS_USER}:{quote(secrets.bus_password, safe='')}@{b}:"
+                         f"{AMQPS_PORT}/%2F" for b in brokers]},
         "catalog": {"public_host": vip},
         # every API over https with this node's certificate; every client verifies
         # against the cluster CA
@@ -187,9 +206,14 @@ def node_names(plan: ClusterPlan, node: str) -> list[str]:
 
 
 def tls_files(plan: ClusterPlan, node: str, ca: ClusterCA) -> dict[str, tuple[str, int]]:
+    """The node's certificate and key, for Haven and (as its own user's) RabbitMQ."""
     key, cert = ca.issue(node, node_names(plan, node))
-    return {TLS_CA: (ca.cert_pem.decode(), 0o644), TLS_CERT: (cert.decode(), 0o644),
-            TLS_KEY: (key.decode(), 0o600)}
+    files = {}
+    for directory in (TLS_DIR, RABBITMQ_TLS_DIR):
+        files[f"{directory}/ca.crt"] = (ca.cert_pem.decode(), 0o644)
+        files[f"{directory}/node.crt"] = (cert.decode(), 0o644)
+        files[f"{directory}/node.key"] = (key.decode(), 0o600)
+    return files
 
 
 def node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA

@@ -92,6 +92,32 @@ def test_the_apis_are_https_only_and_verified_with_the_cluster_ca(lab: StackLab)
     assert probe["untrusted_https"] == {p: "SSLError" for p in ports}
 
 
+BROKER_PROBE = """
+import socket, ssl, sys
+host, tls_port, plain_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(cafile=cafile)
+with socket.create_connection((host, tls_port), timeout=10) as raw:
+    with ctx.wrap_socket(raw, server_hostname=host) as tls:
+        print(tls.version())
+try:
+    socket.create_connection((host, plain_port), timeout=10).close()
+    print("plain-open")
+except OSError:
+    print("plain-closed")
+"""
+
+
+def test_the_brokers_speak_amqp_over_tls_only(lab: StackLab) -> None:
+    """Issue 9: each broker's AMQP listener is TLS with a certificate of the
+    cluster CA for its node name, and the plain-text port is closed."""
+    lab.wait_stack(NODES, 120)
+    for name in NODES:
+        out = node.exec_in(lab.state().nodes["node1"], [
+            "python3", "-c", BROKER_PROBE, name, str(nodeconf.AMQPS_PORT), "5672",
+            nodeconf.TLS_CA]).stdout.split()
+        assert out[0] in ("TLSv1.2", "TLSv1.3") and out[1] == "plain-closed", (name, out)
+
+
 def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> None:
     lab.wait_stack(NODES, 120)
     victim = "node2"

@@ -46,8 +46,9 @@ def test_haven_config_is_valid_uses_the_local_database_every_broker_and_the_vip(
     cfg = load_config(str(path))  # the real loader: unknown keys or bad types would fail
     assert cfg.database.url is not None and "@10.9.0.2/haven" in cfg.database.url
     assert "haven:d%27b@" in cfg.database.url  # passwords are URL-quoted
-    assert [u.split("@")[1] for u in cfg.bus.urls] == ["n2:5672/%2F", "n1:5672/%2F",
-                                                        "n3:5672/%2F"]
+    assert [u.split("@")[1] for u in cfg.bus.urls] == ["n2:5671/%2F", "n1:5671/%2F",
+                                                        "n3:5671/%2F"]
+    assert all(u.startswith("amqps://") for u in cfg.bus.urls)  # TLS to every broker
     assert cfg.catalog.public_host == "10.9.0.100"
     assert (cfg.tls.scheme, cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file) == (
         "https", nodeconf.TLS_CA, nodeconf.TLS_CERT, nodeconf.TLS_KEY)
