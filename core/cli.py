@@ -45,7 +45,8 @@ def config_from_args(args: argparse.Namespace) -> HavenConfig:
 
 def open_database(cfg: HavenConfig) -> Database:
     cfg.state_path.mkdir(parents=True, exist_ok=True)
-    return Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries)
+    return Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries,
+                    cfg.database.ssl_ca)
 
 
 def admin_password(cfg: HavenConfig) -> str:

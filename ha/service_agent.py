@@ -284,7 +284,7 @@ class HavenServiceAgent:
         from core.compute.models import ComputeService
 
         cfg = self.load_config()
-        db = Database(cfg.database_url, pool_size=1, max_retries=0)
+        db = Database(cfg.database_url, pool_size=1, max_retries=0, ssl_ca=cfg.database.ssl_ca)
         try:
             row = db.run_in_transaction(lambda s: s.scalars(select(ComputeService).where(
                 ComputeService.host == cfg.compute_host)).first())

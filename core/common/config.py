@@ -80,6 +80,9 @@ class DatabaseConfig:
             _database_url,
         ),
     )
+    ssl_ca: str | None = field(default=None, metadata=_doc(
+        "CA file to verify a MariaDB server's certificate with: every connection is TLS, "
+        "the server's certificate checked against it and its name. Unset: no TLS."))
     pool_size: int = field(default=5, metadata=_doc("Connections kept per process.", _at_least(1)))
     max_retries: int = field(
         default=10,

@@ -46,8 +46,12 @@ TLS_DIR = "/etc/haven/tls"
 TLS_CA = f"{TLS_DIR}/ca.crt"
 TLS_CERT = f"{TLS_DIR}/node.crt"
 TLS_KEY = f"{TLS_DIR}/node.key"
-# RabbitMQ's copies (it runs as its own user, and must be able to read its key)
+# RabbitMQ's and MariaDB's copies (each runs as its own user and must read its key)
 RABBITMQ_TLS_DIR = "/etc/rabbitmq/tls"
+MYSQL_TLS_DIR = "/etc/mysql/tls"
+# Who owns what node-config writes under a directory (the others: root)
+OWNERS: Mapping[str, str] = {"/etc/rabbitmq/": "rabbitmq", "/var/lib/rabbitmq/": "rabbitmq",
+                             f"{MYSQL_TLS_DIR}/": "mysql"}
 AMQPS_PORT = 5671
 API_PORTS: Mapping[str, int] = {"identity": 5000, "compute": 8774, "image": 9292,
                                 "network": 9696}
@@ -94,6 +98,23 @@ class Secrets:
         return yaml.safe_dump(data)
 
 
+def mariadb_tls_conf(tls_dir: str) -> str:
+    """[mysqld] lines: clients over TCP (Haven) must use TLS, with the node's certificate.
+    Local socket connections (the galera agent, an operator's mysql) are not TCP."""
+    return f"""# Clients over TCP (Haven) must use TLS; local socket connections are not TCP.
+ssl_ca = {tls_dir}/ca.crt
+ssl_cert = {tls_dir}/node.crt
+ssl_key = {tls_dir}/node.key
+require_secure_transport = ON
+"""
+
+
+def galera_tls_options() -> str:
+    """Galera's group communication and IST over TLS (socket.ssl is then on)."""
+    return (f"socket.ssl_key={MYSQL_TLS_DIR}/node.key;socket.ssl_cert={MYSQL_TLS_DIR}/node.crt;"
+            f"socket.ssl_ca={MYSQL_TLS_DIR}/ca.crt")
+
+
 def galera_cnf(plan: ClusterPlan, node: str) -> str:
     address = plan.address_of(node)
     members = ",".join(plan.nodes)
@@ -109,7 +130,7 @@ innodb_buffer_pool_size = {plan.db_buffer_pool}
 innodb_flush_log_at_trx_commit = 1
 performance_schema = OFF
 skip-name-resolve = ON
-
+{mariadb_tls_conf(MYSQL_TLS_DIR)}
 [galera]
 wsrep_on = ON
 wsrep_provider = /usr/lib/galera/libgalera_smm.so
@@ -120,8 +141,17 @@ wsrep_cluster_address = gcomm://{members}
 wsrep_node_name = {node}
 wsrep_node_address = {address}
 wsrep_sst_method = rsync
-# Fast eviction of a dead member (see ha/bootstrap/nodeconf.py for the why):
-wsrep_provider_options = "{GALERA_PROVIDER_OPTIONS}"
+# Fast eviction of a dead member (see ha/bootstrap/nodeconf.py for the why), and
+# replication and incremental state transfer over TLS with the cluster CA:
+wsrep_provider_options = "{GALERA_PROVIDER_OPTIONS};{galera_tls_options()}"
+
+[sst]
+# Full state transfers (rsync) through stunnel, the peer verified against the
+# cluster CA; without stunnel the transfer fails instead of going in clear text.
+tkey = {MYSQL_TLS_DIR}/node.key
+tcert = {MYSQL_TLS_DIR}/node.crt
+tca = {MYSQL_TLS_DIR}/ca.crt
+ssl-mode = VERIFY_CA
 """
 
 
@@ -173,7 +203,9 @@ def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
     data: dict[str, object] = {
         "state_dir": "/var/lib/haven",
         "database": {"url": f"mysql+pymysql://{DB_USER}:{quote(secrets.db_password, safe='')}@"
-                            f"{plan.address_of(node)}/{DB_NAME}?charset=utf8mb4"},
+                            f"{plan.address_of(node)}/{DB_NAME}?charset=utf8mb4",
+                     # TLS to the database, its certificate checked against the CA
+                     "ssl_ca": TLS_CA},
         "bus": {"driver": "amqp",
                 "urls": [f"amqps://{BUS_USER}:{quote(secrets.bus_password, safe='')}@{b}:"
                          f"{AMQPS_PORT}/%2F" for b in brokers]},
@@ -209,7 +241,7 @@ def tls_files(plan: ClusterPlan, node: str, ca: ClusterCA) -> dict[str, tuple[st
     """The node's certificate and key, for Haven and (as its own user's) RabbitMQ."""
     key, cert = ca.issue(node, node_names(plan, node))
     files = {}
-    for directory in (TLS_DIR, RABBITMQ_TLS_DIR):
+    for directory in (TLS_DIR, RABBITMQ_TLS_DIR, MYSQL_TLS_DIR):
         files[f"{directory}/ca.crt"] = (ca.cert_pem.decode(), 0o644)
         files[f"{directory}/node.crt"] = (cert.decode(), 0o644)
         files[f"{directory}/node.key"] = (key.decode(), 0o600)
@@ -241,22 +273,26 @@ def node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA
 
 def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA,
                      root: Path) -> list[Path]:
-    """Write ``node_files`` under ``root`` (``/`` on a real node); RabbitMQ's files
-    belong to its user, as the broker refuses a cookie anyone else can read."""
+    """Write ``node_files`` under ``root`` (``/`` on a real node); RabbitMQ's and
+    MariaDB's files belong to their users (the broker refuses a cookie anyone else
+    can read; each must read its own TLS key)."""
     import contextlib
     import grp
     import pwd
 
-    owner: tuple[int, int] | None = None
-    # no rabbitmq user: the package is not installed here; nothing to own
-    with contextlib.suppress(KeyError):
-        owner = (pwd.getpwnam("rabbitmq").pw_uid, grp.getgrnam("rabbitmq").gr_gid)
+    users: dict[str, tuple[int, int]] = {}
+    for user in set(OWNERS.values()):
+        # no such user: the package is not installed here; nothing to own
+        with contextlib.suppress(KeyError):
+            users[user] = (pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid)
     written = []
     for path, (content, mode) in node_files(plan, node, secrets, ca).items():
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         # a new file with its mode (and owner) from the start, renamed over the old
         # one: a read-only cookie is replaced, and no secret is ever readable by others
-        write_private(target, content, mode, owner if "rabbitmq" in path else None)
+        owner = next((users.get(u) for prefix, u in OWNERS.items() if path.startswith(prefix)),
+                     None)
+        write_private(target, content, mode, owner)
         written.append(target)
     return written

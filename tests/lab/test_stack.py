@@ -118,6 +118,25 @@ def test_the_brokers_speak_amqp_over_tls_only(lab: StackLab) -> None:
         assert out[0] in ("TLSv1.2", "TLSv1.3") and out[1] == "plain-closed", (name, out)
 
 
+def test_galera_replicates_and_transfers_state_over_tls_and_haven_connects_with_tls(
+        lab: StackLab) -> None:
+    """Issue 9: Galera's group communication is TLS (socket.ssl), full state
+    transfers went through stunnel, TCP clients must use TLS, and Haven's sessions
+    are TLS sessions."""
+    lab.wait_stack(NODES, 120)
+    for name in NODES:
+        options = node.exec_in(lab.state().nodes[name], [
+            "mysql", "-N", "-B", "-e", "SHOW VARIABLES LIKE 'wsrep_provider_options'"]).stdout
+        assert "socket.ssl = YES;" in options, (name, options)
+        assert lab.sql(name, "SELECT @@require_secure_transport") == ["1"], name
+        accepted = lab.sql(name, "SHOW GLOBAL STATUS LIKE 'Ssl_accepts'")
+        assert int(accepted[1]) > 0, (name, accepted)  # Haven's connections to this node
+    logs = [node.exec_in(lab.state().nodes[n], ["sh", "-c", "cat /var/log/mysqld.log "
+                                                "/var/log/mysql/*.log 2>/dev/null"],
+                         check=False).stdout for n in NODES]
+    assert any("Using stunnel for SSL encryption" in text for text in logs)
+
+
 def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> None:
     lab.wait_stack(NODES, 120)
     victim = "node2"

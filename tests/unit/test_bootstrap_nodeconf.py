@@ -33,6 +33,21 @@ def test_galera_config_names_every_member_and_the_fast_eviction_timeouts() -> No
     assert "evs.suspect_timeout=PT3S" in text and "evs.inactive_timeout=PT6S" in text
 
 
+def test_galera_replicates_transfers_state_and_serves_clients_over_tls() -> None:
+    text = nodeconf.galera_cnf(PLAN, "n2")
+    tls = nodeconf.MYSQL_TLS_DIR
+    assert (f"socket.ssl_key={tls}/node.key;socket.ssl_cert={tls}/node.crt;"
+            f"socket.ssl_ca={tls}/ca.crt") in text
+    sst = text.split("[sst]", 1)[1]
+    assert f"tkey = {tls}/node.key" in sst and f"tca = {tls}/ca.crt" in sst
+    assert "ssl-mode = VERIFY_CA" in sst  # wsrep_sst_rsync: stunnel, or no transfer
+    assert "require_secure_transport = ON" in text.split("[galera]", 1)[0]
+    cfg = yaml.safe_load(nodeconf.haven_config(PLAN, "n2", SECRETS))
+    assert cfg["database"]["ssl_ca"] == nodeconf.TLS_CA
+    files = nodeconf.node_files(PLAN, "n2", SECRETS, CA)
+    assert files[f"{tls}/node.key"][1] == 0o600 and nodeconf.OWNERS[f"{tls}/"] == "mysql"
+
+
 def test_rabbitmq_gets_its_user_a_short_net_ticktime_and_pauses_a_minority() -> None:
     assert "default_user = haven" in nodeconf.rabbitmq_conf(SECRETS)
     assert "cluster_partition_handling = pause_minority" in nodeconf.rabbitmq_conf(SECRETS)
