@@ -24,6 +24,8 @@ GALERA_CNF = "/etc/mysql/mariadb.conf.d/90-haven-galera.cnf"
 RABBITMQ_CONF = "/etc/rabbitmq/rabbitmq.conf"
 RABBITMQ_ADVANCED = "/etc/rabbitmq/advanced.config"
 ERLANG_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+RABBITMQ_ENV = "/etc/rabbitmq/rabbitmq-env.conf"
+RABBITMQ_DIST_TLS = "/etc/rabbitmq/inter_node_tls.config"
 BUS_USER = "haven"
 DB_USER = "haven"
 DB_NAME = "haven"
@@ -187,6 +189,31 @@ cluster_partition_handling = pause_minority
 """
 
 
+def rabbitmq_dist_tls(tls_dir: str) -> str:
+    """Erlang's TLS distribution options (``-ssl_dist_optfile``): both ends present the
+    node's certificate and verify the other's against the cluster CA."""
+    def side(name: str, extra: str) -> str:
+        return (f'{{{name}, [{{cacertfile, "{tls_dir}/ca.crt"}}, '
+                f'{{certfile, "{tls_dir}/node.crt"}}, {{keyfile, "{tls_dir}/node.key"}}, '
+                f"{{verify, verify_peer}}, {{secure_renegotiate, true}}{extra}]}}")
+    return ("%% Written by `haven cluster node-config`: Erlang distribution over TLS.\n"
+            f"[{side('server', ', {fail_if_no_peer_cert, true}')},\n"
+            f" {side('client', '')}].\n")
+
+
+def rabbitmq_dist_args(optfile: str) -> str:
+    return f"-proto_dist inet_tls -ssl_dist_optfile {optfile}"
+
+
+def rabbitmq_env() -> str:
+    """The broker and rabbitmqctl (the rabbitmq-cluster agent's, bus-members') both
+    speak Erlang distribution over TLS: clustering, queue replication, and the CLI."""
+    args = rabbitmq_dist_args(RABBITMQ_DIST_TLS)
+    return ("# Written by `haven cluster node-config`: Erlang distribution over TLS.\n"
+            f'SERVER_ADDITIONAL_ERL_ARGS="{args}"\n'
+            f'CTL_ERL_ARGS="{args}"\n')
+
+
 def rabbitmq_advanced() -> str:
     return f"""%% Written by `haven cluster node-config`.
 %% net_ticktime {NET_TICKTIME_S} s instead of 60: a silent peer is declared down
@@ -258,6 +285,8 @@ def node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA
         GALERA_CNF: (galera_cnf(plan, node), 0o644),
         RABBITMQ_CONF: (rabbitmq_conf(secrets), 0o640),
         RABBITMQ_ADVANCED: (rabbitmq_advanced(), 0o640),
+        RABBITMQ_ENV: (rabbitmq_env(), 0o644),
+        RABBITMQ_DIST_TLS: (rabbitmq_dist_tls(RABBITMQ_TLS_DIR), 0o640),
         ERLANG_COOKIE: (secrets.erlang_cookie, 0o400),
         plan.haven_config: (haven_config(plan, node, secrets), 0o640),
     }

@@ -116,6 +116,11 @@ def test_the_brokers_speak_amqp_over_tls_only(lab: StackLab) -> None:
             "python3", "-c", BROKER_PROBE, name, str(nodeconf.AMQPS_PORT), "5672",
             nodeconf.TLS_CA]).stdout.split()
         assert out[0] in ("TLSv1.2", "TLSv1.3") and out[1] == "plain-closed", (name, out)
+    # and the brokers talk to each other (clustering, quorum queues) over TLS
+    links = node.exec_in(lab.state().nodes["node1"],
+                         ["rabbitmqctl", "eval", "net_kernel:nodes_info()."], timeout=60).stdout
+    for name in NODES[1:]:
+        assert f'"{name}",tls,inet' in links, links
 
 
 def test_galera_replicates_and_transfers_state_over_tls_and_haven_connects_with_tls(

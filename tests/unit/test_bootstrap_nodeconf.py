@@ -54,6 +54,17 @@ def test_rabbitmq_gets_its_user_a_short_net_ticktime_and_pauses_a_minority() -> 
     assert "{net_ticktime, 10}" in nodeconf.rabbitmq_advanced()
 
 
+def test_rabbitmq_is_amqps_only_and_clusters_over_tls() -> None:
+    conf = nodeconf.rabbitmq_conf(SECRETS)
+    assert "listeners.tcp = none" in conf and "listeners.ssl.default = 5671" in conf
+    assert "ssl_options.verify = verify_peer" in conf
+    env = nodeconf.rabbitmq_env()
+    args = f"-proto_dist inet_tls -ssl_dist_optfile {nodeconf.RABBITMQ_DIST_TLS}"
+    assert f'SERVER_ADDITIONAL_ERL_ARGS="{args}"' in env and f'CTL_ERL_ARGS="{args}"' in env
+    files = nodeconf.node_files(PLAN, "n1", SECRETS, CA)
+    assert "{fail_if_no_peer_cert, true}" in files[nodeconf.RABBITMQ_DIST_TLS][0]
+
+
 def test_haven_config_is_valid_uses_the_local_database_every_broker_and_the_vip(
         tmp_path: Path) -> None:
     path = tmp_path / "haven.yaml"
