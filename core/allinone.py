@@ -8,10 +8,8 @@ directory reuses everything.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from core.common import migrate
 from core.common.clients import ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database
+from core.common.files import write_private
 from core.common.logs import setup_logging
 from core.common.server import AppServers, Listener, wait_for_signal
 
@@ -64,11 +63,8 @@ def write_clouds_yaml(path: Path, auth_url: str, cfg: HavenConfig, password: str
         "identity_api_version": 3,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".clouds.", suffix=".yaml")
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(data, handle, default_flow_style=False, sort_keys=False)
-    os.chmod(tmp, 0o600)  # it holds a password
-    os.replace(tmp, path)
+    # it holds a password
+    write_private(path, yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
 
 
 TINY_IMAGE = "tiny"

@@ -20,6 +20,7 @@ import yaml
 
 from core.common.config import ConfigError, HavenConfig, defaults_yaml, load_config
 from core.common.db import Database
+from core.common.files import write_private
 from core.common.logs import setup_logging
 
 LOG = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ def config_from_args(args: argparse.Namespace) -> HavenConfig:
 
 def open_database(cfg: HavenConfig) -> Database:
     cfg.state_path.mkdir(parents=True, exist_ok=True)
-    return Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries)
+    return Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries,
+                    cfg.database.ssl_ca)
 
 
 def admin_password(cfg: HavenConfig) -> str:
@@ -56,9 +58,7 @@ def admin_password(cfg: HavenConfig) -> str:
     if path.exists():
         return path.read_text().strip()
     password = secrets.token_urlsafe(18)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password + "\n")
+    write_private(path, password + "\n")
     return password
 
 
@@ -139,7 +139,8 @@ def app_factory(cfg: HavenConfig, service: str) -> Callable[[], Any]:
         from core.common.bus import make_bus
         from core.compute.api import create_app as compute_app
 
-        return compute_app(cfg, db, make_bus(cfg.bus.driver, cfg.bus.urls, "compute-api"))
+        return compute_app(cfg, db, make_bus(cfg.bus.driver, cfg.bus.urls, "compute-api",
+                                                 cfg.tls.ca_file))
 
     return factory
 
@@ -157,8 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 1:
         raise UsageError("--workers and --threads must be at least 1")
     setup_logging(cfg.log.level, cfg.log.file)
+    tls = (str(cfg.tls.cert_file), str(cfg.tls.key_file)) if cfg.tls.enabled else None
     serve_gunicorn(app_factory(cfg, args.service), args.listen or listen_of(cfg, args.service),
-                   args.workers, args.threads, args.service)
+                   args.workers, args.threads, args.service, tls)
     return 0
 
 
@@ -175,7 +177,7 @@ def cmd_compute_agent(args: argparse.Namespace) -> int:
         raise UsageError("the compute agent runs in its own process: set bus.driver to amqp "
                          "(the local bus only works inside the all-in-one)")
     db = open_database(cfg)
-    bus = make_bus(cfg.bus.driver, cfg.bus.urls, f"compute-{cfg.compute_host}")
+    bus = make_bus(cfg.bus.driver, cfg.bus.urls, f"compute-{cfg.compute_host}", cfg.tls.ca_file)
     agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,
                                                       cfg.compute.virt_type))
     agent.start()
@@ -191,6 +193,10 @@ def cmd_all_in_one(args: argparse.Namespace) -> int:
     from core.allinone import run_all_in_one
 
     cfg = config_from_args(args)
+    if cfg.tls.enabled:
+        # its servers speak plain http: a catalog of https endpoints would be a lie
+        raise UsageError("tls: the all-in-one serves plain http on its own host; tls is "
+                         "for cluster nodes (haven serve)")
     cfg.state_path.mkdir(parents=True, exist_ok=True)
     return run_all_in_one(cfg, Path(args.clouds_yaml).expanduser(), admin_password(cfg),
                           with_compute=not args.no_compute)

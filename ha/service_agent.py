@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -154,7 +155,7 @@ class HavenServiceAgent:
         host, _, port = listen.rpartition(":")
         if host in ("0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"
-        return f"http://{host}:{port}/healthcheck"
+        return f"{cfg.tls.scheme}://{host}:{port}/healthcheck"
 
     # ---- actions ---------------------------------------------------------------------------
     def validate(self) -> int:
@@ -243,12 +244,21 @@ class HavenServiceAgent:
         if self.service not in API_SERVICES:
             return self._heartbeat_fresh()
         try:
-            with urllib.request.urlopen(self.health_url(), timeout=5) as resp:
+            with urllib.request.urlopen(self.health_url(), timeout=5,
+                                        context=self._tls_context()) as resp:
                 return None if resp.status == 200 else f"healthcheck answered {resp.status}"
         except urllib.error.HTTPError as exc:
             return f"healthcheck answered {exc.code}: {exc.read()[:300]!r}"
         except (OSError, urllib.error.URLError) as exc:
             return f"healthcheck unreachable: {exc}"
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The health check verifies the service's certificate against the cluster CA
+        (the node's certificate names 127.0.0.1 for this)."""
+        cfg = self.load_config()
+        if not cfg.tls.enabled:
+            return None
+        return ssl.create_default_context(cafile=cfg.tls.ca_file)
 
     def _loop_fresh(self) -> str | None:
         """The evacuation controller touches a file every iteration: one that has not
@@ -274,7 +284,7 @@ class HavenServiceAgent:
         from core.compute.models import ComputeService
 
         cfg = self.load_config()
-        db = Database(cfg.database_url, pool_size=1, max_retries=0)
+        db = Database(cfg.database_url, pool_size=1, max_retries=0, ssl_ca=cfg.database.ssl_ca)
         try:
             row = db.run_in_transaction(lambda s: s.scalars(select(ComputeService).where(
                 ComputeService.host == cfg.compute_host)).first())

@@ -51,7 +51,7 @@ def _port_open(port: int) -> bool:
 class RabbitMQ:
     """One single-node broker in ``base`` (created if missing)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, extra_conf: str = "") -> None:
         if not (RABBITMQ_BIN / "rabbitmq-server").exists():
             raise RuntimeError("rabbitmq-server is not installed: run appliance/setup.sh test")
         self.base = base
@@ -73,6 +73,7 @@ class RabbitMQ:
             "log.file.level = info\n"
             # the sandbox disk may be fairly full; a disk alarm would block publishers
             "disk_free_limit.absolute = 50MB\n"
+            + extra_conf
         )
 
     @property

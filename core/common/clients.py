@@ -47,7 +47,7 @@ class ServiceClients:
         if host in ("0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"
         internal = cfg.catalog.internal_host or cfg.catalog.public_host or host
-        self.identity_url = f"http://{internal}:{port}/v3"
+        self.identity_url = f"{cfg.tls.scheme}://{internal}:{port}/v3"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._token: _Token | None = None
@@ -72,7 +72,7 @@ class ServiceClients:
                                       "domain": {"id": "default"}}}}}
             try:
                 resp = self.http.post(f"{self.identity_url}/auth/tokens", json=body,
-                                      timeout=self.timeout)
+                                      timeout=self.timeout, verify=self.cfg.tls.verify)
             except requests.RequestException as exc:
                 raise ServiceCallError(f"identity unreachable: {exc}") from exc
             if resp.status_code != 201:
@@ -103,7 +103,8 @@ class ServiceClients:
         headers["X-Auth-Token"] = token or self._service_token().value
         url = self.endpoint(service_type) + path
         try:
-            resp = self.http.request(method, url, headers=headers,
+            # per request: a session's verify loses to $REQUESTS_CA_BUNDLE, this does not
+            resp = self.http.request(method, url, headers=headers, verify=self.cfg.tls.verify,
                                      timeout=kwargs.pop("timeout", self.timeout), **kwargs)
         except requests.RequestException as exc:
             raise ServiceCallError(f"{service_type} unreachable: {exc}") from exc

@@ -80,6 +80,9 @@ class DatabaseConfig:
             _database_url,
         ),
     )
+    ssl_ca: str | None = field(default=None, metadata=_doc(
+        "CA file to verify a MariaDB server's certificate with: every connection is TLS, "
+        "the server's certificate checked against it and its name. Unset: no TLS."))
     pool_size: int = field(default=5, metadata=_doc("Connections kept per process.", _at_least(1)))
     max_retries: int = field(
         default=10,
@@ -190,6 +193,32 @@ class CatalogConfig:
     admin_host: str | None = field(
         default=None, metadata=_doc("Host for admin endpoints. Unset: internal_host.")
     )
+
+
+@dataclass
+class TlsConfig:
+    cert_file: str | None = field(default=None, metadata=_doc(
+        "PEM certificate this node's APIs serve, with key_file: every API is https and "
+        "the catalog's endpoints too. Unset: plain http (the all-in-one, on 127.0.0.1)."))
+    key_file: str | None = field(default=None, metadata=_doc(
+        "PEM private key of cert_file (mode 0600)."))
+    ca_file: str | None = field(default=None, metadata=_doc(
+        "CA certificates the services verify each other's (and the database's and "
+        "brokers') certificates against: the cluster CA. Unset: the system's CAs."))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.enabled else "http"
+
+    @property
+    def verify(self) -> str | bool:
+        """What ``requests`` takes as ``verify``: the CA file, or the system's CAs
+        (never False: a client that does not verify is as good as plain text)."""
+        return self.ca_file or True
 
 
 @dataclass
@@ -332,6 +361,7 @@ class HavenConfig:
     bus: BusConfig = field(default_factory=BusConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     service_user: ServiceUserConfig = field(default_factory=ServiceUserConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -479,7 +509,10 @@ def load_config(
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-    return _build(HavenConfig, data)
+    cfg = _build(HavenConfig, data)
+    if bool(cfg.tls.cert_file) != bool(cfg.tls.key_file):
+        raise ConfigError("tls.cert_file and tls.key_file: set both or neither")
+    return cfg
 
 
 def defaults_yaml() -> str:

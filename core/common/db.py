@@ -75,7 +75,7 @@ def is_retryable(exc: BaseException) -> bool:
     return "database is locked" in message or "deadlock" in message
 
 
-def make_engine(url: str, pool_size: int = 5) -> Engine:
+def make_engine(url: str, pool_size: int = 5, ssl_ca: str | None = None) -> Engine:
     """An engine for ``url`` with pre-ping (stale pooled connections are replaced
     before use, which is what makes a Galera node restart invisible to callers)."""
     if url.startswith("sqlite"):
@@ -93,8 +93,11 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
             cur.close()
 
         return engine
+    # PyMySQL with a CA: verify_mode CERT_REQUIRED and the host name checked
+    connect_args: dict[str, Any] = {"ssl": {"ca": ssl_ca}} if ssl_ca else {}
     return create_engine(
         url,
+        connect_args=connect_args,
         pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=pool_size * 2,
@@ -106,9 +109,10 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 class Database:
     """The process's engine and session factory, built once."""
 
-    def __init__(self, url: str, pool_size: int = 5, max_retries: int = 10) -> None:
+    def __init__(self, url: str, pool_size: int = 5, max_retries: int = 10,
+                 ssl_ca: str | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size)
+        self.engine = make_engine(url, pool_size, ssl_ca)
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.max_retries = max_retries
 

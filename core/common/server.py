@@ -88,9 +88,11 @@ def wait_for_signal() -> int:
 
 def serve_gunicorn(
     app_factory: Callable[[], Callable[..., Any]], listen: str, workers: int, threads: int,
-    name: str,
+    name: str, tls: tuple[str, str] | None = None,
 ) -> None:
-    """Run ``app_factory()`` in gunicorn's pre-fork model until told to stop."""
+    """Run ``app_factory()`` in gunicorn's pre-fork model until told to stop; over
+    https with ``tls`` (certificate file, key file), set in gunicorn's own config
+    (never on a command line)."""
     from gunicorn.app.base import BaseApplication
 
     class _App(BaseApplication):
@@ -105,6 +107,9 @@ def serve_gunicorn(
             # gunicorn >= 27 opens $HOME/.gunicorn/gunicorn.ctl by default; two services
             # on one node would fight over it, and nothing here uses it.
             self.cfg.set("control_socket_disable", True)
+            if tls is not None:
+                self.cfg.set("certfile", tls[0])
+                self.cfg.set("keyfile", tls[1])
 
         def load(self) -> Callable[..., Any]:
             return app_factory()

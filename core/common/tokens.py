@@ -25,6 +25,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from core.common.files import write_private
+
 PAYLOAD_VERSION = 1
 MAX_TOKEN_LIFETIME_S = 7 * 24 * 3600  # the longest token_expiration configuration allows
 METHOD_BITS = {"password": 1, "token": 2}
@@ -94,13 +96,7 @@ class KeyRepository:
         return self.key_indexes()
 
     def _write_key(self, index: int) -> None:
-        tmp = self.directory / f".{index}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(Fernet.generate_key())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.directory / str(index))
+        write_private(self.directory / str(index), Fernet.generate_key())
 
     def fernet(self) -> MultiFernet:
         """The MultiFernet of the current keys, primary first (it encrypts)."""

@@ -48,7 +48,8 @@ def endpoint_urls(cfg: HavenConfig, svc: CatalogService) -> dict[str, str]:
     internal = cfg.catalog.internal_host or public
     admin = cfg.catalog.admin_host or internal
     hosts = {"public": public, "internal": internal, "admin": admin}
-    return {iface: f"http://{h}:{port}{svc.path}" for iface, h in hosts.items()}
+    scheme = cfg.tls.scheme  # a node that serves https lists https endpoints
+    return {iface: f"{scheme}://{h}:{port}{svc.path}" for iface, h in hosts.items()}
 
 
 def sync_catalog(session: Session, cfg: HavenConfig) -> None:

@@ -22,8 +22,9 @@ from ha.bootstrap.nodeconf import Secrets, write_node_files
 
 PLAN_KEYS = {"nodes", "vip", "vip_nic", "haven_config", "fence_agent", "fence_options",
              "hypervisors", "addresses", "cluster_name", "db_buffer_pool", "shared_dir",
-             "api_workers", "compute_overrides"}
+             "api_workers", "compute_overrides", "fence_password_files"}
 DEFAULT_SAVE = "/etc/haven/cluster-bootstrap.sh"
+DEFAULT_CA_DIR = "/etc/haven/cluster-ca"
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
@@ -62,7 +63,8 @@ def load_plan(path: Path) -> ClusterPlan:
             db_buffer_pool=str(data.get("db_buffer_pool", "128M")),
             shared_dir=str(data["shared_dir"]) if data.get("shared_dir") else None,
             api_workers=int(data.get("api_workers", 2)),
-            compute_overrides=dict(data.get("compute_overrides") or {}))
+            compute_overrides=dict(data.get("compute_overrides") or {}),
+            fence_password_files=bool(data.get("fence_password_files", False)))
     except (TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{path}: {exc}") from None
 
@@ -96,11 +98,14 @@ def cmd_corosync_conf(args: argparse.Namespace) -> int:
 
 
 def cmd_node_config(args: argparse.Namespace) -> int:
+    from ha.bootstrap.tls import CAError, load_or_create_ca
+
     plan = load_plan(Path(args.plan))
     try:
         secrets = Secrets.from_mapping(_read_yaml(Path(args.secrets), "secrets file"))
-        written = write_node_files(plan, args.node, secrets, Path(args.root))
-    except ValueError as exc:
+        ca = load_or_create_ca(Path(args.ca), plan.cluster_name)
+        written = write_node_files(plan, args.node, secrets, ca, Path(args.root))
+    except (ValueError, CAError) as exc:
         raise UsageError(str(exc)) from None
     for path in written:
         print(path)
@@ -149,8 +154,12 @@ def add_commands(sub: Any) -> None:
                            "configuration")
     p.add_argument("--plan", required=True, help=plan_help)
     p.add_argument("--secrets", required=True, help="YAML: db_password, bus_password, "
-                   "service_password, erlang_cookie (the same file on every node)")
+                   "service_password, erlang_cookie, fence_passwords (node: password, with "
+                   "the plan's fence_password_files); the same file on every node")
     p.add_argument("--node", required=True, help="this node's name in the plan")
+    p.add_argument("--ca", default=DEFAULT_CA_DIR, help="the cluster CA's directory (ca.crt, "
+                   "ca.key): made by the first node's run if empty; copy it to the other "
+                   f"nodes with the secrets file (default {DEFAULT_CA_DIR})")
     p.add_argument("--root", default="/", help="write under this directory (default /)")
     p.set_defaults(func=cmd_node_config)
     p = cluster.add_parser("bootstrap", help="load the CIB on a formed cluster, stage by stage")

@@ -10,18 +10,22 @@ explained in the comments the files carry, where an operator will read them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import yaml
 
-from ha.bootstrap.cib import ClusterPlan
+from core.common.files import write_private
+from ha.bootstrap.cib import ClusterPlan, fence_password_file
+from ha.bootstrap.tls import ClusterCA
 
 GALERA_CNF = "/etc/mysql/mariadb.conf.d/90-haven-galera.cnf"
 RABBITMQ_CONF = "/etc/rabbitmq/rabbitmq.conf"
 RABBITMQ_ADVANCED = "/etc/rabbitmq/advanced.config"
 ERLANG_COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+RABBITMQ_ENV = "/etc/rabbitmq/rabbitmq-env.conf"
+RABBITMQ_DIST_TLS = "/etc/rabbitmq/inter_node_tls.config"
 BUS_USER = "haven"
 DB_USER = "haven"
 DB_NAME = "haven"
@@ -39,6 +43,18 @@ NET_TICKTIME_S = 10
 GALERA_PROVIDER_OPTIONS = ("evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S;"
                            "evs.keepalive_period=PT1S;evs.install_timeout=PT6S;"
                            "gmcast.peer_timeout=PT3S")
+# The cluster CA's certificate and this node's certificate and key (ha/bootstrap/tls.py)
+TLS_DIR = "/etc/haven/tls"
+TLS_CA = f"{TLS_DIR}/ca.crt"
+TLS_CERT = f"{TLS_DIR}/node.crt"
+TLS_KEY = f"{TLS_DIR}/node.key"
+# RabbitMQ's and MariaDB's copies (each runs as its own user and must read its key)
+RABBITMQ_TLS_DIR = "/etc/rabbitmq/tls"
+MYSQL_TLS_DIR = "/etc/mysql/tls"
+# Who owns what node-config writes under a directory (the others: root)
+OWNERS: Mapping[str, str] = {"/etc/rabbitmq/": "rabbitmq", "/var/lib/rabbitmq/": "rabbitmq",
+                             f"{MYSQL_TLS_DIR}/": "mysql"}
+AMQPS_PORT = 5671
 API_PORTS: Mapping[str, int] = {"identity": 5000, "compute": 8774, "image": 9292,
                                 "network": 9696}
 
@@ -51,6 +67,7 @@ class Secrets:
     bus_password: str
     service_password: str
     erlang_cookie: str
+    fence_passwords: Mapping[str, str] = field(default_factory=dict)  # node -> its device's
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, object]) -> Secrets:
@@ -58,9 +75,13 @@ class Secrets:
                                "erlang_cookie") if not data.get(k)]
         if missing:
             raise ValueError(f"secrets: {missing[0]}: required")
+        fence = data.get("fence_passwords") or {}
+        if not isinstance(fence, Mapping):
+            raise ValueError("secrets: fence_passwords: a mapping of node to password")
         return cls(db_password=str(data["db_password"]), bus_password=str(data["bus_password"]),
                    service_password=str(data["service_password"]),
-                   erlang_cookie=str(data["erlang_cookie"]))
+                   erlang_cookie=str(data["erlang_cookie"]),
+                   fence_passwords={str(k): str(v) for k, v in fence.items()})
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -70,10 +91,30 @@ class Secrets:
                    erlang_cookie=secrets.token_hex(16).upper())
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump({"db_password": self.db_password,
-                               "bus_password": self.bus_password,
-                               "service_password": self.service_password,
-                               "erlang_cookie": self.erlang_cookie})
+        data: dict[str, object] = {"db_password": self.db_password,
+                                   "bus_password": self.bus_password,
+                                   "service_password": self.service_password,
+                                   "erlang_cookie": self.erlang_cookie}
+        if self.fence_passwords:
+            data["fence_passwords"] = dict(self.fence_passwords)
+        return yaml.safe_dump(data)
+
+
+def mariadb_tls_conf(tls_dir: str) -> str:
+    """[mysqld] lines: clients over TCP (Haven) must use TLS, with the node's certificate.
+    Local socket connections (the galera agent, an operator's mysql) are not TCP."""
+    return f"""# Clients over TCP (Haven) must use TLS; local socket connections are not TCP.
+ssl_ca = {tls_dir}/ca.crt
+ssl_cert = {tls_dir}/node.crt
+ssl_key = {tls_dir}/node.key
+require_secure_transport = ON
+"""
+
+
+def galera_tls_options() -> str:
+    """Galera's group communication and IST over TLS (socket.ssl is then on)."""
+    return (f"socket.ssl_key={MYSQL_TLS_DIR}/node.key;socket.ssl_cert={MYSQL_TLS_DIR}/node.crt;"
+            f"socket.ssl_ca={MYSQL_TLS_DIR}/ca.crt")
 
 
 def galera_cnf(plan: ClusterPlan, node: str) -> str:
@@ -91,7 +132,7 @@ innodb_buffer_pool_size = {plan.db_buffer_pool}
 innodb_flush_log_at_trx_commit = 1
 performance_schema = OFF
 skip-name-resolve = ON
-
+{mariadb_tls_conf(MYSQL_TLS_DIR)}
 [galera]
 wsrep_on = ON
 wsrep_provider = /usr/lib/galera/libgalera_smm.so
@@ -102,14 +143,39 @@ wsrep_cluster_address = gcomm://{members}
 wsrep_node_name = {node}
 wsrep_node_address = {address}
 wsrep_sst_method = rsync
-# Fast eviction of a dead member (see ha/bootstrap/nodeconf.py for the why):
-wsrep_provider_options = "{GALERA_PROVIDER_OPTIONS}"
+# Fast eviction of a dead member (see ha/bootstrap/nodeconf.py for the why), and
+# replication and incremental state transfer over TLS with the cluster CA:
+wsrep_provider_options = "{GALERA_PROVIDER_OPTIONS};{galera_tls_options()}"
+
+[sst]
+# Full state transfers (rsync) through stunnel, the peer verified against the
+# cluster CA; without stunnel the transfer fails instead of going in clear text.
+tkey = {MYSQL_TLS_DIR}/node.key
+tcert = {MYSQL_TLS_DIR}/node.crt
+tca = {MYSQL_TLS_DIR}/ca.crt
+ssl-mode = VERIFY_CA
+"""
+
+
+def rabbitmq_tls_conf(tls_dir: str, listen: str) -> str:
+    """The broker's AMQPS listener (``listen``: a port, or address:port)."""
+    return f"""listeners.ssl.default = {listen}
+ssl_options.cacertfile = {tls_dir}/ca.crt
+ssl_options.certfile = {tls_dir}/node.crt
+ssl_options.keyfile = {tls_dir}/node.key
+ssl_options.verify = verify_peer
+# clients authenticate with the password; a client certificate is not required
+ssl_options.fail_if_no_peer_cert = false
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
 """
 
 
 def rabbitmq_conf(secrets: Secrets) -> str:
     return f"""# Written by `haven cluster node-config`: RabbitMQ for Haven.
-listeners.tcp.default = 5672
+# AMQP over TLS only (the cluster CA's certificates); no plain-text listener.
+listeners.tcp = none
+{rabbitmq_tls_conf(RABBITMQ_TLS_DIR, str(AMQPS_PORT))}
 # Pacemaker's rabbitmq-cluster agent wipes a node's database on every start; a
 # node that starts first makes this user again, a joining node gets the
 # cluster's. Haven only ever talks to the broker as this user.
@@ -121,6 +187,31 @@ default_permissions.write = .*
 # A minority partition pauses instead of serving (and later losing) messages.
 cluster_partition_handling = pause_minority
 """
+
+
+def rabbitmq_dist_tls(tls_dir: str) -> str:
+    """Erlang's TLS distribution options (``-ssl_dist_optfile``): both ends present the
+    node's certificate and verify the other's against the cluster CA."""
+    def side(name: str, extra: str) -> str:
+        return (f'{{{name}, [{{cacertfile, "{tls_dir}/ca.crt"}}, '
+                f'{{certfile, "{tls_dir}/node.crt"}}, {{keyfile, "{tls_dir}/node.key"}}, '
+                f"{{verify, verify_peer}}, {{secure_renegotiate, true}}{extra}]}}")
+    return ("%% Written by `haven cluster node-config`: Erlang distribution over TLS.\n"
+            f"[{side('server', ', {fail_if_no_peer_cert, true}')},\n"
+            f" {side('client', '')}].\n")
+
+
+def rabbitmq_dist_args(optfile: str) -> str:
+    return f"-proto_dist inet_tls -ssl_dist_optfile {optfile}"
+
+
+def rabbitmq_env() -> str:
+    """The broker and rabbitmqctl (the rabbitmq-cluster agent's, bus-members') both
+    speak Erlang distribution over TLS: clustering, queue replication, and the CLI."""
+    args = rabbitmq_dist_args(RABBITMQ_DIST_TLS)
+    return ("# Written by `haven cluster node-config`: Erlang distribution over TLS.\n"
+            f'SERVER_ADDITIONAL_ERL_ARGS="{args}"\n'
+            f'CTL_ERL_ARGS="{args}"\n')
 
 
 def rabbitmq_advanced() -> str:
@@ -139,11 +230,16 @@ def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
     data: dict[str, object] = {
         "state_dir": "/var/lib/haven",
         "database": {"url": f"mysql+pymysql://{DB_USER}:{quote(secrets.db_password, safe='')}@"
-                            f"{plan.address_of(node)}/{DB_NAME}?charset=utf8mb4"},
+                            f"{plan.address_of(node)}/{DB_NAME}?charset=utf8mb4",
+                     # TLS to the database, its certificate checked against the CA
+                     "ssl_ca": TLS_CA},
         "bus": {"driver": "amqp",
-                "urls": [f"amqp://{BUS_USER}:{quote(secrets.bus_password, safe='')}@{b}:5672/%2F"
-                         for b in brokers]},
+                "urls": [f"amqps://{BUS_USER}:{quote(secrets.bus_password, safe='')}@{b}:"
+                         f"{AMQPS_PORT}/%2F" for b in brokers]},
         "catalog": {"public_host": vip},
+        # every API over https with this node's certificate; every client verifies
+        # against the cluster CA
+        "tls": {"cert_file": TLS_CERT, "key_file": TLS_KEY, "ca_file": TLS_CA},
         "service_user": {"password": secrets.service_password},
         "identity": {"listen": f"0.0.0.0:{API_PORTS['identity']}"},
         "compute": {"listen": f"0.0.0.0:{API_PORTS['compute']}", "host": node},
@@ -161,39 +257,71 @@ def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
-def node_files(plan: ClusterPlan, node: str, secrets: Secrets) -> dict[str, tuple[str, int]]:
+def node_names(plan: ClusterPlan, node: str) -> list[str]:
+    """Every name a client may reach this node's services by: the certificate's SANs.
+    The VIP (whoever holds it answers for it) and loopback (the node's own health
+    checks) included."""
+    return [node, plan.address_of(node), plan.vip.split("/", 1)[0], "localhost", "127.0.0.1"]
+
+
+def tls_files(plan: ClusterPlan, node: str, ca: ClusterCA) -> dict[str, tuple[str, int]]:
+    """The node's certificate and key, for Haven and (as its own user's) RabbitMQ."""
+    key, cert = ca.issue(node, node_names(plan, node))
+    files = {}
+    for directory in (TLS_DIR, RABBITMQ_TLS_DIR, MYSQL_TLS_DIR):
+        files[f"{directory}/ca.crt"] = (ca.cert_pem.decode(), 0o644)
+        files[f"{directory}/node.crt"] = (cert.decode(), 0o644)
+        files[f"{directory}/node.key"] = (key.decode(), 0o600)
+    return files
+
+
+def node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA
+               ) -> dict[str, tuple[str, int]]:
     """Every file of one node: path -> (content, mode)."""
     if node not in plan.nodes:
         raise ValueError(f"{node}: not a node of the plan ({', '.join(plan.nodes)})")
-    return {
+    files = {
+        **tls_files(plan, node, ca),
         GALERA_CNF: (galera_cnf(plan, node), 0o644),
         RABBITMQ_CONF: (rabbitmq_conf(secrets), 0o640),
         RABBITMQ_ADVANCED: (rabbitmq_advanced(), 0o640),
+        RABBITMQ_ENV: (rabbitmq_env(), 0o644),
+        RABBITMQ_DIST_TLS: (rabbitmq_dist_tls(RABBITMQ_TLS_DIR), 0o640),
         ERLANG_COOKIE: (secrets.erlang_cookie, 0o400),
         plan.haven_config: (haven_config(plan, node, secrets), 0o640),
     }
+    if plan.fence_password_files:
+        # every node may run any other node's fence device: each gets them all
+        missing = [n for n in plan.nodes if not secrets.fence_passwords.get(n)]
+        if missing:
+            raise ValueError(f"secrets: fence_passwords: no password for {', '.join(missing)}")
+        for other in plan.nodes:
+            files[fence_password_file(other)] = (secrets.fence_passwords[other] + "\n", 0o600)
+    return files
 
 
-def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, root: Path) -> list[Path]:
-    """Write ``node_files`` under ``root`` (``/`` on a real node); RabbitMQ's files
-    belong to its user, as the broker refuses a cookie anyone else can read."""
+def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA,
+                     root: Path) -> list[Path]:
+    """Write ``node_files`` under ``root`` (``/`` on a real node); RabbitMQ's and
+    MariaDB's files belong to their users (the broker refuses a cookie anyone else
+    can read; each must read its own TLS key)."""
     import contextlib
     import grp
-    import os
     import pwd
 
+    users: dict[str, tuple[int, int]] = {}
+    for user in set(OWNERS.values()):
+        # no such user: the package is not installed here; nothing to own
+        with contextlib.suppress(KeyError):
+            users[user] = (pwd.getpwnam(user).pw_uid, grp.getgrnam(user).gr_gid)
     written = []
-    for path, (content, mode) in node_files(plan, node, secrets).items():
+    for path, (content, mode) in node_files(plan, node, secrets, ca).items():
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)  # the cookie is read-only: replace, don't rewrite
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-        if "rabbitmq" in path:
-            # no rabbitmq user: the package is not installed here; nothing to own
-            with contextlib.suppress(KeyError):
-                os.chown(target, pwd.getpwnam("rabbitmq").pw_uid,
-                         grp.getgrnam("rabbitmq").gr_gid)
+        # a new file with its mode (and owner) from the start, renamed over the old
+        # one: a read-only cookie is replaced, and no secret is ever readable by others
+        owner = next((users.get(u) for prefix, u in OWNERS.items() if path.startswith(prefix)),
+                     None)
+        write_private(target, content, mode, owner)
         written.append(target)
     return written

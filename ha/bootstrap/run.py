@@ -11,57 +11,77 @@ Stages, each waited on through what ``crm_mon`` reports before the next begins:
 
 Every command run is also written, in order, to a script an operator can read
 and rerun (``create`` of an existing resource is skipped, an existing constraint
-is reported and kept). The script holds the database password: mode 0600.
+is reported and kept). The script holds the database password (in the input of
+``mysql``, never in a command's arguments): mode 0600.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+from core.common.files import write_private
 from ha.bootstrap import cib
-from ha.bootstrap.cib import ClusterPlan, Command
+from ha.bootstrap.cib import ClusterPlan, Fed, Step
 from ha.bootstrap.nodeconf import DB_NAME
 from ha.crm import ClusterView, parse_crm_mon
 
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+class Runner(Protocol):
+    """Runs one command; ``stdin`` carries a fed step's secret input."""
+
+    def __call__(self, argv: Sequence[str], stdin: str | None = None
+                 ) -> subprocess.CompletedProcess[str]: ...
 
 
 class BootstrapError(Exception):
     """A stage failed or did not settle in time; the message says which and why."""
 
 
-def local_runner(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+def local_runner(argv: Sequence[str], stdin: str | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    if stdin is None:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=300, input=stdin)
 
 
 @dataclass
 class Stage:
     name: str
-    commands: list[Command]
+    commands: Sequence[Step]
     settled: Callable[[ClusterView], bool] | None
     timeout: float
 
 
-def database_commands(plan: ClusterPlan, haven_binary: str, db_url: str) -> list[Command]:
+def sql_string(text: str) -> str:
+    """``text`` as a MariaDB string literal (backslash escapes are on by default)."""
+    escaped = (text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+               .replace("\r", "\\r").replace("\0", "\\0"))
+    return f"'{escaped}'"
+
+
+def database_commands(plan: ClusterPlan, haven_binary: str, db_url: str) -> list[Step]:
     """Create Haven's database and user (from the node's configured URL), then
-    ``haven bootstrap``. Idempotent: IF NOT EXISTS, and bootstrap keeps what exists."""
+    ``haven bootstrap``. Idempotent: IF NOT EXISTS, and bootstrap keeps what exists.
+    The SQL names the password, so ``mysql`` reads it from stdin: ``mysql -e SQL``
+    would show it to every user of the node in ``ps``."""
     url = urlsplit(db_url)
     user, password = unquote(url.username or ""), unquote(url.password or "")
     if not user or not password:
         raise BootstrapError("database.url in the Haven config needs a user and a password")
-    quoted = password.replace("\\", "\\\\").replace("'", "\\'")
-    sql = (f"CREATE DATABASE IF NOT EXISTS {DB_NAME} CHARACTER SET utf8mb4; "
-           f"CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{quoted}'; "
-           f"GRANT ALL PRIVILEGES ON {DB_NAME}.* TO '{user}'@'%';")
-    return [["mysql", "-e", sql], [haven_binary, "bootstrap", "--config", plan.haven_config]]
+    sql = (f"CREATE DATABASE IF NOT EXISTS {DB_NAME} CHARACTER SET utf8mb4;\n"
+           f"CREATE USER IF NOT EXISTS {sql_string(user)}@'%' "
+           f"IDENTIFIED BY {sql_string(password)};\n"
+           f"GRANT ALL PRIVILEGES ON {DB_NAME}.* TO {sql_string(user)}@'%';\n")
+    return [Fed(["mysql", "--batch"], sql),
+            [haven_binary, "bootstrap", "--config", plan.haven_config]]
 
 
 def stages(plan: ClusterPlan, haven_binary: str, db_url: str) -> list[Stage]:
@@ -95,7 +115,7 @@ class Bootstrap:
         self.plan = plan
         self.run = runner
         self.progress = progress
-        self.done: list[Command] = []
+        self.done: list[Step] = []
 
     def view(self) -> ClusterView | None:
         result = self.run(["crm_mon", "-1", "--output-as=xml"])
@@ -109,13 +129,14 @@ class Bootstrap:
     def exists(self, name: str) -> bool:
         return self.run(["crm_resource", "--resource", name, "--query-xml"]).returncode == 0
 
-    def execute(self, command: Command) -> None:
+    def execute(self, step: Step) -> None:
+        command = step.argv if isinstance(step, Fed) else step
         name = cib.created_name(command)
         if name and self.exists(name):
             self.progress(f"  {name} exists: kept")
-            self.done.append(command)
+            self.done.append(step)
             return
-        result = self.run(command)
+        result = self.run(command, step.stdin) if isinstance(step, Fed) else self.run(command)
         if result.returncode != 0:
             output = result.stderr.strip() or result.stdout.strip()
             lines = output.splitlines()
@@ -124,7 +145,7 @@ class Bootstrap:
                 self.progress(f"  constraint exists: kept ({shlex.join(command[2:])})")
             else:
                 raise BootstrapError(f"{shlex.join(command[:6])}...: {text}")
-        self.done.append(command)
+        self.done.append(step)
 
     def wait(self, stage: Stage) -> None:
         assert stage.settled is not None
@@ -152,8 +173,7 @@ class Bootstrap:
                 self.done.append(["crm_resource", "--wait", f"--timeout={stage.timeout:g}s"])
 
 
-def save_script(commands: Sequence[Command], path: Path) -> None:
-    text = cib.render_script(commands)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+def save_script(commands: Sequence[Step], path: Path) -> None:
+    """The script holds the database password: 0600 from its creation, even over an
+    older script of another mode."""
+    write_private(path, cib.render_script(commands))

@@ -152,8 +152,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
     assert st is not None
     p = stack.paths(_lab_dir(args))
     print(f"stack up in {seconds:.0f} s: Galera, RabbitMQ and Haven on every node, API at "
-          f"http://{stack.vip_address(st)}:5000/v3 (clients: haven lab client -- CMD; "
-          f"clouds.yaml {p.clouds_yaml}, commands saved in {p.script})")
+          f"{stack.auth_url(st)} (clients: haven lab client -- CMD; "
+          f"clouds.yaml {p.clouds_yaml}, CA {p.ca / 'ca.crt'}, commands saved in {p.script})")
     return 0
 
 

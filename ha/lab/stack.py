@@ -17,7 +17,6 @@ the client are kept in ``LAB_DIR/stack``.
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
 import shutil
 import time
@@ -27,8 +26,10 @@ from pathlib import Path
 
 import yaml
 
+from core.common.files import write_private
 from ha.bootstrap.cib import ClusterPlan
 from ha.bootstrap.nodeconf import API_PORTS, Secrets, write_node_files
+from ha.bootstrap.tls import CA_CERT, load_or_create_ca
 from ha.lab import config, node, state
 from ha.lab.commands import LabError, run
 from ha.lab.network import NODE_IFNAME
@@ -37,6 +38,7 @@ VIP_HOST = 100  # .100 of the lab subnet
 CLIENT_HOST = 2  # the bridge's address: where lab clients run from
 HAVEN_BINARY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "haven"
 CLOUD = "haven-lab"
+ADMIN_PASSWORD_FILE = "/var/lib/haven/admin-password"  # where `haven bootstrap` reads it
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ class StackPaths:
     @property
     def clouds_yaml(self) -> Path:
         return self.root / "clouds.yaml"
+
+    @property
+    def ca(self) -> Path:
+        """The cluster CA (ca.crt is what clients verify the APIs with)."""
+        return self.root / "ca"
 
     @property
     def fernet_keys(self) -> Path:
@@ -119,11 +126,16 @@ def plan_yaml(plan: ClusterPlan) -> str:
     }, sort_keys=False)
 
 
-def clouds_yaml(vip: str, password: str) -> str:
+def auth_url(st: state.LabState) -> str:
+    return f"https://{vip_address(st)}:{API_PORTS['identity']}/v3"
+
+
+def clouds_yaml(auth: str, password: str, cacert: Path) -> str:
     return yaml.safe_dump({"clouds": {CLOUD: {
-        "auth": {"auth_url": f"http://{vip}:{API_PORTS['identity']}/v3", "username": "admin",
+        "auth": {"auth_url": auth, "username": "admin",
                  "password": password, "project_name": "admin",
                  "user_domain_name": "Default", "project_domain_name": "Default"},
+        "cacert": str(cacert),
         "region_name": "RegionOne", "identity_api_version": 3}}})
 
 
@@ -138,12 +150,6 @@ def client_env(lab_dir: Path) -> dict[str, str]:
 
     return {"OS_CLIENT_CONFIG_FILE": str(paths(lab_dir).clouds_yaml), "OS_CLOUD": CLOUD,
             "PATH": f"{HAVEN_BINARY.parent}:{CLEAN_ENV['PATH']}"}
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
 
 
 def _fernet_keys(target: Path) -> None:
@@ -168,15 +174,16 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     plan = lab_plan(st, p.shared)
     p.plan.write_text(plan_yaml(plan))
     if not p.secrets.exists():
-        _write_private(p.secrets, Secrets.generate().to_yaml())
-        _write_private(p.admin_password, secrets.token_urlsafe(18) + "\n")
+        write_private(p.secrets, Secrets.generate().to_yaml())
+        write_private(p.admin_password, secrets.token_urlsafe(18) + "\n")
     shared = Secrets.from_mapping(yaml.safe_load(p.secrets.read_text()))
     password = p.admin_password.read_text().strip()
     if not p.fernet_keys.is_dir():
         _fernet_keys(p.fernet_keys)
+    ca = load_or_create_ca(p.ca, plan.cluster_name)
     for name in plan.nodes:
         root = node.root_dir(lab_dir, name)
-        write_node_files(plan, name, shared, root)
+        write_node_files(plan, name, shared, ca, root)
         keys = config.node_source(root, "/var/lib/haven") / "fernet-keys"
         if keys.exists():
             shutil.rmtree(keys)
@@ -184,12 +191,15 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     progress(f"node configuration written for {', '.join(plan.nodes)}")
     client = f"{host_address(st.subnet, CLIENT_HOST)}/{config.prefix_length(st.subnet)}"
     run(["ip", "-n", st.switch_ns, "addr", "replace", client, "dev", st.bridge])
-    p.clouds_yaml.write_text(clouds_yaml(vip_address(st), password))
+    write_private(p.clouds_yaml, clouds_yaml(auth_url(st), password, p.ca / CA_CERT))
     first = st.nodes[plan.nodes[0]]
+    # `haven bootstrap` takes the admin password from the node's state directory (a
+    # variable set by `env` would be in that command's arguments)
+    write_private(config.node_source(node.root_dir(lab_dir, first.name), ADMIN_PASSWORD_FILE),
+                  password + "\n")
     progress(f"haven cluster bootstrap on {first.name} (Galera, RabbitMQ, Haven, VIP)")
-    result = node.exec_in(first, ["env", f"HAVEN_ADMIN_PASSWORD={password}", str(HAVEN_BINARY),
-                                  "cluster", "bootstrap", "--plan", str(p.plan),
-                                  "--save", str(p.script)],
+    result = node.exec_in(first, [str(HAVEN_BINARY), "cluster", "bootstrap", "--plan",
+                                  str(p.plan), "--save", str(p.script)],
                           timeout=timeout, check=False)
     (p.root / "bootstrap.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:

@@ -66,10 +66,12 @@ def one_run(lab_dir: Path, work: Path, i: int) -> dict[str, float]:
     victim = v.running_on("vip")[0]
     out = work / f"probe-{i}.jsonl"
     password = stack.paths(lab_dir).admin_password.read_text().strip()
-    auth = f"http://{stack.vip_address(st)}:5000/v3"
+    auth = stack.auth_url(st)
     probe = subprocess.Popen(stack.client_argv(st, [sys.executable, "-m", "tests.lab.vip_client",
                                                     "probe", auth, password, str(out)]),
-                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                            "REQUESTS_CA_BUNDLE": str(stack.paths(lab_dir).ca
+                                                                      / "ca.crt")})
     try:
         wait_until(lambda: out.exists(), 60, "the probe's token")
         t0 = time.time()

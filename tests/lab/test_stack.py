@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ha.bootstrap import nodeconf
 from ha.lab import faults, lifecycle, node, stack, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
@@ -38,7 +39,7 @@ TIMINGS: dict[str, str] = {}
 def lab(request: pytest.FixtureRequest) -> Iterator[StackLab]:
     if not TINY.is_file():
         subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
-                        str(TINY.parent)], check=True, timeout=600)
+                        "--out", str(TINY.parent)], check=True, timeout=600)
     with lab_session(request, LAB_DIR, "stack lab", TIMINGS):
         report = lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
         TIMINGS["haven lab up --libvirt"] = f"{report.seconds_total:.1f} s"
@@ -76,6 +77,71 @@ def test_the_stack_runs_everywhere_and_openstack_works_through_the_vip(lab: Stac
     assert lab.sql("node1", "SELECT COUNT(*) FROM instances WHERE deleted = 0") == ["0"]
 
 
+def test_the_apis_are_https_only_and_verified_with_the_cluster_ca(lab: StackLab) -> None:
+    """Issue 9: every endpoint in the catalog is https at the VIP, a plain-http
+    request to an API port gets no answer, and a client that does not trust the
+    cluster CA is refused (the openstack CLI above trusts it through clouds.yaml)."""
+    lab.wait_stack(NODES, 120)
+    vip = stack.vip_address(lab.state())
+    ports = [str(p) for p in nodeconf.API_PORTS.values()]
+    probe = json.loads(lab.client(sys.executable, "-m", "tests.lab.tls_probe",
+                                  str(stack.paths(LAB_DIR).clouds_yaml), vip, *ports).stdout)
+    assert probe["catalog"] and all(u.startswith(f"https://{vip}:") for u in probe["catalog"])
+    assert sorted(probe["plain_http"]) == sorted(ports)
+    assert "answered" not in probe["plain_http"].values(), probe
+    assert probe["untrusted_https"] == {p: "SSLError" for p in ports}
+
+
+BROKER_PROBE = """
+import socket, ssl, sys
+host, tls_port, plain_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(cafile=cafile)
+with socket.create_connection((host, tls_port), timeout=10) as raw:
+    with ctx.wrap_socket(raw, server_hostname=host) as tls:
+        print(tls.version())
+try:
+    socket.create_connection((host, plain_port), timeout=10).close()
+    print("plain-open")
+except OSError:
+    print("plain-closed")
+"""
+
+
+def test_the_brokers_speak_amqp_over_tls_only(lab: StackLab) -> None:
+    """Issue 9: each broker's AMQP listener is TLS with a certificate of the
+    cluster CA for its node name, and the plain-text port is closed."""
+    lab.wait_stack(NODES, 120)
+    for name in NODES:
+        out = node.exec_in(lab.state().nodes["node1"], [
+            "python3", "-c", BROKER_PROBE, name, str(nodeconf.AMQPS_PORT), "5672",
+            nodeconf.TLS_CA]).stdout.split()
+        assert out[0] in ("TLSv1.2", "TLSv1.3") and out[1] == "plain-closed", (name, out)
+    # and the brokers talk to each other (clustering, quorum queues) over TLS
+    links = node.exec_in(lab.state().nodes["node1"],
+                         ["rabbitmqctl", "eval", "net_kernel:nodes_info()."], timeout=60).stdout
+    for name in NODES[1:]:
+        assert f'"{name}",tls,inet' in links, links
+
+
+def test_galera_replicates_and_transfers_state_over_tls_and_haven_connects_with_tls(
+        lab: StackLab) -> None:
+    """Issue 9: Galera's group communication is TLS (socket.ssl), full state
+    transfers went through stunnel, TCP clients must use TLS, and Haven's sessions
+    are TLS sessions."""
+    lab.wait_stack(NODES, 120)
+    for name in NODES:
+        options = node.exec_in(lab.state().nodes[name], [
+            "mysql", "-N", "-B", "-e", "SHOW VARIABLES LIKE 'wsrep_provider_options'"]).stdout
+        assert "socket.ssl = YES;" in options, (name, options)
+        assert lab.sql(name, "SELECT @@require_secure_transport") == ["1"], name
+        accepted = lab.sql(name, "SHOW GLOBAL STATUS LIKE 'Ssl_accepts'")
+        assert int(accepted[1]) > 0, (name, accepted)  # Haven's connections to this node
+    logs = [node.exec_in(lab.state().nodes[n], ["sh", "-c", "cat /var/log/mysqld.log "
+                                                "/var/log/mysql/*.log 2>/dev/null"],
+                         check=False).stdout for n in NODES]
+    assert any("Using stunnel for SSL encryption" in text for text in logs)
+
+
 def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> None:
     lab.wait_stack(NODES, 120)
     victim = "node2"
@@ -89,9 +155,10 @@ def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> No
     assert failure.task == "monitor"
     # A new process answers, and the status says what happened until cleaned up.
     nd = lab.state().nodes[victim]
-    health = node.exec_in(nd, ["python3", "-c", "import urllib.request; urllib.request."
-                               "urlopen('http://127.0.0.1:5000/healthcheck', timeout=5)"],
-                          check=False)
+    health = node.exec_in(nd, ["python3", "-c", "import ssl, urllib.request; urllib.request."
+                               "urlopen('https://127.0.0.1:5000/healthcheck', timeout=5, "
+                               "context=ssl.create_default_context(cafile="
+                               f"'{nodeconf.TLS_CA}'))"], check=False)
     assert health.returncode == 0, health.stderr
     status = node.exec_in(nd, ["crm_mon", "-1"]).stdout
     assert "haven-identity" in status and "Failed Resource Actions" in status
@@ -108,11 +175,12 @@ def test_power_loss_of_the_vip_node_under_load_loses_no_acknowledged_write(
     fences_before = len(lab.fences(victim))
     log = tmp_path / "churn.jsonl"
     password = stack.paths(LAB_DIR).admin_password.read_text().strip()
-    auth_url = f"http://{stack.vip_address(lab.state())}:5000/v3"
+    auth_url = stack.auth_url(lab.state())
     churn = subprocess.Popen(
         stack.client_argv(lab.state(), [sys.executable, "-m", "tests.lab.vip_client", "churn",
                                         auth_url, password, str(log), "45"]),
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO),
+                       "REQUESTS_CA_BUNDLE": str(stack.paths(LAB_DIR).ca / "ca.crt")})
     try:
         wait_until(lambda: log.exists() and len(log.read_text().splitlines()) > 50, 60,
                    "the client to get going")

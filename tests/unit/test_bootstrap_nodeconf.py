@@ -12,8 +12,9 @@ import yaml
 
 from core.common.config import load_config
 from ha.bootstrap import nodeconf
-from ha.bootstrap.cib import ClusterPlan
+from ha.bootstrap.cib import ClusterPlan, Fed
 from ha.bootstrap.run import Bootstrap, BootstrapError, database_commands
+from ha.bootstrap.tls import new_ca
 
 PLAN = ClusterPlan(nodes=("n1", "n2", "n3"), vip="10.9.0.100/24", vip_nic="eth0",
                    addresses={"n1": "10.9.0.1", "n2": "10.9.0.2", "n3": "10.9.0.3"},
@@ -21,6 +22,7 @@ PLAN = ClusterPlan(nodes=("n1", "n2", "n3"), vip="10.9.0.100/24", vip_nic="eth0"
                    compute_overrides={"heartbeat_interval": 2})
 SECRETS = nodeconf.Secrets(db_password="d'b", bus_password="b", service_password="s",
                            erlang_cookie="COOKIE")
+CA = new_ca("test")
 
 
 def test_galera_config_names_every_member_and_the_fast_eviction_timeouts() -> None:
@@ -31,10 +33,36 @@ def test_galera_config_names_every_member_and_the_fast_eviction_timeouts() -> No
     assert "evs.suspect_timeout=PT3S" in text and "evs.inactive_timeout=PT6S" in text
 
 
+def test_galera_replicates_transfers_state_and_serves_clients_over_tls() -> None:
+    text = nodeconf.galera_cnf(PLAN, "n2")
+    tls = nodeconf.MYSQL_TLS_DIR
+    assert (f"socket.ssl_key={tls}/node.key;socket.ssl_cert={tls}/node.crt;"
+            f"socket.ssl_ca={tls}/ca.crt") in text
+    sst = text.split("[sst]", 1)[1]
+    assert f"tkey = {tls}/node.key" in sst and f"tca = {tls}/ca.crt" in sst
+    assert "ssl-mode = VERIFY_CA" in sst  # wsrep_sst_rsync: stunnel, or no transfer
+    assert "require_secure_transport = ON" in text.split("[galera]", 1)[0]
+    cfg = yaml.safe_load(nodeconf.haven_config(PLAN, "n2", SECRETS))
+    assert cfg["database"]["ssl_ca"] == nodeconf.TLS_CA
+    files = nodeconf.node_files(PLAN, "n2", SECRETS, CA)
+    assert files[f"{tls}/node.key"][1] == 0o600 and nodeconf.OWNERS[f"{tls}/"] == "mysql"
+
+
 def test_rabbitmq_gets_its_user_a_short_net_ticktime_and_pauses_a_minority() -> None:
     assert "default_user = haven" in nodeconf.rabbitmq_conf(SECRETS)
     assert "cluster_partition_handling = pause_minority" in nodeconf.rabbitmq_conf(SECRETS)
     assert "{net_ticktime, 10}" in nodeconf.rabbitmq_advanced()
+
+
+def test_rabbitmq_is_amqps_only_and_clusters_over_tls() -> None:
+    conf = nodeconf.rabbitmq_conf(SECRETS)
+    assert "listeners.tcp = none" in conf and "listeners.ssl.default = 5671" in conf
+    assert "ssl_options.verify = verify_peer" in conf
+    env = nodeconf.rabbitmq_env()
+    args = f"-proto_dist inet_tls -ssl_dist_optfile {nodeconf.RABBITMQ_DIST_TLS}"
+    assert f'SERVER_ADDITIONAL_ERL_ARGS="{args}"' in env and f'CTL_ERL_ARGS="{args}"' in env
+    files = nodeconf.node_files(PLAN, "n1", SECRETS, CA)
+    assert "{fail_if_no_peer_cert, true}" in files[nodeconf.RABBITMQ_DIST_TLS][0]
 
 
 def test_haven_config_is_valid_uses_the_local_database_every_broker_and_the_vip(
@@ -44,9 +72,12 @@ def test_haven_config_is_valid_uses_the_local_database_every_broker_and_the_vip(
     cfg = load_config(str(path))  # the real loader: unknown keys or bad types would fail
     assert cfg.database.url is not None and "@10.9.0.2/haven" in cfg.database.url
     assert "haven:d%27b@" in cfg.database.url  # passwords are URL-quoted
-    assert [u.split("@")[1] for u in cfg.bus.urls] == ["n2:5672/%2F", "n1:5672/%2F",
-                                                        "n3:5672/%2F"]
+    assert [u.split("@")[1] for u in cfg.bus.urls] == ["n2:5671/%2F", "n1:5671/%2F",
+                                                        "n3:5671/%2F"]
+    assert all(u.startswith("amqps://") for u in cfg.bus.urls)  # TLS to every broker
     assert cfg.catalog.public_host == "10.9.0.100"
+    assert (cfg.tls.scheme, cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file) == (
+        "https", nodeconf.TLS_CA, nodeconf.TLS_CERT, nodeconf.TLS_KEY)
     assert cfg.compute.instances_dir == "/srv/haven/instances"
     assert cfg.compute.heartbeat_interval == 2  # n2 is a hypervisor: overrides apply
     other = yaml.safe_load(nodeconf.haven_config(PLAN, "n1", SECRETS))
@@ -55,16 +86,17 @@ def test_haven_config_is_valid_uses_the_local_database_every_broker_and_the_vip(
 
 def test_node_files_refuse_a_stranger_and_the_cookie_is_private(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a node"):
-        nodeconf.node_files(PLAN, "n9", SECRETS)
-    written = nodeconf.write_node_files(PLAN, "n1", SECRETS, tmp_path)
+        nodeconf.node_files(PLAN, "n9", SECRETS, CA)
+    written = nodeconf.write_node_files(PLAN, "n1", SECRETS, CA, tmp_path)
     cookie = tmp_path / nodeconf.ERLANG_COOKIE.lstrip("/")
     assert cookie in written and oct(cookie.stat().st_mode & 0o777) == "0o400"
-    nodeconf.write_node_files(PLAN, "n1", SECRETS, tmp_path)  # rewriting a 0400 file works
+    nodeconf.write_node_files(PLAN, "n1", SECRETS, CA, tmp_path)  # rewriting a 0400 file works
 
 
 def test_database_commands_quote_the_password_and_need_one() -> None:
-    sql = database_commands(PLAN, "haven", "mysql+pymysql://haven:d%27b@h/haven")[0][2]
-    assert "IDENTIFIED BY 'd\\'b'" in sql
+    fed = database_commands(PLAN, "haven", "mysql+pymysql://haven:d%27b@h/haven")[0]
+    assert isinstance(fed, Fed) and fed.argv == ["mysql", "--batch"]
+    assert "IDENTIFIED BY 'd\\'b'" in fed.stdin
     with pytest.raises(BootstrapError, match="user and a password"):
         database_commands(PLAN, "haven", "mysql+pymysql://h/haven")
 

@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -458,12 +459,14 @@ class AmqpBus:
     API casts to the queue the agent consumes: a per-process prefix silently split
     them, found in the lab).
     ``retry_timeout`` bounds how long a cast keeps trying to reach a broker.
+    ``amqps://`` URLs are TLS, the broker's certificate verified against ``ca_file``
+    (None: the system's CAs) and its host name checked.
     """
 
     def __init__(self, urls: list[str], name: str = "haven", *, prefix: str = "haven",
                  heartbeat: int = 10,
                  connect_timeout: float = 3.0, retry_timeout: float = 30.0,
-                 prefetch: int = 1) -> None:
+                 prefetch: int = 1, ca_file: str | None = None) -> None:
         if not urls:
             raise BusError("the amqp bus needs at least one broker URL")
         for url in urls:
@@ -478,6 +481,8 @@ class AmqpBus:
         self.connect_timeout = connect_timeout
         self.retry_timeout = retry_timeout
         self.prefetch = prefetch
+        self.ca_file = ca_file
+        self._tls: ssl.SSLContext | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._publisher = _Publisher(self)
@@ -489,9 +494,17 @@ class AmqpBus:
 
     # -- connections
 
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context(cafile=self.ca_file)
+        return self._tls
+
     def _parameters(self, url: str, role: str, timeout: float) -> Any:
         params = pika.URLParameters(url)
         given = parse_qs(urlsplit(url).query)
+        if params.ssl_options is not None:
+            # pika's default for amqps names no server, so it could not check the name
+            params.ssl_options = pika.SSLOptions(self._tls_context(), server_hostname=params.host)
         if "heartbeat" not in given:
             params.heartbeat = self.heartbeat
         if "socket_timeout" not in given:

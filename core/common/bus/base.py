@@ -53,8 +53,10 @@ class Bus(Protocol):
         """Stop every subscription and release connections."""
 
 
-def make_bus(driver: str, urls: list[str] | None = None, name: str = "haven") -> Bus:
-    """The bus the configuration asks for."""
+def make_bus(driver: str, urls: list[str] | None = None, name: str = "haven",
+             ca_file: str | None = None) -> Bus:
+    """The bus the configuration asks for; ``amqps://`` brokers are verified against
+    ``ca_file`` (the cluster CA; None: the system's CAs)."""
     if driver == "local":
         from core.common.bus.local import LocalBus
 
@@ -64,5 +66,5 @@ def make_bus(driver: str, urls: list[str] | None = None, name: str = "haven") ->
 
         if not urls:
             raise BusError("bus.urls: the amqp driver needs at least one broker URL")
-        return AmqpBus(urls, name=name)
+        return AmqpBus(urls, name=name, ca_file=ca_file)
     raise BusError(f"unknown bus driver {driver!r}")
