@@ -25,6 +25,7 @@ from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import auth, base_url, field, json_body, make_app, session
 from core.network import ipam
+from core.network import quotas as network_quotas
 from core.network.models import IPAllocation, Network, Port, Subnet
 
 
@@ -110,6 +111,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
                                                         cfg.identity.max_active_keys)))
     app = make_app(db, validator, style="neutron")
     add_healthcheck(app, "network", {"database": db.ping, "bus": None})
+    quotas = network_quotas.make_quotas(cfg.quota)
+    network_quotas.register(app, quotas)
 
     def net_visible(n: Network) -> bool:
         ctx = auth()
@@ -195,8 +198,10 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         external = field(body, "router:external", bool, False)
         if (shared or external) and not ctx.is_admin:
             raise Forbidden("Only an administrator may create shared or external networks.")
+        owner = _owner(ctx, body, "network")
+        network_quotas.enforce(quotas, session(), owner, "network")
         net = create_network_row(session(), field(body, "name", str, ""),
-                                 _owner(ctx, body, "network"), shared, external,
+                                 owner, shared, external,
                                  field(body, "provider:physical_network", str, None))
         net.description = field(body, "description", str, "")
         net.admin_state_up = field(body, "admin_state_up", bool, True)
@@ -318,8 +323,10 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         body = field(json_body(), "port", dict)
         net = load_network(field(body, "network_id", str))
         ts = now()
+        owner = _owner(auth(), body, "port")
+        network_quotas.enforce(quotas, session(), owner, "port")
         port = Port(name=field(body, "name", str, ""), network_id=net.id,
-                    project_id=_owner(auth(), body, "port"),
+                    project_id=owner,
                     mac_address=field(body, "mac_address", str, _mac()),
                     device_id=field(body, "device_id", str, ""),
                     device_owner=field(body, "device_owner", str, ""),
