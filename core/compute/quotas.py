@@ -17,8 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.common import policy
+from core.common.clients import ServiceCallError, ServiceClients
 from core.common.config import QuotaConfig
-from core.common.faults import BadRequest, Forbidden
+from core.common.faults import BadRequest, Fault, Forbidden
 from core.common.policy import Rule, admin, any_of, reader_of_project
 from core.common.quota import (
     CORES,
@@ -72,6 +73,21 @@ def enforce_server(quotas: Quotas, sess: Session, project_id: str | None, vcpus:
             f"{', '.join(str(o.requested) for o in overs)}, but already used "
             f"{', '.join(str(o.used) for o in overs)} of "
             f"{', '.join(str(o.limit) for o in overs)} {names}") from None
+
+
+def check_ports(clients: ServiceClients, token: str, project_id: str | None) -> None:
+    """Nova's look at the network quota before a server that needs a new port is
+    made: 403 "Maximum number of ports exceeded" instead of a server in ERROR. Only
+    a courtesy: the network service's own check is the one that holds under races."""
+    if project_id is None:
+        return
+    try:
+        port = clients.request("GET", "network", f"/v2.0/quotas/{project_id}/details",
+                               token=token).json()["quota"]["port"]
+    except ServiceCallError as exc:
+        raise Fault(f"Network service error: {exc}", 503) from None
+    if port["limit"] != UNLIMITED and port["used"] >= port["limit"]:
+        raise Forbidden("Maximum number of ports exceeded")
 
 
 def _quota_set(quotas: Quotas, sess: Session, project_id: str, detail: bool,

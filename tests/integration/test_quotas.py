@@ -84,6 +84,11 @@ def test_server_quotas_refuse_with_novas_403(compute: Compute) -> None:
     assert set_compute(compute, pid, ram=768).status_code == 200
     assert compute.boot("s2", member).status_code == 202
 
+    # no room for the server's port: Nova's 403, and no server in ERROR left behind
+    assert set_network(services, pid, port=3).status_code == 200
+    over = compute.boot("s3", member)
+    assert over.status_code == 403 and over.json()["forbidden"]["message"] == (
+        "Maximum number of ports exceeded")
     absolute = compute.call("GET", "/limits", member).json()["limits"]["absolute"]
     assert (absolute["maxTotalInstances"], absolute["totalInstancesUsed"]) == (-1, 3)
     assert (absolute["maxTotalCores"], absolute["totalCoresUsed"]) == (-1, 3)
@@ -258,6 +263,15 @@ def test_racing_creations_at_quota_minus_one_give_exactly_one_winner(
     assert Counter(statuses) == Counter({201: 1, 409: 7}), statuses
     used = services.call("GET", "network", f"/v2.0/quotas/{pid}/details").json()["quota"]
     assert used["port"]["used"] == 4
+
+    # a project that never had a creation checked: its lock row is made by the racers
+    # themselves (concurrent upserts of one new row)
+    fresh = services.member("qr2", "qr2-user")
+    fresh_pid = project_id(services, "qr2")
+    assert set_network(services, fresh_pid, port=1).status_code == 200
+    statuses = race(8, lambda i: services.call("POST", "network", "/v2.0/ports", fresh,
+                                               json=body))
+    assert Counter(statuses) == Counter({201: 1, 409: 7}), statuses
 
 
 def openstack_cli(services: Services, *args: str, user: str = "admin",
