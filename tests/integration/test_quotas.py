@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -225,6 +226,40 @@ def test_image_quotas_refuse_with_glances_413(services: Services, tmp_path: Path
     assert rows["image_count_total"] == ["2", "2"] and rows["image_size_total"] == ["1", "1"]
     member_cli = haven_quota(services, "set", "no-such-project", "--ports", "1")
     assert member_cli.returncode == 2 and "no project" in member_cli.stderr
+
+
+def test_two_uploads_racing_for_the_last_mib_cannot_both_fit(services: Services) -> None:
+    """Both uploads start while the project has 1 MiB left, so both pass the check made
+    before the data streams in; the exact check when an image becomes active, under the
+    project's lock, lets only one of them in. (Chunked bodies held at a barrier until
+    both requests are streaming: no timing involved.)"""
+    member = services.member("qs", "qs-user")
+    done = haven_quota(services, "set", "qs", "--image-size-total", "1")
+    assert done.returncode == 0, done.stderr
+    ids = [services.call("POST", "image", "/v2/images", member, json={
+        "name": f"i{i}", "disk_format": "raw", "container_format": "bare"}).json()["id"]
+        for i in range(2)]
+
+    def both_saving() -> bool:
+        return all(services.call("GET", "image", f"/v2/images/{i}", member).json()[
+            "status"] == "saving" for i in ids)
+
+    def body() -> Iterator[bytes]:
+        yield b"\1" * 1024
+        # 'saving' is set after the pre-check: once both are, both have passed it
+        for _ in range(1200):
+            if both_saving():
+                break
+            time.sleep(0.05)
+        yield b"\1" * (600 << 10)
+
+    statuses = race(2, lambda i: services.call(
+        "PUT", "image", f"/v2/images/{ids[i]}/file", member, data=body(),
+        headers={"Content-Type": "application/octet-stream"}))
+    assert sorted(statuses) == [204, 413], statuses
+    states = sorted(services.call("GET", "image", f"/v2/images/{i}", member).json()["status"]
+                    for i in ids)
+    assert states == ["active", "queued"]
 
 
 def race(n: int, make: Any) -> list[int]:
