@@ -21,7 +21,10 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import update
 
+from core.common.timeutil import now
+from core.compute.models import ComputeService, Instance
 from tests.conftest import ADMIN_PASSWORD, Services
 from tests.integration.test_compute_api import Compute
 
@@ -97,6 +100,30 @@ def test_server_quotas_refuse_with_novas_403(compute: Compute) -> None:
     # refused creations left nothing behind
     listed = compute.call("GET", "/servers", member).json()["servers"]
     assert sorted(s["name"] for s in listed) == ["s0", "s1", "s2"]
+
+
+def test_an_evacuation_at_the_quota_is_not_counted_again(compute: Compute) -> None:
+    """A project at its instances, cores and RAM limits: its server is still evacuated
+    off a dead host (the move makes no new server), and usage stays what it was."""
+    services = compute.services
+    member = services.member("qe", "qe-user")
+    pid = project_id(services, "qe")
+    assert set_compute(compute, pid, instances=1, cores=1, ram=256).status_code == 200
+    booted = compute.boot("pet", member)
+    assert booted.status_code == 202, booted.text
+    server_id = booted.json()["server"]["id"]
+    with services.db.session() as s:  # it ran on h1; then h1 died and was fenced
+        s.execute(update(Instance).where(Instance.id == server_id).values(
+            vm_state="active", task_state=None, updated_at=now()))
+        s.execute(update(ComputeService).where(ComputeService.host == "h1").values(
+            forced_down=True))
+    compute.add_host("h2")
+    moved = compute.call("POST", f"/servers/{server_id}/action", json={"evacuate": {}},
+                         headers={"OpenStack-API-Version": "compute 2.25"})
+    assert moved.status_code == 200, moved.text
+    detail = compute.call("GET", f"/os-quota-sets/{pid}/detail").json()["quota_set"]
+    assert [detail[k]["in_use"] for k in ("instances", "cores", "ram")] == [1, 1, 256]
+    assert compute.boot("another", member).status_code == 403
 
 
 def test_quota_sets_admin_updates_members_read_their_own(compute: Compute) -> None:
