@@ -8,6 +8,7 @@ are placed but nothing boots, which is all a quota needs.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -354,7 +355,7 @@ def test_stock_openstack_quota_show_and_set(compute: Compute) -> None:
     unchanged (there is no volume service in the catalog: the CLI skips it); a member
     is refused."""
     services = compute.services
-    services.member("qc", "qc-user")
+    member = services.member("qc", "qc-user")
     done = openstack_cli(services, "quota", "set", "--instances", "3", "--ports", "10", "qc")
     assert done.returncode == 0, done.stderr
     shown = openstack_cli(services, "quota", "show", "qc", "-f", "value")
@@ -362,12 +363,16 @@ def test_stock_openstack_quota_show_and_set(compute: Compute) -> None:
     rows = dict(line.rsplit(" ", 1) for line in shown.stdout.splitlines())
     assert (rows["instances"], rows["ports"], rows["cores"], rows["ram"],
             rows["networks"]) == ("3", "10", "20", "51200", "100")
+    assert compute.boot("counted", member).status_code == 202
     usage = openstack_cli(services, "quota", "show", "--usage", "qc", "-f", "json")
     assert usage.returncode == 0, usage.stderr
+    rows_used = {r["Resource"]: (r["Limit"], r["In Use"]) for r in json.loads(usage.stdout)}
+    assert (rows_used["instances"], rows_used["cores"], rows_used["ports"]) == (
+        (3, 1), (20, 1), (10, 1))
     limits = openstack_cli(services, "limits", "show", "--absolute", "--project", "qc",
                            "-f", "value")
     assert limits.returncode == 0, limits.stderr
-    assert "\ninstances 3\n" in limits.stdout and "\ninstances_used 0\n" in limits.stdout
+    assert "\ninstances 3\n" in limits.stdout and "\ninstances_used 1\n" in limits.stdout
     refused = openstack_cli(services, "quota", "set", "--instances", "30", "qc",
                             user="qc-user", password="pw", project="qc")
     assert refused.returncode != 0 and "403" in refused.stderr, refused.stderr
