@@ -140,12 +140,13 @@ class Quotas:
     def resources(self) -> tuple[str, ...]:
         return tuple(r for r in RESOURCES if r in self.counters)
 
-    def limits(self, sess: Session, project_id: str) -> dict[str, int]:
+    def limits(self, sess: Session, project_id: str,
+               resources: Iterable[str] | None = None) -> dict[str, int]:
         """This service's limits for the project: its overrides, else the defaults."""
-        out = {r: self.defaults[r] for r in self.resources}
+        names = self.resources if resources is None else tuple(resources)
+        out = {r: self.defaults[r] for r in names}
         for row in sess.scalars(select(QuotaLimit).where(
-                QuotaLimit.project_id == project_id,
-                QuotaLimit.resource.in_(self.resources))):
+                QuotaLimit.project_id == project_id, QuotaLimit.resource.in_(names))):
             out[row.resource] = int(row.hard_limit)
         return out
 
@@ -172,11 +173,12 @@ class Quotas:
         unknown = [r for r in deltas if r not in self.counters]
         if unknown:
             raise ValueError(f"no counter for quota resources {unknown}")  # a bug
+        wanted = [r for r, v in deltas.items() if v > 0]
+        if all(v == UNLIMITED for v in self.limits(sess, project_id, wanted).values()):
+            return  # nothing to protect: no lock, no contention (Galera conflicts)
         lock_project(sess, project_id)
-        limits = self.limits(sess, project_id)
-        wanted = [r for r, v in deltas.items() if v > 0 and limits[r] != UNLIMITED]
-        if not wanted:
-            return
+        limits = self.limits(sess, project_id, wanted)  # again: after the lock, current
+        wanted = [r for r in wanted if limits[r] != UNLIMITED]
         used = self.usage(sess, project_id, wanted)
         overs = [Over(r, deltas[r], used[r], limits[r]) for r in wanted
                  if used[r] + deltas[r] > limits[r]]
