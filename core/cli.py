@@ -202,6 +202,64 @@ def cmd_all_in_one(args: argparse.Namespace) -> int:
                           with_compute=not args.no_compute)
 
 
+def _all_quotas(cfg: HavenConfig) -> list[Any]:
+    from core.compute.quotas import make_quotas as compute_quotas
+    from core.image.quotas import make_quotas as image_quotas
+    from core.network.quotas import make_quotas as network_quotas
+
+    return [f(cfg.quota) for f in (compute_quotas, network_quotas, image_quotas)]
+
+
+def _project_id(session: Any, ref: str) -> str:
+    from sqlalchemy import select
+
+    from core.identity.models import Project
+
+    if session.get(Project, ref) is not None:
+        return ref
+    found = list(session.scalars(select(Project.id).where(Project.name == ref,
+                                                           Project.domain_id == "default")))
+    if len(found) != 1:
+        raise UsageError(f"no project {ref!r} (by id, or by name in the default domain)")
+    return str(found[0])
+
+
+def cmd_quota_show(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    db = open_database(cfg)
+    with db.session() as s:
+        project = _project_id(s, args.project)
+        print(f"{'resource':<20} {'limit':>12} {'in use':>12}")
+        for quotas in _all_quotas(cfg):
+            limits, used = quotas.limits(s, project), quotas.usage(s, project)
+            for resource in quotas.resources:
+                print(f"{resource:<20} {limits[resource]:>12} {used[resource]:>12}")
+    return 0
+
+
+def cmd_quota_set(args: argparse.Namespace) -> int:
+    from core.common.quota import RESOURCES
+
+    cfg = config_from_args(args)
+    wanted = {r: getattr(args, r) for r in RESOURCES if getattr(args, r) is not None}
+    if not wanted and not args.reset:
+        raise UsageError("name at least one limit to set (or --reset)")
+    if any(v < -1 for v in wanted.values()):
+        raise UsageError("a limit is -1 (unlimited) or more")
+
+    def unit(s: Any) -> None:
+        project = _project_id(s, args.project)
+        for quotas in _all_quotas(cfg):
+            if args.reset:
+                quotas.reset(s, project)
+            mine = {r: v for r, v in wanted.items() if r in quotas.resources}
+            if mine:
+                quotas.set_limits(s, project, mine)
+
+    open_database(cfg).run_in_transaction(unit)
+    return cmd_quota_show(args)
+
+
 def cmd_config_defaults(_args: argparse.Namespace) -> int:
     sys.stdout.write(defaults_yaml())
     return 0
@@ -264,6 +322,26 @@ def add_commands(sub: Any) -> None:
                    help="clouds.yaml to add the 'haven' cloud to")
     _common(p)
     p.set_defaults(func=cmd_all_in_one)
+
+    quota = sub.add_parser("quota", help="per-project quotas, images included (the stock "
+                           "CLI's 'openstack quota' has no image options)").add_subparsers(
+        dest="quota_cmd", required=True)
+    p = quota.add_parser("show", help="every limit of a project, with its usage")
+    p.add_argument("project", help="project id, or name in the default domain")
+    _common(p)
+    p.set_defaults(func=cmd_quota_show)
+    p = quota.add_parser("set", help="set limits of a project (-1: unlimited)")
+    p.add_argument("project", help="project id, or name in the default domain")
+    from core.common.quota import RESOURCES
+
+    for resource in RESOURCES:
+        unit = " (MiB)" if resource in ("ram", "image_size_total") else ""
+        p.add_argument(f"--{resource.replace('_', '-')}", dest=resource, type=int,
+                       metavar="N", help=f"limit of {resource}{unit}")
+    p.add_argument("--reset", action="store_true",
+                   help="first forget every limit set for the project (defaults apply)")
+    _common(p)
+    p.set_defaults(func=cmd_quota_set)
 
     cfg = sub.add_parser("config", help="configuration reference and checks").add_subparsers(
         dest="config_cmd", required=True)

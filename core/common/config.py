@@ -343,6 +343,27 @@ class EvacuatorConfig:
 
 
 @dataclass
+class QuotaConfig:
+    """Per-project limits every project gets unless an admin set its own (-1: unlimited).
+
+    Nova's, Neutron's and Glance's upstream defaults; Glance names its limits as
+    Keystone unified limits do (``image_size_total`` in MiB).
+    """
+
+    instances: int = field(default=10, metadata=_doc("Servers per project.", _at_least(-1)))
+    cores: int = field(default=20, metadata=_doc("vCPUs of a project's servers.", _at_least(-1)))
+    ram: int = field(default=51200, metadata=_doc("MiB of RAM of a project's servers.",
+                                                  _at_least(-1)))
+    networks: int = field(default=100, metadata=_doc("Networks per project.", _at_least(-1)))
+    ports: int = field(default=500, metadata=_doc(
+        "Ports per project (each server's port counts).", _at_least(-1)))
+    image_count_total: int = field(default=100, metadata=_doc(
+        "Images per project (any status but deleted).", _at_least(-1)))
+    image_size_total: int = field(default=1048576, metadata=_doc(
+        "MiB of image data per project (active images; default 1 TiB).", _at_least(-1)))
+
+
+@dataclass
 class LogConfig:
     level: str = field(
         default="INFO",
@@ -367,6 +388,7 @@ class HavenConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     evacuator: EvacuatorConfig = field(default_factory=EvacuatorConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property

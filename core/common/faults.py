@@ -33,6 +33,7 @@ class Fault(Exception):
     """An error with an HTTP status and a message meant for the client."""
 
     status = 500
+    neutron_type: str | None = None  # Neutron's error type, where its status alone is vague
 
     def __init__(self, message: str, status: int | None = None, **headers: str) -> None:
         super().__init__(message)
@@ -66,13 +67,20 @@ class TooLarge(Fault):
     status = 413
 
 
-def fault_body(style: FaultStyle, status: int, message: str) -> str:
+class OverQuota(Conflict):
+    """Neutron's answer to a creation past the project's quota."""
+
+    neutron_type = "OverQuota"
+
+
+def fault_body(style: FaultStyle, status: int, message: str,
+               neutron_type: str | None = None) -> str:
     title, key = TITLES.get(status, ("Error", "error"))
     body: dict[str, Any]
     if style == "keystone":
         body = {"error": {"code": status, "title": title, "message": message}}
     elif style == "neutron":
-        kind = {400: "BadRequest", 401: "NotAuthorized", 403: "PolicyNotAuthorized",
+        kind = neutron_type or {400: "BadRequest", 401: "NotAuthorized", 403: "PolicyNotAuthorized",
                 404: "NotFound", 409: "Conflict"}.get(status, "NeutronError")
         body = {"NeutronError": {"type": kind, "message": message, "detail": ""}}
     else:

@@ -220,7 +220,7 @@ class HavenPlugin:
             bottle.response.set_header("WWW-Authenticate", 'Keystone uri="' +
                                        bottle.request.urlparts.scheme + "://" +
                                        bottle.request.urlparts.netloc + '"')
-        return fault_body(self.style, fault.status, fault.message)
+        return fault_body(self.style, fault.status, fault.message, fault.neutron_type)
 
 
 def make_app(db: Database, validator: TokenValidator | None, style: FaultStyle,

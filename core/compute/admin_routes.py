@@ -32,10 +32,6 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         return {"availabilityZoneInfo": [{"zoneName": "nova", "zoneState": {"available": True},
                                           "hosts": None}]}
 
-    @app.get("/v2.1/limits")
-    def limits() -> dict[str, Any]:
-        return {"limits": {"rate": [], "absolute": {}}}
-
 
 def register_flavors(app: bottle.Bottle) -> None:
     def load(flavor_id: str) -> Flavor:

@@ -29,6 +29,7 @@ from core.common.health import add_healthcheck
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import base_url, make_app
 from core.compute import scheduler
+from core.compute.quotas import make_quotas
 
 MIN_VERSION = (2, 1)
 MAX_VERSION = (2, 25)
@@ -90,6 +91,7 @@ class ComputeContext:
         self._index: scheduler.HostIndex | None = None
         self._index_at = 0.0
         self._index_lock = threading.Lock()
+        self.quotas = make_quotas(self.cfg.quota)
 
     def host_index(self, session: Session, max_age: float = 1.0) -> scheduler.HostIndex:
         """The scheduler's view of the hosts, reloaded at most every ``max_age`` seconds.
@@ -109,7 +111,7 @@ class ComputeContext:
 
 def create_app(cfg: HavenConfig, db: Database, bus: Bus,
                clients: ServiceClients | None = None) -> bottle.Bottle:
-    from core.compute import admin_routes, policies, servers
+    from core.compute import admin_routes, policies, quotas, servers
 
     policy.register(policies.RULES)
     validator = TokenValidator(TokenCodec(KeyRepository(cfg.fernet_key_dir,
@@ -139,4 +141,5 @@ def create_app(cfg: HavenConfig, db: Database, bus: Bus,
 
     servers.register(app, ctx)
     admin_routes.register(app, ctx)
+    quotas.register(app, ctx.quotas)
     return app

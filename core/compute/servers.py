@@ -37,6 +37,7 @@ from core.common.wsgi import auth, base_url, commit, field, json_body, session
 from core.compute import scheduler, states
 from core.compute.api import ComputeContext
 from core.compute.models import ComputeService, Flavor, Instance, InstanceMetadata, ServerGroup
+from core.compute.quotas import check_ports, enforce_server
 from core.compute.views import server_brief, server_detail
 
 LOG = logging.getLogger(__name__)
@@ -347,6 +348,9 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         network_id, port_id = resolve_network(spec.get("networks"))
         ts = now()
         ctx_auth = auth()
+        if network_id is not None and port_id is None:
+            check_ports(clients, user_token(), ctx_auth.project_id)
+        enforce_server(ctx.quotas, sess, ctx_auth.project_id, flavor.vcpus, flavor.ram_mb)
         inst = Instance(
             name=name, project_id=ctx_auth.project_id, user_id=ctx_auth.user_id,
             flavor_id=flavor.id, vcpus=flavor.vcpus, memory_mb=flavor.ram_mb,

@@ -33,6 +33,7 @@ from core.common.health import add_healthcheck
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import auth, base_url, commit, field, json_body, make_app, session
+from core.image import quotas as image_quotas
 from core.image.formats import ImageFormatError, inspect
 from core.image.models import (
     CONTAINER_FORMATS,
@@ -91,6 +92,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
                                                         cfg.identity.max_active_keys)))
     store = ImageStore(cfg.image_store_path)
     max_bytes = cfg.image.max_image_size_gb << 30
+    quotas = image_quotas.make_quotas(cfg.quota)
     app = make_app(db, validator, style="nova")
 
     def store_writable() -> None:
@@ -214,6 +216,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
             img.id = field(body, "id", str)
             if session().get(Image, img.id) is not None:
                 raise Conflict(f"Image with identifier {img.id} already exists!")
+        image_quotas.enforce_image(quotas, session(), img.owner)
         session().add(img)
         session().flush()
         for key, value in body.items():
@@ -301,6 +304,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
             raise BadRequest("Set disk_format and container_format before uploading data.")
         pinned = (Image.id == img.id, Image.disk_format == disk_format,
                   Image.container_format == container_format)
+        room = image_quotas.room_bytes(quotas, session(), img.owner)
         claimed = rowcount(session().execute(
             update(Image).where(*pinned, Image.status == "queued")
             .values(status="saving", updated_at=now())))
@@ -313,8 +317,10 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         final = store.path(img.id)
         part = final.with_suffix(".part")
         try:
-            size, md5, sha512 = _receive(bottle.request.environ, part, max_bytes)
+            size, md5, sha512 = _receive(bottle.request.environ, part,
+                                         max_bytes if room is None else min(max_bytes, room))
             info = inspect(part, disk_format)
+            image_quotas.enforce_size(quotas, session(), img.owner, size)
             os.replace(part, final)
         except (ImageFormatError, TooLarge, BadRequest) as exc:
             part.unlink(missing_ok=True)
@@ -367,7 +373,8 @@ def _receive(environ: dict[str, Any], part: Path, max_bytes: int) -> tuple[int, 
     length = environ.get("CONTENT_LENGTH")
     remaining = int(length) if length else None
     if remaining is not None and remaining > max_bytes:
-        raise TooLarge(f"Image larger than the {max_bytes >> 30} GiB limit.")
+        raise TooLarge(f"Image data larger than the {max_bytes} bytes allowed (the size "
+                       "limit, or what is left of the project's image_size_total quota).")
     chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
     if remaining is None and not chunked:
         raise BadRequest("Upload needs a Content-Length or chunked transfer encoding.")
@@ -380,7 +387,8 @@ def _receive(environ: dict[str, Any], part: Path, max_bytes: int) -> tuple[int, 
                 break
             size += len(chunk)
             if size > max_bytes:
-                raise TooLarge(f"Image larger than the {max_bytes >> 30} GiB limit.")
+                raise TooLarge(f"Image data larger than the {max_bytes} bytes allowed (the size "
+                       "limit, or what is left of the project's image_size_total quota).")
             md5.update(chunk)
             sha512.update(chunk)
             out.write(chunk)

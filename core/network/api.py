@@ -29,6 +29,7 @@ from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import auth, base_url, field, json_body, make_app, session
 from core.network import ipam
+from core.network import quotas as network_quotas
 from core.network.models import IPAllocation, Network, Port, Subnet
 from core.network.policies import RULES, privileged_device_owner
 
@@ -170,6 +171,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
                                                         cfg.identity.max_active_keys)))
     app = make_app(db, validator, style="neutron")
     add_healthcheck(app, "network", {"database": db.ping, "bus": None})
+    quotas = network_quotas.make_quotas(cfg.quota)
+    network_quotas.register(app, quotas)
 
     policy.register(RULES)
 
@@ -277,8 +280,10 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         if body.get("provider:segmentation_id") is not None:
             raise BadRequest("Invalid input for field 'provider:segmentation_id': "
                              "flat networks have none.")
+        owner = _owner(ctx, body, "network")
+        network_quotas.enforce(quotas, session(), owner, "network")
         net = create_network_row(session(), field(body, "name", str, ""),
-                                 _owner(ctx, body, "network"), shared, external,
+                                 owner, shared, external,
                                  field(body, "provider:physical_network", str, None))
         net.description = field(body, "description", str, "")
         net.admin_state_up = field(body, "admin_state_up", bool, True)
@@ -441,6 +446,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
                 if ipam.reserved(sub, address):
                     policy.enforce(ctx, "network:create_port:fixed_ips:reserved", target)
         ts = now()
+        network_quotas.enforce(quotas, session(), target["project_id"], "port")
         port = Port(name=field(body, "name", str, ""), network_id=net.id,
                     project_id=target["project_id"],
                     mac_address=field(body, "mac_address", str, _mac()),

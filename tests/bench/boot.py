@@ -71,6 +71,10 @@ class Cloud:
                 "name": "admin", "domain": {"id": "default"}, "password": "bench-admin"}}},
                 "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}})
         self.headers = {"X-Auth-Token": resp.headers["X-Subject-Token"]}
+        project = resp.json()["token"]["project"]["id"]  # sizes pass the default quotas
+        requests.put(f"{self.url('compute')}/v2.1/os-quota-sets/{project}",
+                     headers=self.headers, timeout=30, json={"quota_set": {
+                         "instances": -1, "cores": -1, "ram": -1}}).raise_for_status()
         images = requests.get(f"{self.url('image')}/v2/images?name=tiny", headers=self.headers,
                               timeout=30).json()["images"]
         self.image = images[0]["id"]

@@ -149,10 +149,26 @@ def cloud(mariadb: MariaDB, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         for name, _, port in services:
             wait_until_serving(name, f"http://127.0.0.1:{port}/healthcheck", cloud.procs[name],
                                cloud)
+        unlimited_quotas(cloud)
         yield cloud
     finally:
         stop(cloud.procs)
         db.dispose()
+
+
+def unlimited_quotas(cloud: Cloud) -> None:
+    """These tests boot well over the default quotas (10 servers) in the admin
+    project: lift its compute and port limits, as an operator would."""
+    headers = {"X-Auth-Token": cloud.token()}
+    project = requests.get(f"{cloud.identity}/v3/auth/tokens", timeout=30, headers={
+        **headers, "X-Subject-Token": headers["X-Auth-Token"]}).json()["token"]["project"]["id"]
+    resp = requests.put(f"{cloud.computes[0]}/v2.1/os-quota-sets/{project}", headers=headers,
+                        json={"quota_set": {"instances": -1, "cores": -1, "ram": -1}},
+                        timeout=30)
+    assert resp.status_code == 200, resp.text
+    resp = requests.put(f"{cloud.network}/v2.0/quotas/{project}", headers=headers,
+                        json={"quota": {"port": -1}}, timeout=30)
+    assert resp.status_code == 200, resp.text
 
 
 def upload_tiny_qcow2(cloud: Cloud, token: str) -> str:

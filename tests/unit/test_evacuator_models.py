@@ -37,7 +37,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 def test_the_migration_creates_the_tables_and_matches_the_models(db: Database) -> None:
-    assert migrate.current_revision(db) == migrate.head_revision() == "0003"
+    assert migrate.current_revision(db) == migrate.head_revision()  # 0003 or a later one
     tables = set(inspect(db.engine).get_table_names())
     assert {"evacuation_events", "evacuation_instances"} <= tables
     with db.engine.connect() as conn:
@@ -48,7 +48,7 @@ def test_the_migration_goes_down_and_up_again(db: Database) -> None:
     command.downgrade(migrate.alembic_config(db), "0002")
     assert "evacuation_events" not in inspect(db.engine).get_table_names()
     migrate.upgrade(db)
-    assert migrate.current_revision(db) == "0003"
+    assert migrate.current_revision(db) == migrate.head_revision()
 
 
 def new_event(host: str = "node3") -> EvacuationEvent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from alembic import context
 
 import core.common.auth
+import core.common.quota
 import core.common.settings
 import core.compute.models
 import core.identity.models
@@ -19,6 +20,7 @@ from core.common.db import Base
 
 MODEL_MODULES = (
     core.common.auth,
+    core.common.quota,
     core.compute.models,
     core.identity.models,
     core.image.models,
