@@ -29,7 +29,16 @@ from core.common.health import add_healthcheck
 from core.common.policy import admin
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
-from core.common.wsgi import auth, base_url, commit, field, json_body, make_app, session
+from core.common.wsgi import (
+    auth,
+    base_url,
+    commit,
+    field,
+    json_body,
+    make_app,
+    request_stream,
+    session,
+)
 from core.image.formats import ImageFormatError, inspect
 from core.image.models import (
     CONTAINER_FORMATS,
@@ -329,7 +338,7 @@ def _reset(db: Database, image_id: str) -> None:
 
 
 def _receive(environ: dict[str, Any], part: Path, max_bytes: int) -> tuple[int, str, str]:
-    stream = environ["wsgi.input"]
+    stream = request_stream(max_bytes, "Image")  # bounded: 413 once over, never read past
     length = environ.get("CONTENT_LENGTH")
     remaining = int(length) if length else None
     if remaining is not None and remaining > max_bytes:
