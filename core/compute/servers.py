@@ -37,6 +37,7 @@ from core.common.wsgi import auth, base_url, commit, field, json_body, session
 from core.compute import scheduler, states
 from core.compute.api import ComputeContext
 from core.compute.models import ComputeService, Flavor, Instance, InstanceMetadata, ServerGroup
+from core.compute.name_filter import name_matcher
 from core.compute.views import server_brief, server_detail
 
 LOG = logging.getLogger(__name__)
@@ -402,12 +403,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
                 raise Forbidden("A project-scoped token is needed to list servers.")
             policy.enforce(ctx_auth, "compute:servers:read", {"project_id": ctx_auth.project_id})
             query = query.where(Instance.project_id == ctx_auth.project_id)
-        name_filter = None
-        if "name" in q:  # Nova matches names as a regular expression
-            try:
-                name_filter = re.compile(q["name"])
-            except re.error:
-                raise BadRequest(f"Invalid regular expression for 'name': {q['name']}") from None
+        name_filter = name_matcher(q["name"]) if "name" in q else None
         if "host" in q:
             policy.enforce(ctx_auth, "compute:servers:all_tenants")
             query = query.where(Instance.host == q["host"])
@@ -416,7 +412,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         if "flavor" in q:
             query = query.where(Instance.flavor_id == q["flavor"])
         rows = [i for i in session().scalars(query)
-                if name_filter is None or name_filter.search(i.name)]
+                if name_filter is None or name_filter(i.name)]
         if "status" in q:
             wanted = q["status"].upper()
             rows = [i for i in rows if states.api_status(i.vm_state, i.task_state) == wanted]

@@ -8,6 +8,7 @@ acceptance tests' business.
 
 from __future__ import annotations
 
+import faulthandler
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,30 @@ def test_metadata_and_the_action_state_machine(compute: Compute) -> None:
     # evacuating from a host that is up is refused, as in Nova
     assert compute.call("POST", f"/servers/{server_id}/action",
                         json={"evacuate": {}}).status_code == 409
+
+
+def test_name_filter_is_a_regex_search_in_linear_time(compute: Compute) -> None:
+    """Regression: ``?name=`` went to Python's backtracking ``re``; ``(a+)+$`` against a
+    long name ran for ages holding the GIL, freezing every API of the process. The
+    watchdog (a C thread: it fires even while the GIL is held) turns a hang into a
+    failure with every thread's traceback."""
+    for name in ("a" * 254 + "!", "web-01", "db-01"):
+        assert compute.boot(name).status_code == 202
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        crafted = compute.call("GET", "/servers", params={"name": "(a+)+$"})
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert crafted.status_code == 200 and crafted.json()["servers"] == []
+    # Nova's semantics: a regular expression searched anywhere in the name
+    found = compute.call("GET", "/servers/detail", params={"name": "^(web|db)-0[1-9]$"})
+    assert sorted(s["name"] for s in found.json()["servers"]) == ["db-01", "web-01"]
+    assert [s["name"] for s in compute.call("GET", "/servers", params={
+        "name": "eb"}).json()["servers"]] == ["web-01"]
+    for pattern in ("(?=web)", "[", "(a)\\1"):
+        bad = compute.call("GET", "/servers", params={"name": pattern})
+        assert bad.status_code == 400 and "'name'" in bad.json()["badRequest"]["message"], (
+            pattern, bad.text)
 
 
 def test_evacuation_records_are_listed_and_shown_to_admins_only(compute: Compute) -> None:
