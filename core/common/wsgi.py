@@ -144,6 +144,10 @@ class HavenPlugin:
 
     def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
         skip_auth = route.config.get("skip_auth", False) or self.validator is None
+        # optional_auth: anyone may call; a valid token is still recognised (auth() then
+        # works, else environ has no "haven.auth"), an invalid one is ignored
+        optional_auth = route.config.get("optional_auth", False) and self.validator is not None
+        skip_auth = skip_auth or optional_auth
         raw_body = route.config.get("raw_body", False)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -159,7 +163,7 @@ class HavenPlugin:
             attempt = 0
             while True:
                 try:
-                    return self._once(callback, skip_auth, args, kwargs)
+                    return self._once(callback, skip_auth, optional_auth, args, kwargs)
                 except DBAPIError as exc:
                     committed = bottle.request.environ.pop("haven.committed", False)
                     # A handler that already committed part of its work must not run
@@ -174,7 +178,8 @@ class HavenPlugin:
         return wrapper
 
     def _once(
-        self, callback: Callable[..., Any], skip_auth: bool, args: Any, kwargs: Any
+        self, callback: Callable[..., Any], skip_auth: bool, optional_auth: bool, args: Any,
+        kwargs: Any,
     ) -> Any:
         environ = bottle.request.environ
         sess = self.db.sessions()
@@ -182,6 +187,8 @@ class HavenPlugin:
         try:
             if self.prepare is not None:
                 self.prepare()
+            if optional_auth:
+                self._recognise(sess)
             if not skip_auth:
                 token = bottle.request.get_header("X-Auth-Token")
                 if not token:
@@ -213,6 +220,18 @@ class HavenPlugin:
                                     "fulfilled.", 500))
         finally:
             sess.close()
+
+    def _recognise(self, sess: Session) -> None:
+        """Validate the token of an ``optional_auth`` route's caller, if it has one."""
+        token = bottle.request.get_header("X-Auth-Token")
+        if not token or self.validator is None:
+            return
+        try:
+            bottle.request.environ["haven.auth"] = self.validator.validate(sess, token)
+        except Unauthorized:
+            pass  # anonymous, then
+        except DBAPIError:
+            sess.rollback()  # the database is down: the caller stays anonymous
 
     @staticmethod
     def render(result: Any) -> Any:
