@@ -274,6 +274,13 @@ class EvacuatorConfig:
 
 
 @dataclass
+class ApiConfig:
+    max_limit: int = field(default=1000, metadata=_doc(
+        "Most items one page of a list answers (as Nova's api.max_limit): a larger "
+        "'limit', or none, gets this many and a link to the next page.", _between(1, 100000)))
+
+
+@dataclass
 class LogConfig:
     level: str = field(
         default="INFO",
@@ -297,6 +304,7 @@ class HavenConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     evacuator: EvacuatorConfig = field(default_factory=EvacuatorConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
