@@ -41,6 +41,13 @@ def after_marker(rows: Sequence[T], ids: Sequence[str], marker: str | None) -> S
     return rows[ids.index(marker) + 1:]
 
 
+def paginate(rows: Sequence[T], ids: Sequence[str], query: Mapping[str, str],
+             max_limit: int) -> tuple[list[T], int]:
+    """(this page's rows, the page size in force) for ``limit`` and ``marker`` in ``query``."""
+    limit = page_limit(query, max_limit)
+    return list(after_marker(rows, ids, query.get("marker")))[:limit], limit
+
+
 def next_links(url: str, query: Mapping[str, str], limit: int, count: int,
                last_id: str | None) -> list[dict[str, Any]]:
     """Nova's ``<collection>_links``: a "next" link when the page is full."""

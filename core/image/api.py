@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import bottle
 from sqlalchemy import or_, select, update
@@ -26,6 +27,7 @@ from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound, TooLarge
 from core.common.health import add_healthcheck
+from core.common.paging import paginate
 from core.common.policy import admin
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
@@ -186,8 +188,15 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         for key in ("name", "status", "visibility", "owner", "disk_format"):
             if key in q:
                 query = query.where(getattr(Image, key) == q[key])
-        images = [render(i) for i in session().scalars(query)]
-        return {"images": images, "first": "/v2/images", "schema": "/v2/schemas/images"}
+        rows = list(session().scalars(query.order_by(Image.id)))
+        page, limit = paginate(rows, [i.id for i in rows], q, cfg.api.max_limit)
+        body = {"images": [render(i) for i in page], "first": "/v2/images",
+                "schema": "/v2/schemas/images"}
+        if limit and len(page) == limit:  # Glance's "next": the rest is one link away
+            params = {**{k: q[k] for k in q if k not in ("limit", "marker")},
+                      "marker": page[-1].id, "limit": limit}
+            body["next"] = f"/v2/images?{urlencode(params)}"
+        return body
 
     @app.post("/v2/images")
     def create_image() -> dict[str, Any]:

@@ -266,3 +266,39 @@ def gunicorn_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicor
 def test_bodies_are_bounded_under_gunicorn(gunicorn_cloud: GunicornCloud) -> None:
     c = gunicorn_cloud
     check_bodies_are_bounded(c.identity, c.image, c.network, c.token)
+
+
+def test_image_and_network_lists_are_paged(services: Services) -> None:
+    """Regression: image and network lists had no page size at all (every row, rendered,
+    in one answer). Now a page holds at most ``api.max_limit`` items and links to the
+    next one, in each service's own format (Glance's ``next``, Neutron's ``*_links``)."""
+    for i in range(3):
+        assert services.call("POST", "image", "/v2/images", json={
+            "name": f"i{i}", "disk_format": "raw", "container_format": "bare"}).ok
+        assert services.call("POST", "network", "/v2.0/networks", json={
+            "network": {"name": f"n{i}"}}).ok
+    want_images = {i["id"] for i in services.call("GET", "image", "/v2/images").json()["images"]}
+    want_nets = {n["id"] for n in services.call("GET", "network",
+                                                "/v2.0/networks").json()["networks"]}
+    assert len(want_images) == 3 and len(want_nets) == 4  # and the provider network
+    services.cfg.api.max_limit = 2
+    try:
+        seen, path = [], "/v2/images?limit=500"
+        while path:
+            page = services.call("GET", "image", path).json()
+            assert len(page["images"]) <= 2
+            seen += [i["id"] for i in page["images"]]
+            path = page.get("next")
+        assert sorted(seen) == sorted(want_images)
+        seen, url = [], services.url("network") + "/v2.0/networks"
+        while url:
+            body = services.call("GET", "network", url[len(services.url("network")):]).json()
+            assert len(body["networks"]) <= 2
+            seen += [n["id"] for n in body["networks"]]
+            url = next((link["href"] for link in body.get("networks_links", [])
+                        if link["rel"] == "next"), None)
+        assert sorted(seen) == sorted(want_nets)
+        bad = services.call("GET", "network", "/v2.0/ports?limit=-3")
+        assert bad.status_code == 400 and "'limit'" in bad.text
+    finally:
+        services.cfg.api.max_limit = 1000
