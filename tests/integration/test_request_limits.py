@@ -176,6 +176,18 @@ def check_bodies_are_bounded(identity: str, image: str, network: str, token: str
                  f"Content-Length: {8 << 30}\r\n\r\n"):
         refused = send_while_reading(image, head, endless_chunked_body())
         assert refused.status == 401 and refused.closed, refused
+    # ... and an authenticated one streams past 1 MiB into the store
+    made = requests.post(f"http://{image}/v2/images", timeout=30, headers={
+        "X-Auth-Token": token}, json={"name": "c", "disk_format": "raw",
+                                      "container_format": "bare"})
+    data = os.urandom(3 * MiB)
+    stored = send_while_reading(image, chunked_head(
+        "PUT", f"/v2/images/{made.json()['id']}/file", token, last=True),
+        iter([_chunk(data[:MiB]), _chunk(data[MiB:]), b"0\r\n\r\n"]))
+    assert stored.status == 204, stored
+    shown = requests.get(f"http://{image}/v2/images/{made.json()['id']}", timeout=30,
+                         headers={"X-Auth-Token": token}).json()
+    assert shown["status"] == "active" and shown["size"] == len(data)
 
 
 def test_bodies_are_bounded_under_cheroot(services: Services) -> None:
