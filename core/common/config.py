@@ -364,6 +364,13 @@ class QuotaConfig:
 
 
 @dataclass
+class ApiConfig:
+    max_limit: int = field(default=1000, metadata=_doc(
+        "Most items one page of a list answers (as Nova's api.max_limit): a larger "
+        "'limit', or none, gets this many and a link to the next page.", _between(1, 100000)))
+
+
+@dataclass
 class LogConfig:
     level: str = field(
         default="INFO",
@@ -389,6 +396,7 @@ class HavenConfig:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     evacuator: EvacuatorConfig = field(default_factory=EvacuatorConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property

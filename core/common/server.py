@@ -33,6 +33,23 @@ class Listener:
     app: Callable[..., Any]
 
 
+class _Gateway(wsgi.Gateway_10):
+    """Cheroot's WSGI gateway, but an app's ``Connection: close`` really closes.
+
+    Stock cheroot keeps the connection and first reads whatever the app left of a
+    declared request body (all of it, in one allocation): an unauthenticated
+    upload refused at once would still be read whole. The app says
+    ``Connection: close`` when it leaves a body unread (bodylimit.py); this
+    makes cheroot mean it.
+    """
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Any:
+        if any(k.lower() == "connection" and v.lower() == "close" for k, v in headers):
+            self.req.close_connection = True
+        return super().start_response(status, headers, exc_info)
+
+
 class AppServers:
     """Several cheroot servers started together and stopped together."""
 
@@ -43,6 +60,7 @@ class AppServers:
             server = wsgi.Server(split_listen(item.listen), item.app, numthreads=threads,
                                  server_name=f"haven-{item.name}")
             server.shutdown_timeout = 5
+            server.gateway = _Gateway
             self.servers.append(server)
         self._threads: list[threading.Thread] = []
 

@@ -2,6 +2,9 @@
 
 The plugin gives each request what handlers should not have to think about:
 
+* a body read whole before anything else, within the 1 MiB limit that
+  bodylimit.py puts on every request, chunked or not (a route that streams a
+  bigger body says ``raw_body`` and raises the limit with :func:`request_stream`);
 * a request id (``X-Openstack-Request-Id``) in the response and in every log line;
 * one database session, committed when the handler returns and rolled back on
   any error; when the database reports a lost conflict or a dropped connection
@@ -16,6 +19,7 @@ The plugin gives each request what handlers should not have to think about:
 from __future__ import annotations
 
 import contextvars
+import io
 import json
 import logging
 import time
@@ -28,13 +32,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from core.common.auth import AuthContext, TokenValidator, Unauthorized
+from core.common.bodylimit import ENVIRON_KEY, MAX_BODY, BoundedInput, limit_bodies, read_all
 from core.common.db import Database, is_retryable
 from core.common.faults import BadRequest, Fault, FaultStyle, TooLarge, fault_body
 
 LOG = logging.getLogger(__name__)
 ACCESS_LOG = logging.getLogger("haven.access")
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-MAX_BODY = 1024 * 1024
 T = TypeVar("T")
 
 
@@ -63,6 +67,12 @@ def commit() -> None:
 def auth() -> AuthContext:
     """The current request's validated caller."""
     return bottle.request.environ["haven.auth"]
+
+
+def request_stream(limit: int, what: str) -> BoundedInput:
+    """The request body as a stream bounded at ``limit`` bytes (413 past it), for a
+    ``raw_body`` route that streams more than the default 1 MiB somewhere."""
+    return bottle.request.environ[ENVIRON_KEY].allow(limit, what)
 
 
 def json_body() -> dict[str, Any]:
@@ -134,18 +144,26 @@ class HavenPlugin:
 
     def apply(self, callback: Callable[..., Any], route: bottle.Route) -> Callable[..., Any]:
         skip_auth = route.config.get("skip_auth", False) or self.validator is None
+        # optional_auth: anyone may call; a valid token is still recognised (auth() then
+        # works, else environ has no "haven.auth"), an invalid one is ignored
+        optional_auth = route.config.get("optional_auth", False) and self.validator is not None
+        skip_auth = skip_auth or optional_auth
         raw_body = route.config.get("raw_body", False)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not raw_body:
-                length = bottle.request.content_length
-                if length > MAX_BODY:
-                    return self.fault(TooLarge(f"Request body larger than {MAX_BODY} bytes"))
-                bottle.request.body  # noqa: B018 - buffer it now: a retry reads it again
+                # Read it now, bounded, before authentication; bottle would spool any
+                # size to a temporary file (and decode a chunked body a second time).
+                # Buffered here, a retry of the handler reads it again.
+                try:
+                    data = read_all(bottle.request.environ)
+                except TooLarge as exc:
+                    return self.fault(exc)
+                bottle.request.environ["bottle.request.body"] = io.BytesIO(data)
             attempt = 0
             while True:
                 try:
-                    return self._once(callback, skip_auth, args, kwargs)
+                    return self._once(callback, skip_auth, optional_auth, args, kwargs)
                 except DBAPIError as exc:
                     committed = bottle.request.environ.pop("haven.committed", False)
                     # A handler that already committed part of its work must not run
@@ -160,7 +178,8 @@ class HavenPlugin:
         return wrapper
 
     def _once(
-        self, callback: Callable[..., Any], skip_auth: bool, args: Any, kwargs: Any
+        self, callback: Callable[..., Any], skip_auth: bool, optional_auth: bool, args: Any,
+        kwargs: Any,
     ) -> Any:
         environ = bottle.request.environ
         sess = self.db.sessions()
@@ -168,6 +187,8 @@ class HavenPlugin:
         try:
             if self.prepare is not None:
                 self.prepare()
+            if optional_auth:
+                self._recognise(sess)
             if not skip_auth:
                 token = bottle.request.get_header("X-Auth-Token")
                 if not token:
@@ -200,6 +221,18 @@ class HavenPlugin:
         finally:
             sess.close()
 
+    def _recognise(self, sess: Session) -> None:
+        """Validate the token of an ``optional_auth`` route's caller, if it has one."""
+        token = bottle.request.get_header("X-Auth-Token")
+        if not token or self.validator is None:
+            return
+        try:
+            bottle.request.environ["haven.auth"] = self.validator.validate(sess, token)
+        except Unauthorized:
+            pass  # anonymous, then
+        except DBAPIError:
+            sess.rollback()  # the database is down: the caller stays anonymous
+
     @staticmethod
     def render(result: Any) -> Any:
         if result is None:
@@ -223,6 +256,13 @@ class HavenPlugin:
         return fault_body(self.style, fault.status, fault.message, fault.neutron_type)
 
 
+class _BoundedBottle(bottle.Bottle):
+    """A bottle app every request of which goes through bodylimit's ceiling."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return limit_bodies(self.wsgi)(environ, start_response)
+
+
 def make_app(db: Database, validator: TokenValidator | None, style: FaultStyle,
              prepare: Callable[[], None] | None = None) -> bottle.Bottle:
     """A bottle app with Haven's plugin, request ids, and JSON for router errors too.
@@ -230,7 +270,7 @@ def make_app(db: Database, validator: TokenValidator | None, style: FaultStyle,
     ``prepare`` runs before authentication on every routed request (the compute
     API parses the microversion there) and may raise a Fault.
     """
-    app = bottle.Bottle(catchall=True)
+    app = _BoundedBottle(catchall=True)
     app.config["json.enable"] = False  # the Haven plugin renders JSON itself
     app.install(HavenPlugin(db, validator, style, prepare))
 

@@ -25,7 +25,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
     register_groups(app)
     from core.compute import evacuation_routes
 
-    evacuation_routes.register(app)
+    evacuation_routes.register(app, ctx.cfg.api.max_limit)
 
     @app.get("/v2.1/os-availability-zone")
     def zones() -> dict[str, Any]:
@@ -36,14 +36,16 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
 def register_flavors(app: bottle.Bottle) -> None:
     def load(flavor_id: str) -> Flavor:
         f = session().get(Flavor, flavor_id)
-        if f is None or f.deleted:
+        # a private flavor does not exist for those who may not use it (as in Nova)
+        if f is None or f.deleted or not (
+                f.is_public or policy.allowed(auth(), "compute:flavors:private")):
             raise NotFound(f"Flavor {flavor_id} could not be found.")
         return f
 
     def listing() -> list[Flavor]:
         query = select(Flavor).where(Flavor.deleted.is_(False)).order_by(Flavor.ram_mb,
                                                                           Flavor.id)
-        if not auth().is_admin:
+        if not policy.allowed(auth(), "compute:flavors:private"):
             query = query.where(Flavor.is_public.is_(True))
         return list(session().scalars(query))
 

@@ -14,20 +14,22 @@ from sqlalchemy import select
 
 from core.common import policy
 from core.common.faults import BadRequest, NotFound
+from core.common.paging import page_limit
 from core.common.wsgi import auth, session
 from ha.evacuator.cli import event_doc
 from ha.evacuator.models import EvacuationEvent, EvacuationInstance, event_record, instance_record
 
 
-def register(app: bottle.Bottle) -> None:
+def register(app: bottle.Bottle, max_limit: int) -> None:
     @app.get("/v2.1/os-evacuations")
     def list_events() -> dict[str, Any]:
         policy.enforce(auth(), "compute:evacuations")
-        limit_text = bottle.request.query.get("limit", "100")
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1000:
-            raise BadRequest("Invalid input for query parameter 'limit': 1 to 1000.")
+        query = bottle.request.query
+        limit = page_limit(query, max_limit) if "limit" in query else min(100, max_limit)
+        if limit < 1:
+            raise BadRequest("Invalid input for query parameter 'limit': must be >= 1.")
         rows = session().scalars(select(EvacuationEvent).order_by(
-            EvacuationEvent.id.desc()).limit(int(limit_text)))
+            EvacuationEvent.id.desc()).limit(limit))
         return {"evacuations": [event_doc(event_record(r)) for r in rows]}
 
     @app.get("/v2.1/os-evacuations/<event_id>")

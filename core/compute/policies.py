@@ -18,6 +18,8 @@ RULES: dict[str, Rule] = {
     "compute:evacuate": admin,
     "compute:evacuations": admin,
     "compute:flavors:manage": admin,
+    "compute:flavors:private": admin,  # see and boot flavors that are not public
+    "compute:servers:metadata:admin_keys": admin,  # ha:priority (metadata_rules.py)
     "compute:hypervisors": admin,
     "compute:services": admin,
     "compute:server_groups:create": lambda ctx, _t: "member" in ctx.roles,

@@ -32,18 +32,20 @@ from core.common.bus import BusError
 from core.common.clients import ServiceCallError
 from core.common.db import rowcount
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound
+from core.common.paging import after_marker, next_links, page_limit
 from core.common.timeutil import now
 from core.common.wsgi import auth, base_url, commit, field, json_body, session
 from core.compute import scheduler, states
 from core.compute.api import ComputeContext
+from core.compute.metadata_rules import check_admin_keys, check_count, check_metadata
 from core.compute.models import ComputeService, Flavor, Instance, InstanceMetadata, ServerGroup
+from core.compute.name_filter import name_matcher
 from core.compute.quotas import check_ports, enforce_server
 from core.compute.views import server_brief, server_detail
 
 LOG = logging.getLogger(__name__)
 UUID_RE = re.compile(r"^[0-9a-fA-F-]{32,36}$")
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
-MAX_METADATA = 128
 # Claims an instance may lose to other schedulers before it goes to ERROR. Each loss
 # means another instance was placed, so this only bounds a pathological pile-up.
 MAX_CLAIM_ATTEMPTS = 30
@@ -65,18 +67,6 @@ def load_server(instance_id: str, write: bool = False) -> Instance:
 def metadata_of(sess: Session, instance_id: str) -> dict[str, str]:
     return {m.key: m.value for m in sess.scalars(
         select(InstanceMetadata).where(InstanceMetadata.instance_id == instance_id))}
-
-
-def check_metadata(meta: Any, path: str = "metadata") -> dict[str, str]:
-    if not isinstance(meta, dict):
-        raise BadRequest(f"Invalid input for field '{path}': expected an object.")
-    if len(meta) > MAX_METADATA:
-        raise BadRequest(f"Invalid input for field '{path}': at most {MAX_METADATA} items.")
-    for key, value in meta.items():
-        if not isinstance(value, str) or not key or len(key) > 255 or len(value) > 255:
-            raise BadRequest(f"Invalid input for field '{path}.{key}': keys and values must "
-                             "be strings of 1 to 255 characters.")
-    return dict(meta)
 
 
 def nudge(ctx: ComputeContext, inst: Instance) -> None:
@@ -323,13 +313,15 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
             raise BadRequest("Invalid input for field 'server.max_count': Haven creates one "
                              "server per request.")
         meta = check_metadata(spec.get("metadata", {}), "server.metadata")
+        check_admin_keys(auth(), {}, meta)
         hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
         if not isinstance(hints, dict):
             raise BadRequest("Invalid input for field 'os:scheduler_hints': an object.")
         group_id = field(hints, "group", str, None)
         sess = session()
         flavor = sess.get(Flavor, flavor_ref)
-        if flavor is None or flavor.deleted:
+        if flavor is None or flavor.deleted or not (
+                flavor.is_public or policy.allowed(auth(), "compute:flavors:private")):
             raise BadRequest(f"Flavor {flavor_ref} could not be found.")
         if group_id is not None:
             group = sess.get(ServerGroup, group_id)
@@ -390,7 +382,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
                            "OS-DCF:diskConfig": "MANUAL", "security_groups": [
                                {"name": "default"}], "adminPass": ""}}
 
-    def list_query() -> Any:
+    def list_query(collection: str) -> tuple[list[Instance], list[dict[str, Any]]]:
         q = bottle.request.query
         ctx_auth = auth()
         query = select(Instance).where(Instance.deleted.is_(False)).order_by(
@@ -406,12 +398,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
                 raise Forbidden("A project-scoped token is needed to list servers.")
             policy.enforce(ctx_auth, "compute:servers:read", {"project_id": ctx_auth.project_id})
             query = query.where(Instance.project_id == ctx_auth.project_id)
-        name_filter = None
-        if "name" in q:  # Nova matches names as a regular expression
-            try:
-                name_filter = re.compile(q["name"])
-            except re.error:
-                raise BadRequest(f"Invalid regular expression for 'name': {q['name']}") from None
+        name_filter = name_matcher(q["name"]) if "name" in q else None
         if "host" in q:
             policy.enforce(ctx_auth, "compute:servers:all_tenants")
             query = query.where(Instance.host == q["host"])
@@ -420,21 +407,15 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         if "flavor" in q:
             query = query.where(Instance.flavor_id == q["flavor"])
         rows = [i for i in session().scalars(query)
-                if name_filter is None or name_filter.search(i.name)]
+                if name_filter is None or name_filter(i.name)]
         if "status" in q:
             wanted = q["status"].upper()
             rows = [i for i in rows if states.api_status(i.vm_state, i.task_state) == wanted]
-        if "marker" in q:
-            ids = [i.id for i in rows]
-            if q["marker"] not in ids:
-                raise BadRequest(f"marker [{q['marker']}] not found")
-            rows = rows[ids.index(q["marker"]) + 1:]
-        if "limit" in q:
-            try:
-                rows = rows[: max(0, int(q["limit"]))]
-            except ValueError:
-                raise BadRequest("Invalid input for query parameter 'limit'.") from None
-        return rows
+        limit = page_limit(q, ctx.cfg.api.max_limit)
+        rows = list(after_marker(rows, [i.id for i in rows], q.get("marker")))[:limit]
+        links = next_links(f"{base_url()}/v2.1/{collection}", {k: q[k] for k in q}, limit,
+                           len(rows), rows[-1].id if rows else None)
+        return rows, links
 
     network_names: dict[str, str] = {}
 
@@ -463,12 +444,16 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
 
     @app.get("/v2.1/servers")
     def list_servers() -> dict[str, Any]:
-        return {"servers": [server_brief(base_url(), i) for i in list_query()]}
+        rows, links = list_query("servers")
+        page: dict[str, Any] = {"servers": [server_brief(base_url(), i) for i in rows]}
+        return {**page, "servers_links": links} if links else page
 
     @app.get("/v2.1/servers/detail")
     def list_servers_detail() -> dict[str, Any]:
         up = hosts_up()
-        return {"servers": [detail(i, up) for i in list_query()]}
+        rows, links = list_query("servers/detail")
+        page: dict[str, Any] = {"servers": [detail(i, up) for i in rows]}
+        return {**page, "servers_links": links} if links else page
 
     @app.get("/v2.1/servers/<instance_id>")
     def show_server(instance_id: str) -> dict[str, Any]:
@@ -516,6 +501,8 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         inst = load_server(instance_id, write=True)
         meta = check_metadata(field(json_body(), "metadata", dict))
         sess = session()
+        before = metadata_of(sess, inst.id)
+        check_admin_keys(auth(), before, {**before, **meta} if merge else meta)
         if not merge:
             sess.execute(delete(InstanceMetadata).where(InstanceMetadata.instance_id == inst.id))
             sess.flush()
@@ -523,8 +510,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
             sess.merge(InstanceMetadata(instance_id=inst.id, key=key, value=value))
         sess.flush()
         current = metadata_of(sess, inst.id)
-        if len(current) > MAX_METADATA:
-            raise BadRequest(f"Invalid input for field 'metadata': at most {MAX_METADATA}.")
+        check_count(len(current))
         return {"metadata": current}
 
     app.route("/v2.1/servers/<instance_id>/metadata", "POST",
@@ -546,7 +532,11 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         if list(item) != [key]:
             raise BadRequest("Request body and URI mismatch: 'meta' must hold exactly the "
                              "key in the URL.")
+        before = metadata_of(session(), inst.id)
+        check_admin_keys(auth(), before, {**before, **item})
         session().merge(InstanceMetadata(instance_id=inst.id, key=key, value=item[key]))
+        session().flush()
+        check_count(len(metadata_of(session(), inst.id)))
         return {"meta": item}
 
     @app.delete("/v2.1/servers/<instance_id>/metadata/<key>")
@@ -555,6 +545,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         row = session().get(InstanceMetadata, (inst.id, key))
         if row is None:
             raise NotFound(f"Metadata item {key} was not found.")
+        check_admin_keys(auth(), {key: row.value}, {})
         session().delete(row)
 
     # ---- actions ---------------------------------------------------------------

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import bottle
 from sqlalchemy import false, or_, select, update
@@ -30,9 +31,19 @@ from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound, TooLarge
 from core.common.health import add_healthcheck
+from core.common.paging import paginate
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
-from core.common.wsgi import auth, base_url, commit, field, json_body, make_app, session
+from core.common.wsgi import (
+    auth,
+    base_url,
+    commit,
+    field,
+    json_body,
+    make_app,
+    request_stream,
+    session,
+)
 from core.image import quotas as image_quotas
 from core.image.formats import ImageFormatError, inspect
 from core.image.models import (
@@ -202,8 +213,15 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         for key in ("name", "status", "visibility", "owner", "disk_format"):
             if key in q:
                 query = query.where(getattr(Image, key) == q[key])
-        images = [render(i) for i in session().scalars(query)]
-        return {"images": images, "first": "/v2/images", "schema": "/v2/schemas/images"}
+        rows = list(session().scalars(query.order_by(Image.id)))
+        page, limit = paginate(rows, [i.id for i in rows], q, cfg.api.max_limit)
+        body = {"images": [render(i) for i in page], "first": "/v2/images",
+                "schema": "/v2/schemas/images"}
+        if limit and len(page) == limit:  # Glance's "next": the rest is one link away
+            params = {**{k: q[k] for k in q if k not in ("limit", "marker")},
+                      "marker": page[-1].id, "limit": limit}
+            body["next"] = f"/v2/images?{urlencode(params)}"
+        return body
 
     @app.post("/v2/images")
     def create_image() -> dict[str, Any]:
@@ -369,7 +387,7 @@ def _reset(db: Database, image_id: str) -> None:
 
 
 def _receive(environ: dict[str, Any], part: Path, max_bytes: int) -> tuple[int, str, str]:
-    stream = environ["wsgi.input"]
+    stream = request_stream(max_bytes, "Image")  # bounded: 413 once over, never read past
     length = environ.get("CONTENT_LENGTH")
     remaining = int(length) if length else None
     if remaining is not None and remaining > max_bytes:
@@ -388,7 +406,7 @@ def _receive(environ: dict[str, Any], part: Path, max_bytes: int) -> tuple[int, 
             size += len(chunk)
             if size > max_bytes:
                 raise TooLarge(f"Image data larger than the {max_bytes} bytes allowed (the size "
-                       "limit, or what is left of the project's image_size_total quota).")
+                               "limit, or what is left of the project's image_size_total quota).")
             md5.update(chunk)
             sha512.update(chunk)
             out.write(chunk)

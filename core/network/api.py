@@ -25,6 +25,7 @@ from core.common.config import HavenConfig
 from core.common.db import Database
 from core.common.faults import BadRequest, Conflict, Forbidden, NotFound
 from core.common.health import add_healthcheck
+from core.common.paging import next_links, paginate
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import auth, base_url, field, json_body, make_app, session
@@ -244,6 +245,15 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     register_version_routes()
 
+    def paged(collection: str, query: Any) -> tuple[list[Any], dict[str, Any]]:
+        """A page of ``query``'s rows and its ``<collection>_links`` (Neutron's pagination)."""
+        q = bottle.request.query
+        rows = list(session().scalars(query))
+        page, limit = paginate(rows, [r.id for r in rows], q, cfg.api.max_limit)
+        links = next_links(f"{base_url()}/v2.0/{collection}", {k: q[k] for k in q}, limit,
+                           len(page), page[-1].id if page else None)
+        return page, ({f"{collection}_links": links} if links else {})
+
     @app.get("/v2.0/networks")
     def list_networks() -> dict[str, Any]:
         ctx = reader()
@@ -257,8 +267,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
             query = query.where(Network.shared.is_(q["shared"].lower() == "true"))
         if "router:external" in q:
             query = query.where(Network.external.is_(q["router:external"].lower() == "true"))
-        return {"networks": [network_view(n, subnet_ids(n.id))
-                             for n in session().scalars(query)]}
+        rows, links = paged("networks", query.order_by(Network.id))
+        return {"networks": [network_view(n, subnet_ids(n.id)) for n in rows], **links}
 
     @app.post("/v2.0/networks")
     def create_network() -> dict[str, Any]:
@@ -347,7 +357,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
                                     Subnet.network_id.in_(visible)))
         query = filtered(query, Subnet, ("id", "name", "network_id", "tenant_id", "project_id",
                                          "cidr"))
-        return {"subnets": [subnet_view(s) for s in session().scalars(query)]}
+        rows, links = paged("subnets", query.order_by(Subnet.id))
+        return {"subnets": [subnet_view(s) for s in rows], **links}
 
     @app.post("/v2.0/subnets")
     def create_subnet() -> dict[str, Any]:
@@ -415,7 +426,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
             query = query.where(Port.project_id == ctx.project_id)
         query = filtered(query, Port, ("id", "name", "network_id", "device_id", "device_owner",
                                        "tenant_id", "project_id", "mac_address"))
-        return {"ports": [port_view(p, fixed_ips(p.id)) for p in session().scalars(query)]}
+        rows, links = paged("ports", query.order_by(Port.id))
+        return {"ports": [port_view(p, fixed_ips(p.id)) for p in rows], **links}
 
     def port_attribute_rules(body: dict[str, Any], action: str) -> list[str]:
         """The extra rules the attributes in ``body`` call for (Neutron's per-attribute rules)."""

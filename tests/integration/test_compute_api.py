@@ -8,6 +8,7 @@ acceptance tests' business.
 
 from __future__ import annotations
 
+import faulthandler
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,30 @@ def test_metadata_and_the_action_state_machine(compute: Compute) -> None:
                         json={"evacuate": {}}).status_code == 409
 
 
+def test_name_filter_is_a_regex_search_in_linear_time(compute: Compute) -> None:
+    """Regression: ``?name=`` went to Python's backtracking ``re``; ``(a+)+$`` against a
+    long name ran for ages holding the GIL, freezing every API of the process. The
+    watchdog (a C thread: it fires even while the GIL is held) turns a hang into a
+    failure with every thread's traceback."""
+    for name in ("a" * 254 + "!", "web-01", "db-01"):
+        assert compute.boot(name).status_code == 202
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        crafted = compute.call("GET", "/servers", params={"name": "(a+)+$"})
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert crafted.status_code == 200 and crafted.json()["servers"] == []
+    # Nova's semantics: a regular expression searched anywhere in the name
+    found = compute.call("GET", "/servers/detail", params={"name": "^(web|db)-0[1-9]$"})
+    assert sorted(s["name"] for s in found.json()["servers"]) == ["db-01", "web-01"]
+    assert [s["name"] for s in compute.call("GET", "/servers", params={
+        "name": "eb"}).json()["servers"]] == ["web-01"]
+    for pattern in ("(?=web)", "[", "(a)\\1"):
+        bad = compute.call("GET", "/servers", params={"name": pattern})
+        assert bad.status_code == 400 and "'name'" in bad.json()["badRequest"]["message"], (
+            pattern, bad.text)
+
+
 def test_evacuation_records_are_listed_and_shown_to_admins_only(compute: Compute) -> None:
     """The controller's records through the admin API: phases as seconds after detection,
     every instance's outcome; members get 403, unknown ids 404, bad limits 400."""
@@ -257,3 +282,100 @@ def test_batch_evacuate_moves_what_fits_and_answers_per_server(compute: Compute)
     member = compute.services.member("bp", "bu")
     assert compute.call("POST", "/os-hosts/h1/evacuate", member,
                         json={"evacuate": {"servers": [ids[2]]}}).status_code == 403
+
+
+def test_server_list_pages_are_bounded_by_max_limit(compute: Compute) -> None:
+    """Regression: ``limit`` had no maximum (``?limit=1000000`` read and rendered every
+    server). It is now clamped to ``api.max_limit`` (none given: the maximum), and a full
+    page links to the next one, so following links still sees every server."""
+    ids = {compute.boot(f"p{i}").json()["server"]["id"] for i in range(5)}
+    compute.services.cfg.api.max_limit = 2
+    try:
+        seen: list[str] = []
+        url: str | None = compute.url + "/servers/detail?limit=1000"
+        while url:
+            page = requests.get(url, headers={"X-Auth-Token": compute.services.admin_token},
+                                timeout=30).json()
+            assert len(page["servers"]) <= 2
+            seen += [s["id"] for s in page["servers"]]
+            url = next((link["href"] for link in page.get("servers_links", [])
+                        if link["rel"] == "next"), None)
+        assert sorted(seen) == sorted(ids)
+        assert len(compute.call("GET", "/servers").json()["servers"]) == 2
+        for bad in ("-1", "many"):
+            answer = compute.call("GET", "/servers", params={"limit": bad})
+            assert answer.status_code == 400 and "'limit'" in answer.text
+    finally:
+        compute.services.cfg.api.max_limit = 1000
+
+
+def test_metadata_cap_holds_on_the_per_item_path(compute: Compute) -> None:
+    """Regression: PUT /servers/{id}/metadata/{key} added items past the 128 cap."""
+    full = {f"k{i}": "v" for i in range(128)}
+    server = compute.boot("m").json()["server"]["id"]
+    assert compute.call("PUT", f"/servers/{server}/metadata",
+                        json={"metadata": full}).status_code == 200
+    over = compute.call("PUT", f"/servers/{server}/metadata/k128", json={"meta": {"k128": "v"}})
+    assert over.status_code == 403, over.text
+    assert over.json()["forbidden"]["message"] == "Maximum number of metadata items exceeds 128"
+    merged = compute.call("POST", f"/servers/{server}/metadata",
+                          json={"metadata": {"k128": "v"}})
+    assert merged.status_code == 403
+    assert len(compute.call("GET", f"/servers/{server}/metadata").json()["metadata"]) == 128
+    # changing an existing item at the cap is fine
+    assert compute.call("PUT", f"/servers/{server}/metadata/k0",
+                        json={"meta": {"k0": "w"}}).status_code == 200
+
+
+def test_private_flavors_are_for_admins_only(compute: Compute) -> None:
+    """Regression: a flavor with ``os-flavor-access:is_public`` false could be shown and
+    booted by any project. Haven has no per-project flavor access list: private flavors
+    are an administrator's (404 to others on show, 400 "could not be found" on boot, as
+    Nova answers a flavor the caller has no access to)."""
+    compute.add_host("h1")
+    made = compute.call("POST", "/flavors", json={"flavor": {
+        "name": "secret", "ram": 256, "vcpus": 1, "disk": 1, "id": "private-1",
+        "os-flavor-access:is_public": False}})
+    assert made.status_code == 200, made.text
+    member = compute.services.member("pf", "pu")
+    assert compute.call("GET", "/flavors/private-1", member).status_code == 404
+    assert compute.call("GET", "/flavors/private-1/os-extra_specs", member).status_code == 404
+    listed = compute.call("GET", "/flavors/detail", member).json()["flavors"]
+    assert "private-1" not in {f["id"] for f in listed}
+    booted = compute.call("POST", "/servers", member, json={"server": {
+        "name": "x", "imageRef": compute.image, "flavorRef": "private-1", "networks": "auto"}})
+    assert booted.status_code == 400 and "private-1 could not be found" in booted.text
+    assert compute.call("GET", "/flavors/private-1").status_code == 200
+    assert compute.call("POST", "/servers", json={"server": {
+        "name": "y", "imageRef": compute.image, "flavorRef": "private-1",
+        "networks": "auto"}}).status_code == 202
+
+
+def test_ha_priority_is_an_administrators_key(compute: Compute) -> None:
+    """Regression: any tenant could set ``ha:priority`` on its servers and so be evacuated
+    first when capacity is short. Only admins set, change or remove it now."""
+    member = compute.services.member("hp", "hu")
+    with_priority = compute.call("POST", "/servers", member, json={"server": {
+        "name": "vip", "imageRef": compute.image, "flavorRef": "1", "networks": "auto",
+        "metadata": {"ha:priority": "100"}}})
+    assert with_priority.status_code == 403 and "ha:priority" in with_priority.text
+    server = compute.boot("plain", member).json()["server"]["id"]
+    path = f"/servers/{server}/metadata"
+    refused = [
+        compute.call("PUT", f"{path}/ha:priority", member, json={"meta": {"ha:priority": "9"}}),
+        compute.call("POST", path, member, json={"metadata": {"ha:priority": "9"}}),
+        compute.call("PUT", path, member, json={"metadata": {"ha:priority": "9"}}),
+    ]
+    assert [r.status_code for r in refused] == [403, 403, 403], [r.text for r in refused]
+    # an admin sets it; the tenant can neither change nor drop it, but keeps its own keys
+    assert compute.call("PUT", f"{path}/ha:priority",
+                        json={"meta": {"ha:priority": "5"}}).status_code == 200
+    assert compute.call("DELETE", f"{path}/ha:priority", member).status_code == 403
+    assert compute.call("PUT", path, member, json={"metadata": {"x": "1"}}).status_code == 403
+    kept = compute.call("PUT", path, member, json={"metadata": {"ha:priority": "5", "x": "1"}})
+    assert kept.status_code == 200
+    assert compute.call("PUT", f"{path}/ha:enabled", member,
+                        json={"meta": {"ha:enabled": "false"}}).status_code == 200
+    assert compute.call("GET", path, member).json()["metadata"] == {
+        "ha:priority": "5", "x": "1", "ha:enabled": "false"}
+    assert compute.call("DELETE", f"{path}/ha:priority").status_code == 204
