@@ -106,6 +106,8 @@ def test_formats_are_fixed_while_the_upload_is_saving(services: Services,
     assert resp.status_code == 403 and GLANCE_403 in resp.text
 
 
+@pytest.mark.mariadb
+@pytest.mark.parametrize("db_url", ["mariadb"], indirect=True)  # row locks hold the window open
 def test_format_changed_between_read_and_claim_fails_the_claim(services: Services) -> None:
     """The PATCH that commits after the upload read the image, before it claimed it.
 
@@ -116,8 +118,6 @@ def test_format_changed_between_read_and_claim_fails_the_claim(services: Service
     the format it checks against has moved and refuse: checking a descriptor
     as raw and storing it as vmdk is the attack.
     """
-    if not services.cfg.database_url.startswith("mysql"):
-        pytest.skip("row locks to hold the race window open need MariaDB")
     image_id = create(services, "raw")
     result: dict[str, int] = {}
     with services.db.engine.connect() as patcher, services.db.engine.connect() as watcher:
