@@ -30,6 +30,7 @@ from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound, TooLarge
 from core.common.health import add_healthcheck
+from core.common.private import open_private, private_dir
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import auth, base_url, commit, field, json_body, make_app, session
@@ -77,7 +78,7 @@ class ImageStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
 
     def path(self, image_id: str) -> Path:
         return self.directory / image_id
@@ -379,7 +380,7 @@ def _receive(environ: dict[str, Any], part: Path, max_bytes: int) -> tuple[int, 
     if remaining is None and not chunked:
         raise BadRequest("Upload needs a Content-Length or chunked transfer encoding.")
     md5, sha512, size = hashlib.md5(usedforsecurity=False), hashlib.sha512(), 0
-    with open(part, "wb") as out:
+    with os.fdopen(open_private(part), "wb") as out:
         while remaining is None or remaining > 0:
             want = 1 << 20 if remaining is None else min(1 << 20, remaining)
             chunk = stream.read(want)
