@@ -6,8 +6,13 @@ whole module; every test leaves no guest behind.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
+import shutil
+import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +32,11 @@ GUEST_NICE = 5
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AllInOne, Path, Path]]:
-    base = tmp_path_factory.mktemp("aio-compute")
+def cloud() -> Iterator[tuple[AllInOne, Path, Path]]:
+    # Not under pytest's 0700 temporary tree: QEMU runs as libvirt-qemu and must pass
+    # through every directory above the state directory, as under /var/lib on a node.
+    base = Path(tempfile.mkdtemp(prefix="haven-aio-", dir="/var/tmp"))
+    base.chmod(0o711)
     state, clouds = base / "state", base / "clouds.yaml"
     aio = AllInOne(state, clouds, free_port(), compute=True,
                    settings=[f"compute.guest_nice={GUEST_NICE}"])
@@ -36,6 +44,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AllInOne, 
         yield aio, state, clouds
     finally:
         assert aio.stop() == 0
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def poll(check: Callable[[], bool], timeout: float, what: str,
@@ -88,6 +97,44 @@ def guest_running_niced(uuid: str) -> bool:
         os.getpriority(os.PRIO_PROCESS, t) == GUEST_NICE for t in tids)
 
 
+def mode_owner(path: Path) -> tuple[int, str, str]:
+    st = path.stat()
+    return (stat.S_IMODE(st.st_mode), pwd.getpwuid(st.st_uid).pw_name,
+            grp.getgrgid(st.st_gid).gr_name)
+
+
+def assert_confined_and_private(uuid: str, state: Path) -> None:
+    """The guest's QEMU runs as the unprivileged QEMU user; everything the all-in-one
+    made is private to its user, and to the QEMU user where QEMU must read it."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        pid = int(Path(f"/run/libvirt/qemu/{conn.lookupByUUIDString(uuid).name()}.pid")
+                  .read_text())
+    finally:
+        conn.close()
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = int(next(x for x in status.splitlines() if x.startswith("Uid:")).split()[1])
+    assert uid == pwd.getpwnam("libvirt-qemu").pw_uid
+    assert "Seccomp:\t2" in status  # QEMU's seccomp filter is on
+    me = pwd.getpwuid(os.getuid()).pw_name
+    # the state directory: nobody else may enter; the QEMU user may only pass through
+    assert mode_owner(state) == (0o710, me, "libvirt-qemu")
+    assert mode_owner(state / "haven.db") == (0o600, me, mode_owner(state / "haven.db")[2])
+    assert mode_owner(state / "fernet-keys")[0] == 0o700
+    assert {mode_owner(k)[0] for k in (state / "fernet-keys").iterdir()} == {0o600}
+    assert mode_owner(state / "images")[0] == 0o700
+    assert {mode_owner(i)[0] for i in (state / "images").iterdir()} == {0o600}
+    instances = state / "instances"
+    assert mode_owner(instances) == (0o710, me, "libvirt-qemu")
+    assert mode_owner(instances / uuid) == (0o710, me, "libvirt-qemu")
+    assert mode_owner(instances / uuid / "disk") == (0o600, "libvirt-qemu", "libvirt-qemu")
+    assert mode_owner(instances / uuid / "console.log")[:2] == (0o600, "libvirt-qemu")
+    bases = [p for p in (instances / "_base").iterdir() if "." not in p.name]
+    assert bases and {mode_owner(b) for b in bases} == {(0o440, me, "libvirt-qemu")}
+    assert {mode_owner(p)[0] for p in (instances / "_base").iterdir()
+            if "." in p.name} == {0o600}
+
+
 def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) -> None:
     aio, state, clouds = cloud
     server = cli_json(clouds, "server", "create", "--image", "tiny", "--flavor", "m1.tiny",
@@ -98,6 +145,7 @@ def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) 
     uuid = str(server["id"])
     assert domain_exists(uuid)
     assert guest_running_niced(uuid)
+    assert_confined_and_private(uuid, state)
 
     def console() -> str:
         return openstack(clouds, "console", "log", "show", "vm1").stdout

@@ -143,10 +143,6 @@ def test_second_qemu_on_a_running_guests_disk_is_refused_by_the_shared_lease(
         assert qemu_uid(first, dom1) == pwd.getpwnam(QEMU_USER).pw_uid
         assert not readable_as("nobody", spec.disk_path)
         assert readable_as(QEMU_USER, spec.disk_path)
-        # The lease lives on the shared storage, where the other host looks.
-        leases = shared / "instances" / LEASES_DIRNAME
-        assert any(leases.iterdir()), "no lease file in the shared lockspace"
-
         dom2 = conn2.defineXML(xml)
         with pytest.raises(libvirt.libvirtError) as refused:
             dom2.create()
@@ -157,6 +153,9 @@ def test_second_qemu_on_a_running_guests_disk_is_refused_by_the_shared_lease(
         assert "ockspace" in str(refused.value)
         assert not dom2.isActive()
         assert dom1.isActive()
+        # The lease lives on the shared storage, where every host looks.
+        leases = shared / "instances" / LEASES_DIRNAME
+        assert any(leases.iterdir()), "no lease file in the shared lockspace"
 
         # Once the first host's guest is gone (its lease with it), the second may run it.
         dom1.destroy()
