@@ -6,12 +6,10 @@ whole module; every test leaves no guest behind.
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import pwd
 import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +24,7 @@ import yaml
 from core.compute.virt.libvirt import autogroup_nice
 from tests.acceptance.helpers import AllInOne, openstack
 from tests.conftest import free_port
+from tests.filemodes import assert_private_layout
 
 MARKER = "HAVEN-TINY-BOOTED"
 GUEST_NICE = 5
@@ -97,12 +96,6 @@ def guest_running_niced(uuid: str) -> bool:
         os.getpriority(os.PRIO_PROCESS, t) == GUEST_NICE for t in tids)
 
 
-def mode_owner(path: Path) -> tuple[int, str, str]:
-    st = path.stat()
-    return (stat.S_IMODE(st.st_mode), pwd.getpwuid(st.st_uid).pw_name,
-            grp.getgrgid(st.st_gid).gr_name)
-
-
 def assert_confined_and_private(uuid: str, state: Path) -> None:
     """The guest's QEMU runs as the unprivileged QEMU user; everything the all-in-one
     made is private to its user, and to the QEMU user where QEMU must read it."""
@@ -116,23 +109,7 @@ def assert_confined_and_private(uuid: str, state: Path) -> None:
     uid = int(next(x for x in status.splitlines() if x.startswith("Uid:")).split()[1])
     assert uid == pwd.getpwnam("libvirt-qemu").pw_uid
     assert "Seccomp:\t2" in status  # QEMU's seccomp filter is on
-    me = pwd.getpwuid(os.getuid()).pw_name
-    # the state directory: nobody else may enter; the QEMU user may only pass through
-    assert mode_owner(state) == (0o710, me, "libvirt-qemu")
-    assert mode_owner(state / "haven.db") == (0o600, me, mode_owner(state / "haven.db")[2])
-    assert mode_owner(state / "fernet-keys")[0] == 0o700
-    assert {mode_owner(k)[0] for k in (state / "fernet-keys").iterdir()} == {0o600}
-    assert mode_owner(state / "images")[0] == 0o700
-    assert {mode_owner(i)[0] for i in (state / "images").iterdir()} == {0o600}
-    instances = state / "instances"
-    assert mode_owner(instances) == (0o710, me, "libvirt-qemu")
-    assert mode_owner(instances / uuid) == (0o710, me, "libvirt-qemu")
-    assert mode_owner(instances / uuid / "disk") == (0o600, "libvirt-qemu", "libvirt-qemu")
-    assert mode_owner(instances / uuid / "console.log")[:2] == (0o600, "libvirt-qemu")
-    bases = [p for p in (instances / "_base").iterdir() if "." not in p.name]
-    assert bases and {mode_owner(b) for b in bases} == {(0o440, me, "libvirt-qemu")}
-    assert {mode_owner(p)[0] for p in (instances / "_base").iterdir()
-            if "." in p.name} == {0o600}
+    assert_private_layout(state, uuid)
 
 
 def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) -> None:
