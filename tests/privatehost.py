@@ -17,11 +17,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
 
 import libvirt
+
+from core.compute.virt.qemuuser import ensure_kvm_access
 
 DAEMONS = ("virtlockd", "virtlogd", "libvirtd")
 MOUNTS = {"etc": "/etc/libvirt", "run": "/run", "lib": "/var/lib/libvirt",
@@ -34,6 +37,17 @@ def seed_etc(target: Path) -> Path:
     shutil.copytree("/etc/libvirt", target, symlinks=True,
                     ignore=shutil.ignore_patterns("autostart"))
     return target
+
+
+def private_kvm(directory: Path) -> Path:
+    """A /dev/kvm node of our own (same device), given to group kvm as udev does on a
+    node; bound over /dev/kvm in a hypervisor's namespace, so the machine's stays as
+    it is."""
+    node = directory / "kvm"
+    real = os.stat("/dev/kvm")
+    os.mknod(node, 0o600 | stat.S_IFCHR, real.st_rdev)
+    ensure_kvm_access(device=node)
+    return node
 
 
 class PrivateHypervisor:
@@ -50,6 +64,8 @@ class PrivateHypervisor:
         (root / "lib" / "qemu").mkdir(exist_ok=True)
         shutil.chown(root / "lib" / "qemu", "libvirt-qemu", "libvirt-qemu")
         mounts = [("etc", etc_libvirt)] + [(n, root / n) for n in ("run", "lib", "cache", "log")]
+        if Path("/dev/kvm").exists():
+            binds = ((private_kvm(root), Path("/dev/kvm")), *binds)
         script = "".join(f"mount --bind {src} {MOUNTS[name]} && " for name, src in mounts)
         script += "".join(f"mount --bind {src} {target} && " for src, target in binds)
         script += " && ".join(f"{d} -d" for d in DAEMONS)

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from core.compute.virt.hostconf import configure_libvirt, lease_dir, make_lease_dir
+from core.compute.virt.qemuuser import ensure_kvm_access
 from ha.lab import config, node
 from ha.lab.commands import wait_until
 from ha.lab.state import NodeState
@@ -47,6 +48,7 @@ def start(lab_dir: Path, nd: NodeState, timeout: float = 60.0) -> None:
     warm = warm_cache(lab_dir)
     if warm.is_dir() and not (cache / "capabilities").is_dir():
         shutil.copytree(warm, cache, symlinks=True, dirs_exist_ok=True)
+    ensure_kvm_access()  # before libvirtd probes QEMU (qemuuser.py says why)
     node.spawn_in(lab_dir, nd, ["virtlockd", "-d"], "libvirt.out")
     wait_until(lambda: node.exec_in(nd, ["test", "-S", "/run/libvirt/virtlockd-sock"],
                                     check=False).returncode == 0,

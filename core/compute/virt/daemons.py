@@ -24,6 +24,7 @@ from pathlib import Path
 import libvirt
 
 from core.compute.virt.hostconf import LOCAL_LEASE_DIR, configure_libvirt, make_lease_dir
+from core.compute.virt.qemuuser import ensure_kvm_access
 
 LOG = logging.getLogger(__name__)
 ETC_LIBVIRT = Path("/etc/libvirt")
@@ -67,6 +68,9 @@ def ensure_libvirtd(uri: str = "qemu:///system", leases: Path | None = None,
         leases = leases or LOCAL_LEASE_DIR
         changed = configure_libvirt(ETC_LIBVIRT, leases)
         make_lease_dir(leases)
+        if ensure_kvm_access():
+            LOG.warning("/dev/kvm given to group kvm (0660), as udev does: libvirt "
+                        "re-probes QEMU on every definition when its user cannot open it")
         pid = daemon_pid("libvirtd")
         if changed and pid is not None:
             LOG.warning("libvirt configuration changed: restarting libvirtd")
