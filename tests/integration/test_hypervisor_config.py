@@ -59,7 +59,8 @@ def node_config(tmp_path: Path, shared: Path, node: str) -> Path:
     root = tmp_path / node
     etc = seed_etc(root / "etc" / "libvirt")
     out = subprocess.run([str(HAVEN), "cluster", "node-config", "--plan", str(plan),
-                          "--secrets", str(secrets), "--node", node, "--root", str(root)],
+                          "--secrets", str(secrets), "--node", node, "--ca", str(tmp_path / "ca"),
+                          "--root", str(root)],
                          capture_output=True, text=True, check=True)
     assert str(etc / "qemu-lockd.conf") in out.stdout
     return etc

@@ -145,8 +145,8 @@ def test_a_hypervisor_gets_disk_leases_on_the_shared_instances(tmp_path: Path) -
     the shared storage; a node that is not one keeps its libvirt as it was."""
     from core.compute.virt import hostconf
 
-    nodeconf.write_node_files(PLAN, "n2", SECRETS, tmp_path)
+    nodeconf.write_node_files(PLAN, "n2", SECRETS, CA, tmp_path)
     etc = tmp_path / "etc" / "libvirt"
     assert hostconf.missing_settings(etc, Path("/srv/haven/instances/.leases")) == []
-    nodeconf.write_node_files(PLAN, "n1", SECRETS, tmp_path / "n1")
+    nodeconf.write_node_files(PLAN, "n1", SECRETS, CA, tmp_path / "n1")
     assert not (tmp_path / "n1" / "etc" / "libvirt").exists()
