@@ -25,17 +25,18 @@ from pathlib import Path
 from core.common.clients import ServiceCallError, ServiceClients
 from core.common.diskimage import UnsafeImage, check
 from core.common.private import open_private
-from core.compute.virt.qemuuser import BASE_MODE, QemuIds, passable_dir, share_base
+from core.compute.virt.qemuuser import BASE_MODE, QemuIds, passable_dir, qemu_ids, share_base
 
 
 class ImageCache:
     """Bases readable by the QEMU user's group only (0440), private from their first
     byte: downloaded into a 0600 file, given to the group, then renamed into place."""
 
-    def __init__(self, directory: Path, clients: ServiceClients, qemu: QemuIds) -> None:
+    def __init__(self, directory: Path, clients: ServiceClients,
+                 qemu: QemuIds | None = None) -> None:
         self.directory = directory
         self.clients = clients
-        self.qemu = qemu
+        self.qemu = qemu or qemu_ids()
 
     def ensure(self, image_id: str) -> tuple[Path, str]:
         """(path of the cached base image, its disk format), downloading it if needed."""
