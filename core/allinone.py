@@ -138,9 +138,10 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
         if with_compute:
             from core.compute.agent import ComputeAgent
             from core.compute.virt.daemons import ensure_libvirtd
+            from core.compute.virt.hostconf import leases_of
             from core.compute.virt.libvirt import LibvirtDriver
 
-            started = ensure_libvirtd(cfg.compute.libvirt_uri)
+            started = ensure_libvirtd(cfg.compute.libvirt_uri, leases_of(cfg))
             if started:
                 notes.append(f"started {' and '.join(started)}")
             agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,

@@ -22,6 +22,7 @@ from core.common.config import ConfigError, HavenConfig, defaults_yaml, load_con
 from core.common.db import Database
 from core.common.files import write_private
 from core.common.logs import setup_logging
+from core.common.private import private_dir
 
 LOG = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
@@ -44,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> HavenConfig:
 
 
 def open_database(cfg: HavenConfig) -> Database:
-    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.state_path)
     return Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries,
                     cfg.database.ssl_ca)
 
@@ -164,6 +165,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_hypervisor(cfg: HavenConfig) -> None:
+    """Refuse to run guests on a libvirt that `haven cluster node-config` did not set up:
+    without disk leases nothing stops a second QEMU on a disk another host runs."""
+    from core.compute.virt.daemons import ETC_LIBVIRT
+    from core.compute.virt.hostconf import leases_of, make_lease_dir, missing_settings
+
+    leases = leases_of(cfg)
+    missing = missing_settings(ETC_LIBVIRT, leases)
+    if missing:
+        raise UsageError(f"libvirt on this node lacks Haven's settings ({'; '.join(missing)}): "
+                         "run `haven cluster node-config` and restart libvirtd")
+    make_lease_dir(leases)
+
+
 def cmd_compute_agent(args: argparse.Namespace) -> int:
     """Run this hypervisor's compute agent in the foreground until SIGTERM/SIGINT."""
     from core.common.bus import make_bus
@@ -176,6 +191,8 @@ def cmd_compute_agent(args: argparse.Namespace) -> int:
     if cfg.bus.driver == "local":
         raise UsageError("the compute agent runs in its own process: set bus.driver to amqp "
                          "(the local bus only works inside the all-in-one)")
+    if cfg.compute.libvirt_uri.startswith("qemu:///system"):
+        check_hypervisor(cfg)
     db = open_database(cfg)
     bus = make_bus(cfg.bus.driver, cfg.bus.urls, f"compute-{cfg.compute_host}", cfg.tls.ca_file)
     agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,
@@ -197,7 +214,7 @@ def cmd_all_in_one(args: argparse.Namespace) -> int:
         # its servers speak plain http: a catalog of https endpoints would be a lie
         raise UsageError("tls: the all-in-one serves plain http on its own host; tls is "
                          "for cluster nodes (haven serve)")
-    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    private_dir(cfg.state_path)
     return run_all_in_one(cfg, Path(args.clouds_yaml).expanduser(), admin_password(cfg),
                           with_compute=not args.no_compute)
 

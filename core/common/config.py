@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from core.common.private import private_dir
 from core.common.tokens import MAX_TOKEN_LIFETIME_S
 
 
@@ -434,7 +435,7 @@ class HavenConfig:
             return path.read_text().strip()
         except FileNotFoundError:
             pass
-        self.state_path.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_path)
         password = secrets.token_urlsafe(24)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

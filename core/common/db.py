@@ -25,6 +25,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from core.common.private import private_file, sqlite_path
+
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -112,6 +114,9 @@ class Database:
     def __init__(self, url: str, pool_size: int = 5, max_retries: int = 10,
                  ssl_ca: str | None = None) -> None:
         self.url = url
+        path = sqlite_path(url)
+        if path is not None and path.parent.is_dir():
+            private_file(path)  # before SQLite makes it 0644 (its journals copy the mode)
         self.engine = make_engine(url, pool_size, ssl_ca)
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.max_retries = max_retries

@@ -26,6 +26,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from core.common.files import write_private
+from core.common.private import private_dir
 
 PAYLOAD_VERSION = 1
 MAX_TOKEN_LIFETIME_S = 7 * 24 * 3600  # the longest token_expiration configuration allows
@@ -69,7 +70,7 @@ class KeyRepository:
 
         Returns True when keys were created.
         """
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
         if self.key_indexes():
             return False
         self._write_key(0)

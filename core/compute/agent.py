@@ -33,17 +33,28 @@ from core.common.bus.base import Message
 from core.common.clients import ServiceCallError, ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
+from core.common.private import private_dir
 from core.common.settings import cloud_id
 from core.common.timeutil import now
 from core.compute import scheduler, states
 from core.compute.images import ImageCache
 from core.compute.models import ComputeService, Instance, Migration
+from core.compute.virt.hostconf import QEMU_USER
 from core.compute.virt.libvirt import (
     DomainSpec,
     LibvirtDriver,
     VirtError,
     disk_free_gb,
     read_console,
+)
+from core.compute.virt.qemuuser import (
+    QemuUserError,
+    blocked_ancestors,
+    create_private,
+    give_disk,
+    passable_dir,
+    qemu_ids,
+    run_private,
 )
 
 LOG = logging.getLogger(__name__)
@@ -59,7 +70,8 @@ class ComputeAgent:
         self.host = cfg.compute_host
         self.clients = clients or ServiceClients(cfg)
         self.instances = cfg.instances_path
-        self.images = ImageCache(self.instances / "_base", self.clients)
+        self.qemu = qemu_ids()  # no QEMU user: refuse to run guests as anyone else
+        self.images = ImageCache(self.instances / "_base", self.clients, self.qemu)
         self.pool = ThreadPoolExecutor(cfg.compute.build_workers,
                                        thread_name_prefix="converge")
         self._locks: dict[str, threading.Lock] = {}
@@ -70,7 +82,7 @@ class ComputeAgent:
 
     # ---- life cycle ------------------------------------------------------------------
     def start(self) -> None:
-        self.instances.mkdir(parents=True, exist_ok=True)
+        self.prepare_instances()
         if self.driver.cloud_id is None:
             self.driver.cloud_id = cloud_id(self.db)
         self.register()
@@ -101,10 +113,27 @@ class ComputeAgent:
             except Exception:  # a failed round must not end the loop
                 LOG.exception("periodic %s failed", getattr(fn, "__name__", fn))
 
+    def prepare_instances(self) -> None:
+        """Make the instances directory, passable (not listable) by the QEMU user, and
+        the state directory on the way to it when it holds it; refuse to run when
+        QEMU could not reach its disks (every guest would fail to start)."""
+        state = self.cfg.state_path
+        if self.instances.is_relative_to(state):
+            private_dir(state)
+            passable_dir(state, self.qemu)
+        passable_dir(self.instances, self.qemu)
+        if self.driver.uri.startswith("qemu:///system"):
+            blocked = blocked_ancestors(self.instances, self.qemu)
+            if blocked:
+                raise QemuUserError(
+                    f"QEMU runs as {QEMU_USER} and cannot pass through "
+                    f"{', '.join(map(str, blocked))} to reach {self.instances}: give it "
+                    "search (x) permission there, or move compute.instances_dir")
+
     # ---- service row ---------------------------------------------------------------
     def register(self) -> None:
         """Create or refresh this host's service row with its resources."""
-        self.instances.mkdir(parents=True, exist_ok=True)
+        self.prepare_instances()
         info = self.driver.host_info()
         c = self.cfg.compute
         vcpus = c.vcpus or info.vcpus
@@ -262,13 +291,16 @@ class ComputeAgent:
 
     def _spawn(self, inst: Instance, rebuild: bool) -> None:
         task = inst.task_state
-        directory, disk, _ = self._paths(inst)
+        directory, disk, console = self._paths(inst)
         try:
             self.db.run_in_transaction(lambda s: s.execute(
                 update(Instance).where(Instance.id == inst.id, Instance.host == self.host,
                                        Instance.spawn_started_at.is_(None))
                 .values(spawn_started_at=now())))
-            directory.mkdir(parents=True, exist_ok=True)
+            passable_dir(directory, self.qemu)
+            if not console.exists():  # the QEMU user's, and nobody else's
+                create_private(console)
+                give_disk(console, self.qemu)
             if not disk.exists():
                 if rebuild:
                     raise VirtError(f"disk {disk} of evacuated instance not found on shared "
@@ -304,7 +336,8 @@ class ComputeAgent:
         cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base), str(tmp)]
         if inst.root_gb:
             cmd.append(f"{inst.root_gb}G")
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        run_private(cmd)  # 0600 from its creation
+        give_disk(tmp, self.qemu)
         tmp.rename(disk)
 
     def _fail(self, inst: Instance, task: str | None, message: str) -> None:

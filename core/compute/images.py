@@ -24,21 +24,31 @@ from pathlib import Path
 
 from core.common.clients import ServiceCallError, ServiceClients
 from core.common.diskimage import UnsafeImage, check
+from core.common.private import open_private
+from core.compute.virt.qemuuser import BASE_MODE, QemuIds, passable_dir, qemu_ids, share_base
 
 
 class ImageCache:
-    def __init__(self, directory: Path, clients: ServiceClients) -> None:
+    """Bases readable by the QEMU user's group only (0440), private from their first
+    byte: downloaded into a 0600 file, given to the group, then renamed into place."""
+
+    def __init__(self, directory: Path, clients: ServiceClients,
+                 qemu: QemuIds | None = None) -> None:
         self.directory = directory
         self.clients = clients
+        self.qemu = qemu or qemu_ids()
 
     def ensure(self, image_id: str) -> tuple[Path, str]:
         """(path of the cached base image, its disk format), downloading it if needed."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        passable_dir(self.directory, self.qemu)
         path = self.directory / image_id
         meta = self.directory / f"{image_id}.json"
-        with open(self.directory / f"{image_id}.lock", "w") as lock:
+        with os.fdopen(open_private(self.directory / f"{image_id}.lock", os.O_WRONLY |
+                                    os.O_CREAT), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if path.exists() and meta.exists():
+                if path.stat().st_mode & 0o777 != BASE_MODE:  # made by an older Haven
+                    share_base(path, self.qemu)
                 fmt = str(json.loads(meta.read_text())["disk_format"])
                 _check(path, fmt, image_id)
                 return path, fmt
@@ -47,7 +57,7 @@ class ImageCache:
                 raise ServiceCallError(f"image {image_id} is {image.get('status')}")
             part = path.with_suffix(".part")
             md5 = hashlib.md5(usedforsecurity=False)
-            with open(part, "wb") as out:
+            with os.fdopen(open_private(part), "wb") as out:
                 for chunk in self.clients.download("image", f"/v2/images/{image_id}/file"):
                     md5.update(chunk)
                     out.write(chunk)
@@ -61,10 +71,11 @@ class ImageCache:
             except ServiceCallError:
                 part.unlink(missing_ok=True)
                 raise
-            os.chmod(part, 0o444)  # bases are shared by many overlays: never written
+            share_base(part, self.qemu)  # read by many overlays' QEMUs, never written
             os.replace(part, path)
-            meta.write_text(json.dumps({"disk_format": image["disk_format"],
-                                        "checksum": image.get("checksum")}))
+            with os.fdopen(open_private(meta), "w") as out:
+                out.write(json.dumps({"disk_format": image["disk_format"],
+                                      "checksum": image.get("checksum")}))
             return path, str(image["disk_format"])
 
 

@@ -32,6 +32,7 @@ from core.common.db import Database, rowcount
 from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound, TooLarge
 from core.common.health import add_healthcheck
 from core.common.paging import paginate
+from core.common.private import open_private, private_dir
 from core.common.timeutil import iso, now
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import (
@@ -88,7 +89,7 @@ class ImageStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
 
     def path(self, image_id: str) -> Path:
         return self.directory / image_id
@@ -397,7 +398,7 @@ def _receive(environ: dict[str, Any], part: Path, max_bytes: int) -> tuple[int, 
     if remaining is None and not chunked:
         raise BadRequest("Upload needs a Content-Length or chunked transfer encoding.")
     md5, sha512, size = hashlib.md5(usedforsecurity=False), hashlib.sha512(), 0
-    with open(part, "wb") as out:
+    with os.fdopen(open_private(part), "wb") as out:
         while remaining is None or remaining > 0:
             want = 1 << 20 if remaining is None else min(1 << 20, remaining)
             chunk = stream.read(want)

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import yaml
 
 from core.common.files import write_private
+from core.compute.virt.hostconf import configure_libvirt, lease_dir
 from ha.bootstrap.cib import ClusterPlan, fence_password_file
 from ha.bootstrap.tls import ClusterCA
 
@@ -324,4 +325,16 @@ def write_node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: Cluster
                      None)
         write_private(target, content, mode, owner)
         written.append(target)
+    if node in plan.hypervisors:
+        etc_libvirt = root / "etc" / "libvirt"
+        configure_libvirt(etc_libvirt, node_leases(plan, node))
+        written += [etc_libvirt / name for name in ("qemu.conf", "qemu-lockd.conf")]
     return written
+
+
+def node_leases(plan: ClusterPlan, node: str) -> Path:
+    """The disk lease directory of a hypervisor: on the shared instances directory
+    when the plan has shared storage (every hypervisor sees every lease)."""
+    instances = plan.compute_overrides.get("instances_dir") or (
+        Path(plan.shared_dir) / "instances" if plan.shared_dir else None)
+    return lease_dir(Path(str(instances)) if instances else None)

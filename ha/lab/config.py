@@ -1,15 +1,13 @@
 """What a lab looks like, as pure functions: node plans, corosync.conf, /etc/hosts,
-qemu.conf, the mount plan of a node, and the pcs commands that set up fencing.
+the mount plan of a node, and the pcs commands that set up fencing.
 
 Nothing here touches the machine, so every rule (addresses, interface-name length,
-"each ``{`` at a line end", the libvirt settings that let several libvirtds share
-one kernel) is checked by unit tests in milliseconds.
+"each ``{`` at a line end") is checked by unit tests in milliseconds.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -90,38 +88,6 @@ def hosts_file(nodes: Sequence[NodePlan]) -> str:
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback", ""]
     lines += [f"{node.address}\t{node.name}" for node in nodes]
     return "\n".join(lines) + "\n"
-
-
-# Several libvirtds share one kernel and one filesystem: no cgroups or mount
-# namespaces of their own for QEMU, no SELinux/AppArmor labels or chown of shared
-# disk files, QEMU as root (LAB-NOTES.md, "libvirt and QEMU").
-QEMU_SETTINGS: Mapping[str, str] = {
-    "cgroup_controllers": "[ ]",
-    "namespaces": "[ ]",
-    "security_driver": '"none"',
-    "dynamic_ownership": "0",
-    "user": '"root"',
-    "group": '"root"',
-    # Disk leases through virtlockd: a second QEMU on another node cannot open a disk
-    # a live one holds (POSIX locks on the shared files), and a dead node's leases
-    # die with its virtlockd. The guard under the evacuation controller's decisions.
-    "lock_manager": '"lockd"',
-}
-
-
-def set_conf_keys(text: str, settings: Mapping[str, str], marker: str = "haven lab") -> str:
-    """Set ``key = value`` lines of a libvirt-style config file.
-
-    Any active line setting one of the keys is commented out (libvirt would take
-    the first), then the settings are appended in one block, so the result says
-    what the lab changed and why it differs from the packaged file.
-    """
-    pattern = re.compile(r"^\s*(" + "|".join(map(re.escape, settings)) + r")\s*=")
-    out = [f"# ({marker}) {line}" if pattern.match(line) else line
-           for line in text.splitlines()]
-    out += ["", f"# --- set by {marker} ---"]
-    out += [f"{key} = {value}" for key, value in settings.items()]
-    return "\n".join(out) + "\n"
 
 
 Seed = Literal["empty", "skeleton", "copy"]

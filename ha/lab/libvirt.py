@@ -2,7 +2,8 @@
 
 Each node runs its own virtlockd (disk leases), virtlogd + libvirtd (virtlogd
 first, or domains fail to start) with the qemu.conf settings that let several
-libvirtds share one kernel (``config.QEMU_SETTINGS``). The first libvirtd to start
+libvirtds share one kernel (``core.compute.virt.hostconf``, as on every Haven
+hypervisor). The first libvirtd to start
 spends ~8 s probing QEMU's capabilities; its cache is kept as a warm copy in the
 lab directory and seeded into every node booted after it, which then skips the
 probe.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from core.compute.virt.hostconf import configure_libvirt, lease_dir, make_lease_dir
+from core.compute.virt.qemuuser import ensure_kvm_access
 from ha.lab import config, node
 from ha.lab.commands import wait_until
 from ha.lab.state import NodeState
@@ -20,16 +23,23 @@ from ha.lab.state import NodeState
 URI = "qemu:///system"
 
 
+def shared_instances(lab_dir: Path) -> Path:
+    """The instances directory every lab node shares (stack.paths(...).shared)."""
+    return lab_dir / "stack" / "shared" / "instances"
+
+
 def warm_cache(lab_dir: Path) -> Path:
     return lab_dir / "cache" / "libvirt-qemu"
 
 
 def configure(lab_dir: Path, name: str) -> None:
-    """Rewrite the node's private qemu.conf with the lab's settings."""
-    qemu_conf = config.node_source(node.root_dir(lab_dir, name), "/etc/libvirt") / "qemu.conf"
-    text = qemu_conf.read_text() if qemu_conf.exists() else ""
-    qemu_conf.parent.mkdir(parents=True, exist_ok=True)
-    qemu_conf.write_text(config.set_conf_keys(text, config.QEMU_SETTINGS))
+    """Write the node's private libvirt configuration as every Haven hypervisor's
+    (hostconf.py), with disk leases on the lab's shared instances directory."""
+    etc_libvirt = config.node_source(node.root_dir(lab_dir, name), "/etc/libvirt")
+    instances = shared_instances(lab_dir)
+    instances.mkdir(parents=True, exist_ok=True)
+    configure_libvirt(etc_libvirt, lease_dir(instances))
+    make_lease_dir(lease_dir(instances))
 
 
 def start(lab_dir: Path, nd: NodeState, timeout: float = 60.0) -> None:
@@ -38,6 +48,7 @@ def start(lab_dir: Path, nd: NodeState, timeout: float = 60.0) -> None:
     warm = warm_cache(lab_dir)
     if warm.is_dir() and not (cache / "capabilities").is_dir():
         shutil.copytree(warm, cache, symlinks=True, dirs_exist_ok=True)
+    ensure_kvm_access()  # before libvirtd probes QEMU (qemuuser.py says why)
     node.spawn_in(lab_dir, nd, ["virtlockd", "-d"], "libvirt.out")
     wait_until(lambda: node.exec_in(nd, ["test", "-S", "/run/libvirt/virtlockd-sock"],
                                     check=False).returncode == 0,

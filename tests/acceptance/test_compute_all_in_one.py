@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,14 +24,18 @@ import yaml
 from core.compute.virt.libvirt import autogroup_nice
 from tests.acceptance.helpers import AllInOne, openstack
 from tests.conftest import free_port
+from tests.filemodes import assert_private_layout
 
 MARKER = "HAVEN-TINY-BOOTED"
 GUEST_NICE = 5
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AllInOne, Path, Path]]:
-    base = tmp_path_factory.mktemp("aio-compute")
+def cloud() -> Iterator[tuple[AllInOne, Path, Path]]:
+    # Not under pytest's 0700 temporary tree: QEMU runs as libvirt-qemu and must pass
+    # through every directory above the state directory, as under /var/lib on a node.
+    base = Path(tempfile.mkdtemp(prefix="haven-aio-", dir="/var/tmp"))
+    base.chmod(0o711)
     state, clouds = base / "state", base / "clouds.yaml"
     aio = AllInOne(state, clouds, free_port(), compute=True,
                    settings=[f"compute.guest_nice={GUEST_NICE}"])
@@ -36,6 +43,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AllInOne, 
         yield aio, state, clouds
     finally:
         assert aio.stop() == 0
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def poll(check: Callable[[], bool], timeout: float, what: str,
@@ -88,6 +96,22 @@ def guest_running_niced(uuid: str) -> bool:
         os.getpriority(os.PRIO_PROCESS, t) == GUEST_NICE for t in tids)
 
 
+def assert_confined_and_private(uuid: str, state: Path) -> None:
+    """The guest's QEMU runs as the unprivileged QEMU user; everything the all-in-one
+    made is private to its user, and to the QEMU user where QEMU must read it."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        pid = int(Path(f"/run/libvirt/qemu/{conn.lookupByUUIDString(uuid).name()}.pid")
+                  .read_text())
+    finally:
+        conn.close()
+    status = Path(f"/proc/{pid}/status").read_text()
+    uid = int(next(x for x in status.splitlines() if x.startswith("Uid:")).split()[1])
+    assert uid == pwd.getpwnam("libvirt-qemu").pw_uid
+    assert "Seccomp:\t2" in status  # QEMU's seccomp filter is on
+    assert_private_layout(state, uuid)
+
+
 def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) -> None:
     aio, state, clouds = cloud
     server = cli_json(clouds, "server", "create", "--image", "tiny", "--flavor", "m1.tiny",
@@ -98,6 +122,7 @@ def test_cli_boot_console_stop_start_delete(cloud: tuple[AllInOne, Path, Path]) 
     uuid = str(server["id"])
     assert domain_exists(uuid)
     assert guest_running_niced(uuid)
+    assert_confined_and_private(uuid, state)
 
     def console() -> str:
         return openstack(clouds, "console", "log", "show", "vm1").stdout

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -38,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from core.compute.virt.libvirt import DomainSpec, domain_xml  # noqa: E402
+from core.compute.virt.qemuuser import create_private, give_disk, run_private  # noqa: E402
 from ha.lab import faults, lifecycle, node, stack, state  # noqa: E402
-from ha.lab.commands import CLEAN_ENV, LabError, wait_until  # noqa: E402
+from ha.lab.commands import LabError, wait_until  # noqa: E402
 from tests.bench.cpu_profile import CpuSampler  # noqa: E402
 from tests.lab.labtools import StackLab, keep_logs  # noqa: E402
 
@@ -229,10 +229,14 @@ def vd_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
     for i in range(n):
         name = f"vd{i}"
         disk = vd_dir / f"{name}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(TINY), "-F",
-                        "qcow2", str(disk)], check=True, env=dict(CLEAN_ENV))
+        disk.unlink(missing_ok=True)
+        run_private(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(TINY), "-F",
+                     "qcow2", str(disk)])
+        give_disk(disk)  # QEMU runs as libvirt-qemu, as the compute agent's guests do
         consoles[name] = vd_dir / f"{name}.console"
         consoles[name].unlink(missing_ok=True)
+        create_private(consoles[name])
+        give_disk(consoles[name])
         spec = DomainSpec(uuid=str(uuid.uuid4()), name=name, vcpus=1, memory_mb=256,
                           disk_path=disk, console_path=consoles[name], mac_address=None,
                           project_id="bench", cloud_id="virtualdomain-bench")

@@ -21,6 +21,7 @@ import requests
 from sqlalchemy import update
 
 from core.allinone import bootstrap_cloud
+from core.cli import open_database
 from core.common import migrate
 from core.common.bus import Bus, make_bus
 from core.common.clients import ServiceClients
@@ -32,6 +33,7 @@ from core.compute.agent import ComputeAgent
 from core.compute.models import Instance
 from core.compute.virt.libvirt import DomainSpec, LibvirtDriver
 from tests.conftest import ADMIN_PASSWORD, free_port
+from tests.filemodes import assert_private_layout
 from tests.rabbitmq import RabbitMQ
 
 HOST = "agent-test-host"
@@ -84,8 +86,7 @@ def make_cloud(tmp_path: Path, bus_driver: str, urls: list[str]) -> Cloud:
     for service in ("identity", "compute", "image", "network"):
         overrides[f"{service}.listen"] = f"127.0.0.1:{free_port()}"
     cfg = load_config(overrides=overrides)
-    cfg.state_path.mkdir(parents=True)
-    db = Database(cfg.database_url)
+    db = open_database(cfg)  # as the haven command makes the state directory and database
     migrate.upgrade(db)
     bootstrap_cloud(cfg, db, ADMIN_PASSWORD)
     bus = make_bus(bus_driver, urls, "agent-test")
@@ -175,6 +176,20 @@ def test_nudges_build_and_delete_and_duplicates_do_nothing_twice(local_cloud: Cl
         port = local_cloud.instance(server_id).port_id
         assert ServiceClients(local_cloud.cfg).request(
             "GET", "network", f"/v2.0/ports/{port}", expect=(404,)).status_code == 404
+    finally:
+        agent.stop()
+
+
+def test_files_are_private_from_their_creation(local_cloud: Cloud) -> None:
+    """State directory, database, keys and images are the service user's only; the
+    instance's disk, console and base image are the QEMU user's where it must read
+    them. They used to be world-readable (0755 directories, 0644 files)."""
+    agent = local_cloud.agent()
+    agent.start()
+    try:
+        server_id = local_cloud.create("private")
+        wait(lambda: local_cloud.instance(server_id).vm_state == "active")
+        assert_private_layout(local_cloud.cfg.state_path, server_id)
     finally:
         agent.stop()
 

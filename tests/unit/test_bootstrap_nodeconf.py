@@ -138,3 +138,15 @@ def test_a_failing_command_stops_the_bootstrap_with_pcs_own_words() -> None:
         return subprocess.CompletedProcess(list(argv), 1, "", "Error: Agent 'x' not found\n")
     with pytest.raises(BootstrapError, match="Agent 'x' not found"):
         Bootstrap(PLAN, runner=runner).execute(["pcs", "resource", "create", "r", "x"])
+
+
+def test_a_hypervisor_gets_disk_leases_on_the_shared_instances(tmp_path: Path) -> None:
+    """A hypervisor's libvirt runs QEMU unprivileged with leases in the lockspace on
+    the shared storage; a node that is not one keeps its libvirt as it was."""
+    from core.compute.virt import hostconf
+
+    nodeconf.write_node_files(PLAN, "n2", SECRETS, CA, tmp_path)
+    etc = tmp_path / "etc" / "libvirt"
+    assert hostconf.missing_settings(etc, Path("/srv/haven/instances/.leases")) == []
+    nodeconf.write_node_files(PLAN, "n1", SECRETS, CA, tmp_path / "n1")
+    assert not (tmp_path / "n1" / "etc" / "libvirt").exists()

@@ -64,21 +64,6 @@ def test_hosts_file_resolves_every_node_and_localhost() -> None:
     assert "10.213.0.12\tnode2" in text and "10.213.0.13\tnode3" in text
 
 
-def test_qemu_settings_replace_active_lines_and_say_who_set_them() -> None:
-    packaged = ('# user = "libvirt-qemu"\n'
-                'security_driver = "apparmor"\n'
-                'vnc_listen = "0.0.0.0"\n')
-    text = config.set_conf_keys(packaged, config.QEMU_SETTINGS)
-    active = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert 'vnc_listen = "0.0.0.0"' in active  # untouched
-    assert active.count('security_driver = "none"') == 1
-    assert 'security_driver = "apparmor"' not in active
-    for key in ("cgroup_controllers = [ ]", "namespaces = [ ]", "dynamic_ownership = 0",
-                'user = "root"', 'group = "root"'):
-        assert key in active
-    assert "# (haven lab) security_driver = \"apparmor\"" in text
-
-
 def test_init_mounts_fresh_tmpfs_private_copies_and_the_agent_overlay(tmp_path: Path) -> None:
     mounts = config.init_mounts(tmp_path / "root", tmp_path / "sbin", checkout=Path("/srv/h"))
     by_target = {m["target"]: m for m in mounts}

@@ -1,82 +1,82 @@
 """Starting the local libvirt daemons the all-in-one needs (there is no init system).
 
-virtlogd must run before libvirtd, or domains fail to start. The first
-connection after libvirtd starts takes several seconds (QEMU capabilities
-probe); :func:`ensure_libvirtd` waits for a real connection, bounded.
+The daemons start in this order: virtlockd (disk leases: libvirtd refuses to
+start a guest without it), virtlogd (or domains fail to start), libvirtd. Each
+is known by its own pid file in /run, never by its name: another libvirtd on
+the machine (a lab node's, in its own namespaces) is not ours to restart. The
+first connection after libvirtd starts takes several seconds (QEMU
+capabilities probe); :func:`ensure_libvirtd` waits for a real connection,
+bounded.
+
+What the daemons are configured with is :mod:`core.compute.virt.hostconf`'s,
+the same as on a cluster's hypervisors and in the lab.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import libvirt
 
+from core.compute.virt.hostconf import LOCAL_LEASE_DIR, configure_libvirt, make_lease_dir
+from core.compute.virt.qemuuser import ensure_kvm_access
+
 LOG = logging.getLogger(__name__)
-QEMU_CONF = Path("/etc/libvirt/qemu.conf")
-BEGIN, END = "# BEGIN haven-managed", "# END haven-managed"
-# What Haven needs of libvirt's QEMU driver on its hypervisors, and why:
-MANAGED_SETTINGS = """\
-# QEMU runs as root: libvirt probes QEMU's capabilities as root, and if QEMU then
-# runs as another user that cannot open /dev/kvm, libvirt judges its capability
-# cache stale and re-probes (~40 s) on every domain definition.
-user = "root"
-group = "root"
-# Instance disks may live on storage shared by several hypervisors: never chown them.
-dynamic_ownership = 0
-# No systemd/cgroup delegation, no private /dev per guest, no MAC labelling on Haven
-# nodes (containers and lab namespaces have none of them).
-security_driver = "none"
-cgroup_controllers = [ ]
-namespaces = [ ]
-"""
+ETC_LIBVIRT = Path("/etc/libvirt")
+RUN = Path("/run")
+DAEMONS = ("virtlockd", "virtlogd", "libvirtd")  # in start order
 
 
 class LibvirtUnavailable(Exception):
     """libvirtd could not be started or reached."""
 
 
-def _running(name: str) -> bool:
-    return subprocess.run(["pgrep", "-x", name], capture_output=True, check=False).returncode == 0
+def daemon_pid(name: str, run: Path = RUN) -> int | None:
+    """The pid of this machine's ``name`` from its pid file, if that process lives."""
+    try:
+        pid = int((run / f"{name}.pid").read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return pid if comm == name[:15] else None
 
 
-def configure_qemu(path: Path = QEMU_CONF) -> bool:
-    """Put Haven's block into qemu.conf (replacing an older one); True if it changed."""
-    text = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{MANAGED_SETTINGS}{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + block + tail
-    else:
-        new = text + ("\n" if text and not text.endswith("\n") else "") + block
-    if new == text:
-        return False
-    tmp = path.with_suffix(".haven-tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-    return True
+def _stop(name: str, pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if daemon_pid(name) is None:
+            return
+        time.sleep(0.1)
+    raise LibvirtUnavailable(f"{name} (pid {pid}) did not stop for a restart")
 
 
-def ensure_libvirtd(uri: str = "qemu:///system", timeout: float = 90.0) -> list[str]:
-    """Configure and start virtlogd and libvirtd unless they run; return what started.
+def ensure_libvirtd(uri: str = "qemu:///system", leases: Path | None = None,
+                    timeout: float = 90.0) -> list[str]:
+    """Configure and start virtlockd, virtlogd and libvirtd unless they run; return
+    what started. ``leases`` is the lockspace directory (hostconf.lease_dir).
 
-    A libvirtd already running with an older qemu.conf is restarted (its guests
-    keep running: QEMU processes outlive a libvirtd restart).
+    A libvirtd already running with an older configuration is restarted (its
+    guests keep running: QEMU processes outlive a libvirtd restart).
     """
     started = []
     if uri.startswith("qemu:///system"):
-        if configure_qemu() and _running("libvirtd"):
-            LOG.warning("qemu.conf changed: restarting libvirtd")
-            subprocess.run(["pkill", "-x", "libvirtd"], check=False)
-            for _ in range(50):
-                if not _running("libvirtd"):
-                    break
-                time.sleep(0.1)
-        for daemon in ("virtlogd", "libvirtd"):
-            if not _running(daemon):
+        leases = leases or LOCAL_LEASE_DIR
+        changed = configure_libvirt(ETC_LIBVIRT, leases)
+        make_lease_dir(leases)
+        if ensure_kvm_access():
+            LOG.warning("/dev/kvm given to group kvm (0660), as udev does: libvirt "
+                        "re-probes QEMU on every definition when its user cannot open it")
+        pid = daemon_pid("libvirtd")
+        if changed and pid is not None:
+            LOG.warning("libvirt configuration changed: restarting libvirtd")
+            _stop("libvirtd", pid)
+        for daemon in DAEMONS:
+            if daemon_pid(daemon) is None:
                 LOG.info("starting %s", daemon)
                 result = subprocess.run([daemon, "-d"], capture_output=True, text=True,
                                         check=False)
