@@ -3,14 +3,12 @@ captured XML)."""
 
 from __future__ import annotations
 
-import calendar
 import subprocess
-import time
 from collections.abc import Sequence
 
 from ha.crm import parse_crm_mon
 from ha.evacuator.env import FenceResult, NodeState
-from ha.evacuator.real import RealEnv, fence_time, node_states
+from ha.evacuator.real import RealEnv, node_states
 
 CRM_MON = """<pacemaker-result api-version="2.25" request="crm_mon --output-as=xml">
   <summary><current_dc present="true" name="node1" with_quorum="true"/></summary>
@@ -36,12 +34,6 @@ HISTORY = """<pacemaker-result api-version="2.25" request="stonith_admin --histo
 def test_node_states_follow_crm_mon() -> None:
     assert node_states(parse_crm_mon(CRM_MON)) == {
         "node1": NodeState.ONLINE, "node2": NodeState.UNCLEAN, "node3": NodeState.OFFLINE}
-
-
-def test_fence_times_round_up_within_their_second() -> None:
-    base = calendar.timegm(time.strptime("2026-11-25 19:36:57", "%Y-%m-%d %H:%M:%S"))
-    assert fence_time("2026-11-25 19:36:57Z") == base + 0.999
-    assert fence_time("not a time") is None
 
 
 def test_fence_events_of_one_node_oldest_first() -> None:
