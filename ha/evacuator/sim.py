@@ -12,10 +12,11 @@ reachable, resume rebuilds assigned to them when they start, and after start
 destroy the domains of instances that were evacuated away (Haven's tombstone
 sweep) and mark their own not-running instances stopped, as the real agent does.
 
-The compute API's evacuate is modelled on ``core/compute/evacuate.py``: it
-refuses while the source service is up or the instance is not evacuable, and
-places with the real scheduler code (``core.compute.scheduler``: reserved hosts
-first, anti-affinity kept, capacity filtered).
+The compute API's evacuate is modelled on ``core/compute/evacuate.py``, with its
+source rule itself (``core.compute.evacuation_rule``): it refuses unless the source
+service is forced down, or if the instance is not evacuable, and places with the real
+scheduler code (``core.compute.scheduler``: reserved hosts first, anti-affinity kept,
+capacity filtered).
 
 The world also knows the ground truth the controller cannot see, and checks the
 safety invariants against it on every step: never two running copies of one
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core.compute import scheduler
+from core.compute.evacuation_rule import may_evacuate_from, refusal
 from ha.evacuator import fence_history
 from ha.evacuator.env import (
     ACTIVE,
@@ -368,8 +370,8 @@ class World:
             self.violation(f"evacuate of {inst.name} from {source}, but it is on {inst.host}")
             raise Conflict(f"instance {inst.name} is on {inst.host}, not on {source}")
         src = self.hosts[source]
-        if self.is_up(src):
-            raise Conflict(f"Compute service of {source} is still in use.")
+        if not may_evacuate_from(src if src.hypervisor else None):
+            raise Conflict(refusal(source))
         if inst.vm_state not in EVACUABLE or inst.task_state not in (None, REBUILDING):
             raise Conflict(f"Cannot evacuate instance {inst.name} in vm_state {inst.vm_state} "
                            f"and task_state {inst.task_state}.")

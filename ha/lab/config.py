@@ -190,8 +190,9 @@ def init_mounts(node_root: Path, sbin_overlay: Path, checkout: Path = CHECKOUT
     """The mount list a node's init performs, in order.
 
     The zone file of ``NODE_TIMEZONE`` goes over /etc/localtime (a node's clock reads
-    in a zone other than UTC, see there). The last one overlays the lab's fence agent onto /usr/sbin inside the node only,
-    where pacemaker-fenced looks for fence_* agents; the host's /usr stays untouched.
+    in a zone other than UTC, see there). The last one overlays the lab's fence agent
+    onto /usr/sbin inside the node only, where pacemaker-fenced looks for fence_*
+    agents; the host's /usr stays untouched.
 
     Nodes run Haven from the host's checkout. A checkout under a path that a node
     gets fresh (a clone in /tmp, as a CI job makes) would vanish under the node's
