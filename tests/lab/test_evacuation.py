@@ -101,7 +101,7 @@ class DoubleRunSampler(threading.Thread):
 def lab(request: pytest.FixtureRequest) -> Iterator[EvacLab]:
     if not TINY.is_file():
         subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
-                        str(TINY.parent)], check=True, timeout=600)
+                        "--out", str(TINY.parent)], check=True, timeout=600)
     with lab_session(request, LAB_DIR, "evacuation lab", TIMINGS):
         lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
         stack.up_stack(LAB_DIR)
