@@ -3,6 +3,7 @@ captured XML)."""
 
 from __future__ import annotations
 
+import calendar
 import subprocess
 from collections.abc import Sequence
 
@@ -27,6 +28,11 @@ HISTORY = """<pacemaker-result api-version="2.25" request="stonith_admin --histo
                  delegate="node1" completed="2026-11-25 19:36:57Z"/>
     <fence_event status="success" action="off" target="node3" client="c" origin="node1"
                  delegate="node1" completed="2026-11-25 19:30:00Z"/>
+    <fence_event status="success" action="reboot" target="node2" client="c" origin="node1"
+                 delegate="node1" completed="&lt;undefined time&gt;"/>
+    <fence_event status="success" action="reboot" target="node2" client="c" origin="node1"
+                 delegate="node3" completed="2026-11-26 01:06:53 +05:30"/>
+    <fence_event status="pending" action="off" target="node2" client="c" origin="node1"/>
   </fence_history>
 </pacemaker-result>"""
 
@@ -44,8 +50,13 @@ def test_fence_events_of_one_node_oldest_first() -> None:
     env = RealEnv(None, None, None, runner=runner)  # type: ignore[arg-type]
     events = env.fence_events("node2")
     assert [(e.result, e.action) for e in events] == [
-        (FenceResult.FAILED, "off"), (FenceResult.SUCCESS, "off")]
-    assert events[1].killed and not events[0].killed
+        (FenceResult.FAILED, "off"), (FenceResult.SUCCESS, "reboot"),
+        (FenceResult.SUCCESS, "off"), (FenceResult.SUCCESS, "reboot"),
+        (FenceResult.PENDING, "off")]
+    stamp = calendar.timegm((2026, 11, 25, 19, 36, 50, 0, 0, 0))
+    # the +05:30 time read as 19:36:53Z; the unreadable one and the pending one: no time
+    assert [e.at for e in events] == [stamp + 0.999, stamp + 3.999, stamp + 7.999, None, None]
+    assert events[2].killed and not events[0].killed
 
 
 class StandInComputeApi:
