@@ -154,7 +154,12 @@ def wait_for_token(lab: EvacLab, name: str, how: str) -> str:
     """The newest token ``name`` printed ``how`` ("new" at first boot, "from-disk" after)."""
     def found() -> list[str]:
         return [t for t, kind in lab.tokens(name) if kind == how]
-    return wait_until(found, 120, f"{name}'s {how} token on its console", interval=2)[-1]
+    try:
+        return wait_until(found, 120, f"{name}'s {how} token on its console", interval=2)[-1]
+    except LabError:
+        tail = lab.openstack("console", "log", "show", "--lines", "15", name)
+        raise LabError(f"no {how} token from {name}; tokens seen {lab.tokens(name)}; "
+                       f"console ends:\n{tail}") from None
 
 
 def test_a_second_qemu_cannot_open_a_running_guests_disk(lab: EvacLab) -> None:
@@ -198,7 +203,6 @@ def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: Eva
         t_kill = time.monotonic()
         wall_kill = time.time()  # the nodes share this machine's clock
         faults.kill(LAB_DIR, victim)
-        FENCED.append(victim)
 
         def all_back() -> bool:
             servers = {s["Name"]: s for s in lab.servers()}
@@ -255,6 +259,7 @@ def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: Eva
             == "enabled", 120, f"{victim} re-enabled by the controller", interval=2)
         back = lab.running_domains().get(victim, set())
         assert not back & {ids[n] for n in protected}, f"{victim} restarted evacuated guests"
+        FENCED.append(victim)  # fenced once, back in service
     finally:
         sampler.stop.set()
         sampler.join(timeout=30)
