@@ -289,11 +289,16 @@ def test_a_hypervisor_that_leaves_without_a_new_fence_is_not_evacuated(lab: Evac
     sampler.start()
     nd = lab.state().nodes[victim]
     try:
-        pacemakerd = faults.matching(node.pids(nd), "pacemakerd")
-        assert pacemakerd, f"no pacemakerd on {victim}"
-        for pid in pacemakerd:  # a clean shutdown: resources stopped, node leaves
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        # What `pcs cluster stop` does: Pacemaker shuts down cleanly (resources
+        # stopped), then corosync leaves; nobody fences a node that left so.
+        for daemon in ("pacemakerd", "corosync"):
+            pids = faults.matching(node.pids(nd), daemon)
+            assert pids, f"no {daemon} on {victim}"
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            wait_until(lambda d=daemon: not faults.matching(node.pids(nd), d), 180,
+                       f"{daemon} on {victim} stopped", interval=1)
         lab.wait_view(lambda v: victim not in v.online, 180, f"{victim} out of the cluster",
                       excluding=(victim,))
 
@@ -311,7 +316,7 @@ def test_a_hypervisor_that_leaves_without_a_new_fence_is_not_evacuated(lab: Evac
         assert server["ID"] in lab.running_domains().get(victim, set())
         TIMINGS["left without a fence: event"] = f"{event['state']}, alerts {event['alerts']}"
 
-        node.spawn_in(LAB_DIR, nd, ["pacemakerd"], "pacemakerd.out", cluster.PCMK_ENV)
+        cluster.start_stack(LAB_DIR, nd)
         lab.wait_stack(NODES, 400)
         wait_until(lambda: (newest_event(lab, survivor, victim) or {}).get("state")
                    == "aborted", 120, "the event aborted: the node rejoined unfenced",
