@@ -1,13 +1,16 @@
 """The API side of evacuation: move an instance of a dead host to another one.
 
-Nova's rule, kept: an instance is evacuated only when its host's compute
-service is down (forced down, or its heartbeat stale). Fencing is the
-evacuation controller's business (ha/evacuator); this call is the mechanism it
-uses. The move is one transaction: the source's claim is released, a host is
-claimed (reserved hosts first, anti-affinity kept, a claim lost to a concurrent
-placement retried on fresh host state), a migration record is left
-as the tombstone the source host reads when it returns, and the instance is
-marked ``rebuilding`` on its new host with a compare-and-swap.
+Stricter than Nova: an instance is evacuated only when its host's compute service
+is *forced down* (``core.compute.evacuation_rule``); a stale heartbeat is not
+enough, and a host without a service row is refused. Fencing is the evacuation
+controller's business (ha/evacuator), which forces the service down once the
+fence is confirmed; this call is the mechanism it uses.
+
+The move is one transaction: the source's claim is released, a host is claimed
+(reserved hosts first, anti-affinity kept, a claim lost to a concurrent placement
+retried on fresh host state), a migration record is left as the tombstone the source
+host reads when it returns, and the instance is marked ``rebuilding`` on its new host
+with a compare-and-swap.
 
 ``evacuate_servers`` moves many instances of one dead host in one transaction: the
 evacuation controller's way (``POST /v2.1/os-hosts/<host>/evacuate``). One at a time,
@@ -28,6 +31,7 @@ from core.common.faults import BadRequest, Conflict, Fault
 from core.common.timeutil import now
 from core.compute import scheduler, states
 from core.compute.api import ComputeContext
+from core.compute.evacuation_rule import may_evacuate_from, refusal
 from core.compute.models import ComputeService, Instance, Migration
 from core.compute.servers import MAX_CLAIM_ATTEMPTS, lock_group
 
@@ -40,9 +44,7 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
     source = inst.host
     if source is None:
         raise Conflict(f"Instance {inst.id} has no host to evacuate from.")
-    svc = sess.scalars(select(ComputeService).where(ComputeService.host == source)).first()
-    if svc is not None and ctx.service_up(svc.last_seen, svc.forced_down):
-        raise Conflict(f"Compute service of {source} is still in use.")
+    check_source(sess, source)
     if inst.vm_state not in EVACUABLE or inst.task_state not in (None, states.REBUILDING):
         raise Conflict(f"Cannot evacuate instance {inst.id} in vm_state {inst.vm_state} "
                        f"and task_state {inst.task_state}.")
@@ -85,6 +87,13 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
     return chosen
 
 
+def check_source(sess: Session, host: str) -> None:
+    """409 unless ``host``'s compute service exists and is forced down."""
+    svc = sess.scalars(select(ComputeService).where(ComputeService.host == host)).first()
+    if not may_evacuate_from(svc):
+        raise Conflict(refusal(host))
+
+
 def claim_host(ctx: ComputeContext, sess: Session, inst: Instance,
                req: scheduler.Request) -> str:
     """Claim the best host for ``req``. A claim lost to a concurrent placement (a
@@ -114,7 +123,10 @@ def evacuate_servers(ctx: ComputeContext, sess: Session, host: str, ids: Sequenc
     A server that cannot be moved must leave no trace, and savepoints are not to be
     trusted on every backend (SQLite's driver commits an outermost RELEASE): the work
     so far is rolled back and the batch run again without it. Failures are rare (a
-    fleet out of room), so the rerun costs little."""
+    fleet out of room), so the rerun costs little.
+
+    A source host whose service is not forced down refuses the whole request (409)."""
+    check_source(sess, host)
     errors: dict[str, Fault] = {}
     while True:
         moved: list[tuple[Instance, str]] = []

@@ -37,6 +37,10 @@ class Policy:
     max_attempts: int = 3  # evacuate calls per instance before it is failed
     rebuild_timeout: float = 300.0  # a rebuild not finished by then on a live target fails
     unfenced_alert_after: float = 60.0  # lost and not fenced this long: alert
+    # A fence completed this far ahead of the controller's clock is not counted (yet):
+    # whole-second times are rounded up (up to 0.999 s), and the node that ran the
+    # fence keeps its own (NTP-synchronised) clock.
+    fence_clock_slack: float = 2.0
 
     def backoff(self, attempts: int) -> float:
         return float(min(self.retry_base * 2 ** max(attempts - 1, 0), self.retry_max))

@@ -13,10 +13,12 @@ The safety rule: an instance leaves a host only when that host's node is not a
 cluster member (offline or unclean), a fence that powers it off completed after
 the host was last alive (the newer of its last compute heartbeat and the last
 time this controller saw the node online), and no heartbeat came from the host
-after that fence. Only then is its compute service forced down -- which is what
-makes the compute API call it down and accept the evacuation (its rule, as
-Nova's). Being unreachable is never enough: two copies of a VM on one disk
-destroy the data.
+after that fence. A fence whose completion time cannot be read, or lies ahead of
+this controller's clock (by more than ``Policy.fence_clock_slack``), never counts:
+an old fence read as a recent one would evacuate a node that left without being
+fenced. Only then is its compute service forced down -- which is what
+the compute API requires before it evacuates (``core.compute.evacuation_rule``).
+Being unreachable is never enough: two copies of a VM on one disk destroy the data.
 
 Events (one per failure of one host):
 
@@ -54,7 +56,9 @@ not in these tables raises :class:`UnknownState`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ha.evacuator.base import REASON_PREFIX, Policy, Steps, UnknownState, View, ago
 from ha.evacuator.env import (
@@ -188,7 +192,7 @@ class Controller(InstanceSteps):
                                    reason="the node rejoined the cluster before it was fenced")
         if self._held(ev, view):
             return self._hold(ev, view)
-        history = self.env.fence_events(ev.host)
+        history = self._readable(ev, view, self.env.fence_events(ev.host))
         fence = _newest(history, ev.alive_at, lambda f: f.killed)
         svc = view.services.get(ev.host)
         if fence is None:
@@ -211,6 +215,23 @@ class Controller(InstanceSteps):
                      f"{ago(view.now, fence.at)})")
         return self._cas_event(view, ev, EventState.FENCING_CONFIRMED, fenced_at=fence.at,
                                fence_confirmed_at=view.now)
+
+    def _readable(self, ev: EventRecord, view: View, history: Sequence[FenceEvent]
+                  ) -> list[tuple[float, FenceEvent]]:
+        """The operations of ``history`` with a usable completion time, each with it.
+        One without a time (pending, or unreadable), or with a time ahead of the
+        controller's clock, is left out: it proves nothing about this outage."""
+        usable = []
+        for f in history:
+            if f.at is not None and math.isfinite(f.at) and (
+                    f.at <= view.now + self.policy.fence_clock_slack):
+                usable.append((f.at, f))
+            elif f.result is not FenceResult.PENDING:
+                self._once(f"fence-time:{ev.id}:{f.action}:{f.result.value}:{f.at}",
+                           f"event {ev.id} {ev.host}: a {f.action} {f.result.value} in the fence "
+                           f"history has no usable completion time ({f.at!r}, now "
+                           f"{view.now:.3f}); it does not count as a fence")
+        return usable
 
     def _on_fencing_confirmed(self, ev: EventRecord, view: View) -> EventRecord | None:
         if self._held(ev, view):
@@ -295,11 +316,19 @@ class Controller(InstanceSteps):
                 self.env.update_event(last.id, last.state, last.state, reenabled_at=view.now)
 
 
-def _newest(history: Sequence[FenceEvent], after: float, pred: Callable[[FenceEvent], bool]
-            ) -> FenceEvent | None:
+def _newest(history: Sequence[tuple[float, FenceEvent]], after: float,
+            pred: Callable[[FenceEvent], bool]) -> TimedFence | None:
     """The newest fence operation completed after ``after`` that satisfies ``pred``."""
-    matching = [f for f in history if f.at > after and pred(f)]
+    matching = [TimedFence(at, f.action) for at, f in history if at > after and pred(f)]
     return max(matching, key=lambda f: f.at) if matching else None
+
+
+@dataclass(frozen=True)
+class TimedFence:
+    """A fence operation with a completion time the controller can use."""
+
+    at: float
+    action: str
 
 
 def _phases(ev: EventRecord, now: float) -> str:

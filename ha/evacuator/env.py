@@ -11,9 +11,10 @@ method                        real implementation
 ``log`` / ``alert``           logging; alert also to the operator's channel
 ``nodes``                     ``crm_mon --output-as=xml`` (``ha.crm``):
                               unclean -> UNCLEAN, online -> ONLINE, else OFFLINE
-``fence_events``              ``stonith_admin --history '*' --verbose
-                              --output-as=xml`` (``ha.crm``), ``completed`` as
-                              epoch seconds; pending operations as PENDING
+``fence_events``              ``stonith_admin --history NODE --verbose
+                              --output-as=xml`` (``ha.evacuator.fence_history``),
+                              ``completed`` as epoch seconds (None if it cannot
+                              be read); pending operations as PENDING
 ``services``                  ``compute_services`` rows; ``alive`` is the
                               heartbeat (``last_seen``) fresher than
                               ``compute.service_down_time``
@@ -71,7 +72,9 @@ class FenceResult(StrEnum):
 class FenceEvent:
     """One fence operation on a node, from the fence history."""
 
-    at: float  # completion time (request time while pending)
+    # Completion time, epoch seconds; None while pending and where the history's
+    # time cannot be read: such an operation never confirms a fence.
+    at: float | None
     action: str  # "off", "reboot" or "on"
     result: FenceResult
 

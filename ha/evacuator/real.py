@@ -14,7 +14,6 @@ the compute API.
 
 from __future__ import annotations
 
-import calendar
 import logging
 import subprocess
 import time
@@ -31,13 +30,13 @@ from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
 from core.compute.models import ComputeService, Instance, InstanceMetadata, Migration
 from ha import crm
+from ha.evacuator import fence_history
 from ha.evacuator.env import (
     Conflict,
     EvacuateError,
     EventRecord,
     EventState,
     FenceEvent,
-    FenceResult,
     InstanceRecord,
     InstanceState,
     InstanceStatus,
@@ -79,22 +78,6 @@ COMPUTE_HEADERS = {"OpenStack-API-Version": "compute 2.25",
 def run_local(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=20,
                           stdin=subprocess.DEVNULL)
-
-
-def fence_time(completed: str) -> float | None:
-    """Epoch seconds of stonith_admin's ``completed`` ("2026-11-25 19:36:57Z"), rounded
-    up to the end of its second: the history has one-second resolution, and the
-    controller counts a fence only if it is newer than the node's last sign of life.
-    Rounding up can only count a fence that ended in the same second the node was
-    last seen alive, which no real fence can: a node takes far longer than a second
-    to power back on and be seen again."""
-    text = completed.strip().rstrip("Z")
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%a %b %d %H:%M:%S %Y"):
-        try:
-            return calendar.timegm(time.strptime(text, fmt)) + 0.999
-        except ValueError:
-            continue
-    return None
 
 
 def node_states(view: crm.ClusterView) -> dict[str, NodeState]:
@@ -145,20 +128,7 @@ class RealEnv:
         result = self.run(["stonith_admin", "--history", node, "--verbose", "--output-as=xml"])
         if result.returncode != 0:
             raise TransientError(f"stonith_admin failed: {result.stderr.strip()[-200:]}")
-        events = []
-        for ev in crm.parse_fence_history(result.stdout):
-            if ev.target != node:
-                continue
-            at = fence_time(ev.completed) if ev.completed else None
-            if ev.status == "success":
-                outcome = FenceResult.SUCCESS
-            elif ev.status in ("pending", ""):
-                outcome = FenceResult.PENDING
-            else:
-                outcome = FenceResult.FAILED
-            events.append(FenceEvent(at=at if at is not None else self.now(), action=ev.action,
-                                     result=outcome))
-        return sorted(events, key=lambda e: e.at)
+        return fence_history.fence_events(result.stdout, node, self.log)
 
     # ---- compute: reads ------------------------------------------------------------
     def services(self) -> Sequence[ServiceView]:

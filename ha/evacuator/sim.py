@@ -12,10 +12,11 @@ reachable, resume rebuilds assigned to them when they start, and after start
 destroy the domains of instances that were evacuated away (Haven's tombstone
 sweep) and mark their own not-running instances stopped, as the real agent does.
 
-The compute API's evacuate is modelled on ``core/compute/evacuate.py``: it
-refuses while the source service is up or the instance is not evacuable, and
-places with the real scheduler code (``core.compute.scheduler``: reserved hosts
-first, anti-affinity kept, capacity filtered).
+The compute API's evacuate is modelled on ``core/compute/evacuate.py``, with its
+source rule itself (``core.compute.evacuation_rule``): it refuses unless the source
+service is forced down, or if the instance is not evacuable, and places with the real
+scheduler code (``core.compute.scheduler``: reserved hosts first, anti-affinity kept,
+capacity filtered).
 
 The world also knows the ground truth the controller cannot see, and checks the
 safety invariants against it on every step: never two running copies of one
@@ -26,10 +27,13 @@ instance evacuated twice from one host.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core.compute import scheduler
+from core.compute.evacuation_rule import may_evacuate_from, refusal
+from ha.evacuator import fence_history
 from ha.evacuator.env import (
     ACTIVE,
     DELETED,
@@ -366,8 +370,8 @@ class World:
             self.violation(f"evacuate of {inst.name} from {source}, but it is on {inst.host}")
             raise Conflict(f"instance {inst.name} is on {inst.host}, not on {source}")
         src = self.hosts[source]
-        if self.is_up(src):
-            raise Conflict(f"Compute service of {source} is still in use.")
+        if not may_evacuate_from(src if src.hypervisor else None):
+            raise Conflict(refusal(source))
         if inst.vm_state not in EVACUABLE or inst.task_state not in (None, REBUILDING):
             raise Conflict(f"Cannot evacuate instance {inst.name} in vm_state {inst.vm_state} "
                            f"and task_state {inst.task_state}.")
@@ -408,7 +412,8 @@ class World:
             ram_ratio=host.ram_ratio)
 
     def _check_evacuation(self, inst: Instance, source: Host, target: Host) -> None:
-        fenced = [f for f in source.fences if f.killed and f.at >= source.last_reachable]
+        fenced = [f for f in source.fences
+                  if f.killed and f.at is not None and f.at >= source.last_reachable]
         if source.powered or not fenced:
             self.violation(f"{inst.name} evacuated from {source.name}, which was not fenced "
                            f"after it was last reachable (t={source.last_reachable})")
@@ -428,9 +433,15 @@ class SimEnv(MemoryRecords):
     """:class:`~ha.evacuator.env.EvacuationEnv` over a :class:`World`. Records live here
     (the database), so a new controller on the same SimEnv is a failover."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World,
+                 printed_time: Callable[[float], str] | None = None) -> None:
+        """``printed_time``: print the fence history as stonith_admin's XML, each
+        ``completed`` as this gives it for the operation's time, and read it back with
+        the real controller's parser (``fence_history``); None hands the world's
+        history over as it is."""
         super().__init__()
         self.world = world
+        self.printed_time = printed_time
 
     def now(self) -> float:
         return float(self.world.t)
@@ -445,7 +456,11 @@ class SimEnv(MemoryRecords):
         return {h.name: h.membership for h in self.world.hosts.values()}
 
     def fence_events(self, node: str) -> list[FenceEvent]:
-        return list(self.world.hosts[node].fences)
+        fences = self.world.hosts[node].fences
+        if self.printed_time is None:
+            return list(fences)
+        return fence_history.fence_events(
+            history_xml(node, fences, self.printed_time), node, self.log)
 
     def services(self) -> list[ServiceView]:
         w = self.world
@@ -496,3 +511,20 @@ class SimEnv(MemoryRecords):
     def host_clean(self, host: str) -> bool:
         return self.world.host_clean(host)
 
+
+
+def history_xml(node: str, fences: Sequence[FenceEvent], printed: Callable[[float], str]
+                ) -> str:
+    """``stonith_admin --history NODE --verbose --output-as=xml`` for ``fences``: the
+    element and attributes ``stonith_event_xml`` (lib/fencing/st_output.c) writes,
+    ``completed`` only for operations that ended."""
+    root = ET.Element("pacemaker-result", {"api-version": "2.25",
+                                           "request": f"stonith_admin --history {node}"})
+    history = ET.SubElement(root, "fence_history")
+    for f in fences:
+        attrs = {"action": f.action, "target": node, "client": "pacemaker-controld",
+                 "origin": "node1", "status": f.result.value}
+        if f.result is not FenceResult.PENDING and f.at is not None:
+            attrs["completed"] = printed(f.at)
+        ET.SubElement(history, "fence_event", attrs)
+    return ET.tostring(root, encoding="unicode")

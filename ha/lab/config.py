@@ -132,6 +132,15 @@ NODE_MOUNTS: tuple[NodeMount, ...] = (
     NodeMount("/etc/haven", "bind"),
     NodeMount("/var/lib/haven", "bind"),
 )
+# Every node's zone. Not UTC, on purpose: Pacemaker prints local times with their
+# offset ("2026-11-30 01:06:57 +05:30"), and the lab must exercise what a real node
+# in such a zone prints, not only the "Z" form of a UTC machine (the controller
+# reads fence times from it). The zone file is bound over /etc/localtime; mount
+# follows a symlink there (Debian's /etc/localtime links to the zone file, often
+# Etc/UTC), so inside a node that file reads as this zone too. Nothing in the lab
+# names a zone explicitly (no TZ=).
+NODE_TIMEZONE = "Asia/Kolkata"
+ZONEINFO = Path("/usr/share/zoneinfo")
 # Log directories every node needs even if the host never created them.
 NODE_LOG_DIRS: tuple[str, ...] = ("corosync", "pacemaker", "crmsh", "libvirt/qemu", "pcsd",
                                   "mysql", "haven")
@@ -150,8 +159,10 @@ def init_mounts(node_root: Path, sbin_overlay: Path, checkout: Path = CHECKOUT
                 ) -> list[dict[str, str]]:
     """The mount list a node's init performs, in order.
 
-    The last one overlays the lab's fence agent onto /usr/sbin inside the node only,
-    where pacemaker-fenced looks for fence_* agents; the host's /usr stays untouched.
+    The zone file of ``NODE_TIMEZONE`` goes over /etc/localtime (a node's clock reads
+    in a zone other than UTC, see there). The last one overlays the lab's fence agent
+    onto /usr/sbin inside the node only, where pacemaker-fenced looks for fence_*
+    agents; the host's /usr stays untouched.
 
     Nodes run Haven from the host's checkout. A checkout under a path that a node
     gets fresh (a clone in /tmp, as a CI job makes) would vanish under the node's
@@ -173,6 +184,8 @@ def init_mounts(node_root: Path, sbin_overlay: Path, checkout: Path = CHECKOUT
     if hidden:
         mounts.append({"kind": "bind", "source": str(holding), "target": str(checkout),
                        "options": "", "mkdir": "yes"})
+    mounts.append({"kind": "bind", "source": str(ZONEINFO / NODE_TIMEZONE),
+                   "target": "/etc/localtime", "options": ""})
     mounts.append({"kind": "overlay", "target": "/usr/sbin", "source": "overlay",
                    "options": f"lowerdir={sbin_overlay}:/usr/sbin"})
     return mounts

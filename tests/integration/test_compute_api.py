@@ -248,9 +248,7 @@ def test_batch_evacuate_moves_what_fits_and_answers_per_server(compute: Compute)
         update(Instance).where(Instance.id.in_(ids)).values(vm_state=states.ACTIVE,
                                                             task_state=None)))
     up = compute.call("POST", "/os-hosts/h1/evacuate", json={"evacuate": {"servers": ids}})
-    assert up.status_code == 200
-    assert {x["error"]["code"] for x in up.json()["evacuations"]} == {409}
-    assert "still in use" in up.json()["evacuations"][0]["error"]["message"]
+    assert up.status_code == 409 and "not forced down" in up.text
 
     compute.add_host("h2", slots=2)
     forced = compute.call("PUT", "/os-services/force-down", json={
@@ -379,3 +377,64 @@ def test_ha_priority_is_an_administrators_key(compute: Compute) -> None:
     assert compute.call("GET", path, member).json()["metadata"] == {
         "ha:priority": "5", "x": "1", "ha:enabled": "false"}
     assert compute.call("DELETE", f"{path}/ha:priority").status_code == 204
+
+
+def test_evacuation_requires_the_source_service_forced_down(compute: Compute) -> None:
+    """Only a forced-down service (the controller after a confirmed fence, or an
+    operator's ``openstack compute service set --down``) lets instances be evacuated
+    from its host: a fresh heartbeat, a stale one (a crashed agent, a lost database
+    path) and a host without a service row are all refused with 409, by the single
+    action and the batch, and nothing moves."""
+    from sqlalchemy import delete, update
+
+    from core.compute import states
+    from core.compute.models import Instance
+
+    compute.add_host("h1")
+    ids = [compute.boot(f"f{i}").json()["server"]["id"] for i in range(3)]
+    compute.services.db.run_in_transaction(lambda s: s.execute(
+        update(Instance).where(Instance.id.in_(ids)).values(vm_state=states.ACTIVE,
+                                                            task_state=None)))
+    compute.add_host("h2")
+
+    def hosts() -> list[str]:
+        detail = {s["id"]: s for s in compute.call("GET", "/servers/detail").json()["servers"]}
+        return [detail[i]["OS-EXT-SRV-ATTR:host"] for i in ids]
+
+    def refused(host: str) -> None:
+        single = compute.call("POST", f"/servers/{ids[0]}/action", json={"evacuate": {}})
+        assert single.status_code == 409, single.text
+        assert "not forced down" in single.json()["conflictingRequest"]["message"]
+        batch = compute.call("POST", f"/os-hosts/{host}/evacuate",
+                             json={"evacuate": {"servers": ids[1:]}})
+        assert batch.status_code == 409, batch.text
+        assert "not forced down" in batch.json()["conflictingRequest"]["message"]
+
+    refused("h1")  # heartbeat fresh
+    down_time = compute.services.cfg.compute.service_down_time
+    compute.services.db.run_in_transaction(lambda s: s.execute(
+        update(ComputeService).where(ComputeService.host == "h1").values(
+            last_seen=now() - 10 * down_time)))
+    services = compute.call("GET", "/os-services").json()["services"]
+    assert next(x for x in services if x["host"] == "h1")["state"] == "down"
+    refused("h1")  # heartbeat stale, not forced down
+    assert hosts() == ["h1"] * 3
+
+    forced = compute.call("PUT", "/os-services/force-down", json={
+        "host": "h1", "binary": "nova-compute", "forced_down": True},
+        headers={"OpenStack-API-Version": "compute 2.11"})
+    assert forced.status_code == 200, forced.text
+    assert compute.call("POST", f"/servers/{ids[0]}/action",
+                        json={"evacuate": {}}).status_code == 200
+    batch = compute.call("POST", "/os-hosts/h1/evacuate", json={"evacuate": {"servers": ids[1:]}})
+    assert batch.status_code == 200, batch.text
+    assert [x.get("host") for x in batch.json()["evacuations"]] == ["h2", "h2"]
+    assert hosts() == ["h2"] * 3
+
+    # a host without a compute service row: nothing says it is off
+    compute.services.db.run_in_transaction(lambda s: s.execute(
+        update(Instance).where(Instance.id.in_(ids)).values(host="ghost", task_state=None)))
+    compute.services.db.run_in_transaction(lambda s: s.execute(
+        delete(ComputeService).where(ComputeService.host == "ghost")))
+    refused("ghost")
+    assert hosts() == ["ghost"] * 3

@@ -1,26 +1,37 @@
 """Evacuation in the lab: real Pacemaker, real fencing, real QEMU guests whose disks
 live in the shared instances directory, the evacuation controller under Pacemaker.
 
-One lab serves the module (``haven lab up --libvirt`` + ``haven lab stack``). The
-guests write a random token to their own disk at first boot and print it again,
-read back from the disk, at every later boot: a guest that comes back with its
-own token came back with its own disk, intact.
+One lab serves the module (``haven lab up --libvirt`` + ``haven lab stack``). Its
+nodes keep their clocks in Asia/Kolkata (``ha.lab.config.NODE_TIMEZONE``), so
+Pacemaker prints fence times with their offset ("... +05:30"), as on a real node
+outside UTC: a lost hypervisor must be evacuated after its new fence, read at its
+real time, and never on the strength of an old one.
+
+The guests write a random token to their own disk at first boot and print it
+again, read back from the disk, at every later boot: a guest that comes back with
+its own token came back with its own disk, intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ha.lab import faults, lifecycle, node, stack, state
+from ha import crm
+from ha.lab import cluster, config, faults, lifecycle, node, stack, state
 from ha.lab.commands import LabError, wait_until
 from tests.lab.conftest import lab_unavailable
 from tests.lab.labtools import StackLab, lab_session
@@ -36,6 +47,8 @@ TINY = REPO / ".haven-bench" / "tiny" / "tiny.qcow2"
 TOKEN = re.compile(r"HAVEN-TOKEN ([0-9a-f]+) (new|from-disk)")
 GUESTS = 3
 TIMINGS: dict[str, str] = {}
+FENCED: list[str] = []  # hypervisors fenced by an earlier test of this module
+OFFSET = "+05:30"  # config.NODE_TIMEZONE's offset (Asia/Kolkata keeps no summer time)
 
 
 class EvacLab(StackLab):
@@ -88,7 +101,7 @@ class DoubleRunSampler(threading.Thread):
 def lab(request: pytest.FixtureRequest) -> Iterator[EvacLab]:
     if not TINY.is_file():
         subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
-                        str(TINY.parent)], check=True, timeout=600)
+                        "--out", str(TINY.parent)], check=True, timeout=600)
     with lab_session(request, LAB_DIR, "evacuation lab", TIMINGS):
         lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
         stack.up_stack(LAB_DIR)
@@ -116,11 +129,37 @@ def boot_on(lab: EvacLab, host: str, names: list[str]) -> None:
             lab.openstack("compute", "service", "set", "--enable", other, "nova-compute")
 
 
+def kills(lab: EvacLab, victim: str) -> list[crm.FenceEvent]:
+    """Successful off/reboot fences of ``victim`` in a survivor's history (all of it)."""
+    observer = lab.observer(excluding=(victim,))
+    assert observer is not None
+    return [e for e in cluster.fence_history(observer) if e.target == victim
+            and e.action in ("off", "reboot") and e.succeeded]
+
+
+def completed_at(text: str) -> float:
+    """Pacemaker 2.1.5's ``completed`` on a node in Asia/Kolkata, read here on its own
+    (not with the controller's parser, which is under test): local time, its offset."""
+    assert text.endswith(" " + OFFSET), f"not the node's local time with its offset: {text!r}"
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S %z").timestamp()
+
+
+def newest_event(lab: EvacLab, on: str, host: str) -> dict[str, Any] | None:
+    events = [e for e in json.loads(lab.haven(on, "evacuation", "list", "--json"))
+              if e["host"] == host]
+    return max(events, key=lambda e: int(e["id"])) if events else None
+
+
 def wait_for_token(lab: EvacLab, name: str, how: str) -> str:
     """The newest token ``name`` printed ``how`` ("new" at first boot, "from-disk" after)."""
     def found() -> list[str]:
         return [t for t, kind in lab.tokens(name) if kind == how]
-    return wait_until(found, 120, f"{name}'s {how} token on its console", interval=2)[-1]
+    try:
+        return wait_until(found, 120, f"{name}'s {how} token on its console", interval=2)[-1]
+    except LabError:
+        tail = lab.openstack("console", "log", "show", "--lines", "15", name)
+        raise LabError(f"no {how} token from {name}; tokens seen {lab.tokens(name)}; "
+                       f"console ends:\n{tail}") from None
 
 
 def test_a_second_qemu_cannot_open_a_running_guests_disk(lab: EvacLab) -> None:
@@ -157,10 +196,12 @@ def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: Eva
     protected = names[:-1]
     before = {name: wait_for_token(lab, name, "new") for name in names}
     ids = {s["Name"]: s["ID"] for s in lab.servers()}
+    earlier = {(e.action, e.completed) for e in kills(lab, victim)}
     sampler = DoubleRunSampler(lab)
     sampler.start()
     try:
         t_kill = time.monotonic()
+        wall_kill = time.time()  # the nodes share this machine's clock
         faults.kill(LAB_DIR, victim)
 
         def all_back() -> bool:
@@ -187,6 +228,26 @@ def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: Eva
         phases = shown["phases_s"]
         assert phases["fence confirmed"] <= phases["first rebuild"] <= phases["all active"]
         TIMINGS["phases (s after detection)"] = ", ".join(f"{k} {v}" for k, v in phases.items())
+        # Evacuated after its new fence, read at its real time: the fence completed
+        # after the power cut and after the node's last sign of life, the controller
+        # recorded that very completion time (rounded up to the end of its second), and
+        # confirmed, forced down and rebuilt only after it.
+        fences = [e for e in kills(lab, victim) if (e.action, e.completed) not in earlier]
+        assert len(fences) == 1, fences
+        fenced = completed_at(fences[0].completed)
+        assert wall_kill < fenced
+        assert fenced < shown["fenced_at"] < fenced + 1  # its second, rounded up
+        assert shown["alive_at"] < shown["fenced_at"]
+        # confirmed and forced down carry the time their iteration began, which may be
+        # before the fence's whole second (it is read later in that iteration, and
+        # counts if at most Policy.fence_clock_slack ahead); the first rebuild is after.
+        assert fenced - 2 < shown["fence_confirmed_at"] <= shown["forced_down_at"]
+        assert fenced <= shown["first_rebuild_at"]
+        assert shown["forced_down_at"] <= shown["first_rebuild_at"]
+        TIMINGS["new fence completed (as printed)"] = fences[0].completed
+        TIMINGS["after the fence: confirmed, forced down, first rebuild"] = ", ".join(
+            f"+{shown[k] - fenced:.2f} s" for k in ("fence_confirmed_at", "forced_down_at",
+                                                    "first_rebuild_at"))
         # Pacemaker's alert agent woke the controller (not only its poll).
         controller = view.running_on("haven-evacuator")[0]  # not the victim: it stayed
         log = node.exec_in(lab.state().nodes[controller],
@@ -202,6 +263,7 @@ def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: Eva
             == "enabled", 120, f"{victim} re-enabled by the controller", interval=2)
         back = lab.running_domains().get(victim, set())
         assert not back & {ids[n] for n in protected}, f"{victim} restarted evacuated guests"
+        FENCED.append(victim)  # fenced once, back in service
     finally:
         sampler.stop.set()
         sampler.join(timeout=30)
@@ -209,3 +271,64 @@ def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: Eva
     assert not sampler.doubles, f"one instance running on two nodes: {sampler.doubles[:3]}"
     TIMINGS["double-run samples (all clean)"] = str(sampler.samples)
 
+
+
+def test_a_hypervisor_that_leaves_without_a_new_fence_is_not_evacuated(lab: EvacLab) -> None:
+    """The hypervisor fenced by the previous test, back in service, leaves the cluster
+    cleanly (its Pacemaker stopped, as ``pcs cluster stop`` does) while its guest runs
+    on. Its fence history holds the old fence, printed in the node's local time: it
+    must not count, so nothing is evacuated; the controller waits for a fence and says
+    so. When the node rejoins, the event ends and the guest never ran elsewhere."""
+    if not FENCED:
+        pytest.skip("needs the hypervisor fenced by the power-loss test")
+    victim = FENCED[0]
+    old = {(e.action, e.completed) for e in kills(lab, victim)}
+    assert old and all(completed.endswith(" " + OFFSET) for _, completed in old), old
+    boot_on(lab, victim, ["stay"])  # ACTIVE is enough: its domain runs (no boot wait)
+    server = next(s for s in lab.servers() if s["Name"] == "stay")
+    assert server["ID"] in lab.running_domains().get(victim, set())
+    survivor = next(n for n in NODES if n != victim)
+    before = newest_event(lab, survivor, victim)
+    sampler = DoubleRunSampler(lab)
+    sampler.start()
+    nd = lab.state().nodes[victim]
+    try:
+        # What `pcs cluster stop` does: Pacemaker shuts down cleanly (resources
+        # stopped), then corosync leaves; nobody fences a node that left so.
+        for daemon in ("pacemakerd", "corosync"):
+            pids = faults.matching(node.pids(nd), daemon)
+            assert pids, f"no {daemon} on {victim}"
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            wait_until(lambda d=daemon: not faults.matching(node.pids(nd), d), 180,
+                       f"{daemon} on {victim} stopped", interval=1)
+        lab.wait_view(lambda v: victim not in v.online, 180, f"{victim} out of the cluster",
+                      excluding=(victim,))
+
+        def waiting() -> dict[str, Any] | None:
+            ev = newest_event(lab, survivor, victim)
+            fresh = ev is not None and (before is None or ev["id"] != before["id"])
+            return ev if ev is not None and fresh and "unfenced" in ev["alerts"] else None
+        event = wait_until(waiting, 240, f"the controller waiting for a fence of {victim}",
+                           interval=2)
+        assert event["state"] == "detected", event
+        assert {(e.action, e.completed) for e in kills(lab, victim)} == old, \
+            "the node was fenced after all"
+        servers = {s["Name"]: s for s in lab.servers()}
+        assert servers["stay"]["Host"] == victim and servers["stay"]["Status"] == "ACTIVE"
+        assert server["ID"] in lab.running_domains().get(victim, set())
+        TIMINGS["left without a fence: event"] = f"{event['state']}, alerts {event['alerts']}"
+
+        cluster.start_stack(LAB_DIR, nd)
+        lab.wait_stack(NODES, 400)
+        wait_until(lambda: (newest_event(lab, survivor, victim) or {}).get("state")
+                   == "aborted", 120, "the event aborted: the node rejoined unfenced",
+                   interval=2)
+    finally:
+        sampler.stop.set()
+        sampler.join(timeout=30)
+    assert not sampler.doubles, f"one instance running on two nodes: {sampler.doubles[:3]}"
+    servers = {s["Name"]: s for s in lab.servers()}
+    assert servers["stay"]["Host"] == victim
+    assert config.NODE_TIMEZONE == "Asia/Kolkata"  # OFFSET above is its offset

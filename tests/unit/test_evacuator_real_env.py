@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import calendar
 import subprocess
-import time
 from collections.abc import Sequence
 
 from ha.crm import parse_crm_mon
 from ha.evacuator.env import FenceResult, NodeState
-from ha.evacuator.real import RealEnv, fence_time, node_states
+from ha.evacuator.real import RealEnv, node_states
 
 CRM_MON = """<pacemaker-result api-version="2.25" request="crm_mon --output-as=xml">
   <summary><current_dc present="true" name="node1" with_quorum="true"/></summary>
@@ -29,6 +28,11 @@ HISTORY = """<pacemaker-result api-version="2.25" request="stonith_admin --histo
                  delegate="node1" completed="2026-11-25 19:36:57Z"/>
     <fence_event status="success" action="off" target="node3" client="c" origin="node1"
                  delegate="node1" completed="2026-11-25 19:30:00Z"/>
+    <fence_event status="success" action="reboot" target="node2" client="c" origin="node1"
+                 delegate="node1" completed="&lt;undefined time&gt;"/>
+    <fence_event status="success" action="reboot" target="node2" client="c" origin="node1"
+                 delegate="node3" completed="2026-11-26 01:06:53 +05:30"/>
+    <fence_event status="pending" action="off" target="node2" client="c" origin="node1"/>
   </fence_history>
 </pacemaker-result>"""
 
@@ -36,12 +40,6 @@ HISTORY = """<pacemaker-result api-version="2.25" request="stonith_admin --histo
 def test_node_states_follow_crm_mon() -> None:
     assert node_states(parse_crm_mon(CRM_MON)) == {
         "node1": NodeState.ONLINE, "node2": NodeState.UNCLEAN, "node3": NodeState.OFFLINE}
-
-
-def test_fence_times_round_up_within_their_second() -> None:
-    base = calendar.timegm(time.strptime("2026-11-25 19:36:57", "%Y-%m-%d %H:%M:%S"))
-    assert fence_time("2026-11-25 19:36:57Z") == base + 0.999
-    assert fence_time("not a time") is None
 
 
 def test_fence_events_of_one_node_oldest_first() -> None:
@@ -52,8 +50,13 @@ def test_fence_events_of_one_node_oldest_first() -> None:
     env = RealEnv(None, None, None, runner=runner)  # type: ignore[arg-type]
     events = env.fence_events("node2")
     assert [(e.result, e.action) for e in events] == [
-        (FenceResult.FAILED, "off"), (FenceResult.SUCCESS, "off")]
-    assert events[1].killed and not events[0].killed
+        (FenceResult.FAILED, "off"), (FenceResult.SUCCESS, "reboot"),
+        (FenceResult.SUCCESS, "off"), (FenceResult.SUCCESS, "reboot"),
+        (FenceResult.PENDING, "off")]
+    stamp = calendar.timegm((2026, 11, 25, 19, 36, 50, 0, 0, 0))
+    # the +05:30 time read as 19:36:53Z; the unreadable one and the pending one: no time
+    assert [e.at for e in events] == [stamp + 0.999, stamp + 3.999, stamp + 7.999, None, None]
+    assert events[2].killed and not events[0].killed
 
 
 class StandInComputeApi:

@@ -55,13 +55,21 @@ def test_evacuating_from_the_wrong_host_is_a_violation() -> None:
     assert w.violations == ["t=0: evacuate of vm1 from node2, but it is on node3"]
 
 
-def test_the_api_refuses_while_the_source_service_is_up() -> None:
+def test_the_api_refuses_unless_the_source_service_is_forced_down() -> None:
+    """The product's rule (core.compute.evacuation_rule): neither a fresh nor a stale
+    heartbeat is enough, only forced down."""
     w = world()
     w.power("node3", False)
     run(w, 6)
     assert w.hosts["node3"].fences[-1] == FenceEvent(6, "off", FenceResult.SUCCESS)
-    with pytest.raises(Conflict, match="still in use"):
+    with pytest.raises(Conflict, match="not forced down"):
         w.evacuate("vm1", "node3")  # heartbeat at 0 is not stale yet, not forced down
+    run(w, 100)
+    assert not w.is_up(w.hosts["node3"])  # stale now
+    with pytest.raises(Conflict, match="not forced down"):
+        w.evacuate("vm1", "node3")
+    w.hosts["node3"].forced_down = True
+    assert w.evacuate("vm1", "node3") in ("node1", "node2")
     assert w.violations == []
 
 

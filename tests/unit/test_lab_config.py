@@ -75,6 +75,11 @@ def test_init_mounts_fresh_tmpfs_private_copies_and_the_agent_overlay(tmp_path: 
                     "/var/lib/haven"):
         assert by_target[private]["kind"] == "bind"
         assert by_target[private]["source"] == str(tmp_path / "root" / private.lstrip("/"))
+    # every node in a zone other than UTC (Pacemaker then prints offsets)
+    zone = by_target["/etc/localtime"]
+    assert zone["kind"] == "bind" and Path(zone["source"]).is_file()
+    assert zone["source"] == "/usr/share/zoneinfo/" + config.NODE_TIMEZONE
+    assert "UTC" not in config.NODE_TIMEZONE
     # /run first: later mounts must not land in the host's /run.
     assert mounts[0]["target"] == "/run"
     assert mounts[-1] == {"kind": "overlay", "target": "/usr/sbin", "source": "overlay",
