@@ -259,35 +259,48 @@ def test_image_quotas_refuse_with_glances_413(services: Services, tmp_path: Path
 def test_two_uploads_racing_for_the_last_mib_cannot_both_fit(services: Services) -> None:
     """Both uploads start while the project has 1 MiB left, so both pass the check made
     before the data streams in; the exact check when an image becomes active, under the
-    project's lock, lets only one of them in. (Chunked bodies held at a barrier until
-    both requests are streaming: no timing involved.)"""
+    project's lock, lets only one of them in. Each chunked body is held after its first
+    KiB until the test has seen both images ``saving`` (both past the pre-check), then
+    the first is let through to the end, then the second: no timing involved."""
     member = services.member("qs", "qs-user")
     done = haven_quota(services, "set", "qs", "--image-size-total", "1")
     assert done.returncode == 0, done.stderr
     ids = [services.call("POST", "image", "/v2/images", member, json={
         "name": f"i{i}", "disk_format": "raw", "container_format": "bare"}).json()["id"]
         for i in range(2)]
+    release = [threading.Event() for _ in ids]
 
-    def both_saving() -> bool:
-        return all(services.call("GET", "image", f"/v2/images/{i}", member).json()[
-            "status"] == "saving" for i in ids)
+    def status(i: int) -> str:
+        return str(services.call("GET", "image", f"/v2/images/{ids[i]}", member).json()["status"])
 
-    def body() -> Iterator[bytes]:
+    def body(i: int) -> Iterator[bytes]:
         yield b"\1" * 1024
-        # 'saving' is set after the pre-check: once both are, both have passed it
-        for _ in range(1200):
-            if both_saving():
-                break
-            time.sleep(0.05)
+        assert release[i].wait(timeout=120)
         yield b"\1" * (600 << 10)
 
-    statuses = race(2, lambda i: services.call(
-        "PUT", "image", f"/v2/images/{ids[i]}/file", member, data=body(),
-        headers={"Content-Type": "application/octet-stream"}))
-    assert sorted(statuses) == [204, 413], statuses
-    states = sorted(services.call("GET", "image", f"/v2/images/{i}", member).json()["status"]
-                    for i in ids)
-    assert states == ["active", "queued"]
+    def upload(i: int) -> int:
+        return int(services.call("PUT", "image", f"/v2/images/{ids[i]}/file", member,
+                                 data=body(i),
+                                 headers={"Content-Type": "application/octet-stream"}
+                                 ).status_code)
+
+    def until_saving(i: int) -> None:
+        for _ in range(600):
+            if status(i) == "saving":
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"upload {i} never reached 'saving'")
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(upload, 0)
+        until_saving(0)
+        second = pool.submit(upload, 1)
+        until_saving(1)  # both have passed the pre-check with 1 MiB left
+        release[0].set()
+        assert first.result(timeout=120) == 204
+        release[1].set()
+        assert second.result(timeout=120) == 413
+    assert [status(0), status(1)] == ["active", "queued"]
 
 
 def race(n: int, make: Any) -> list[int]:

@@ -236,7 +236,10 @@ def test_power_loss_of_a_hypervisor_evacuates_every_guest_with_its_disk(lab: Eva
         assert len(fences) == 1, fences
         fenced = completed_at(fences[0].completed)
         assert wall_kill < fenced
-        assert fenced < shown["fenced_at"] < fenced + 1  # its second, rounded up
+        # Its second, rounded up. Each node's fencer stamps a fence's completion when it
+        # learns the result, so the controller's node may have noted it a second after
+        # the observer's (seen: observer ...:52, controller ...:53); never before it.
+        assert fenced < shown["fenced_at"] < fenced + 2
         assert shown["alive_at"] < shown["fenced_at"]
         # confirmed and forced down carry the time their iteration began, which may be
         # before the fence's whole second (it is read later in that iteration, and
