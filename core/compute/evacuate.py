@@ -31,11 +31,17 @@ from core.common.faults import BadRequest, Conflict, Fault
 from core.common.timeutil import now
 from core.compute import scheduler, states
 from core.compute.api import ComputeContext
-from core.compute.evacuation_rule import may_evacuate_from, refusal
+from core.compute.evacuation_rule import (
+    EVACUABLE,
+    evacuable,
+    may_evacuate_from,
+    not_evacuable,
+    placement_request,
+    refusal,
+    state_after,
+)
 from core.compute.models import ComputeService, Instance, Migration
 from core.compute.servers import MAX_CLAIM_ATTEMPTS, lock_group
-
-EVACUABLE = (states.ACTIVE, states.STOPPED, states.ERROR)
 
 
 def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
@@ -45,9 +51,8 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
     if source is None:
         raise Conflict(f"Instance {inst.id} has no host to evacuate from.")
     check_source(sess, source)
-    if inst.vm_state not in EVACUABLE or inst.task_state not in (None, states.REBUILDING):
-        raise Conflict(f"Cannot evacuate instance {inst.id} in vm_state {inst.vm_state} "
-                       f"and task_state {inst.task_state}.")
+    if not evacuable(inst.vm_state, inst.task_state):
+        raise Conflict(not_evacuable(inst.id, inst.vm_state, inst.task_state))
     if target is not None and target == source:
         raise BadRequest("The target host is the instance's own host.")
     # Compare-and-swap on the row as read: of two concurrent evacuations of one
@@ -70,15 +75,12 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
     # claim to a sibling, or reads "no valid host" while there is room.
     scheduler.release(sess, inst)
     avoid, only, _ = scheduler.group_constraints(sess, inst.server_group_id, inst.id)
-    req = scheduler.Request(inst.vcpus, inst.memory_mb, inst.root_gb,
-                            avoid_hosts=avoid | {source},
-                            only_hosts=frozenset({target}) if target else only,
-                            use_reserved=True)
+    req = placement_request(inst.vcpus, inst.memory_mb, inst.root_gb, source, avoid, only,
+                            target)
     chosen = claim_host(ctx, sess, inst, req)
     sess.add(Migration(instance_id=inst.id, source_host=source, dest_host=chosen,
                        kind="evacuation", status="accepted", created_at=ts, updated_at=ts))
-    # a stopped instance stays stopped on its new host; anything else comes back active
-    inst.vm_state = states.STOPPED if previous_vm == states.STOPPED else states.ACTIVE
+    inst.vm_state = state_after(previous_vm)
     inst.task_state = states.REBUILDING
     inst.power_state = states.NOSTATE
     inst.fault = None

@@ -9,13 +9,24 @@ controller after Pacemaker confirmed the host's fence (``ha/evacuator``), or by 
 operator stating the host is off (``openstack compute service set --down HOST
 nova-compute``). A host without a service row is refused too: nothing says it is off.
 
-Pure, so the evacuation simulator (``ha/evacuator/sim.py``) decides with this very
-rule instead of a copy of it.
+Also here, for the same reason: which instance states may be evacuated, the state an
+evacuated instance comes back in, and the placement request of an evacuation.
+
+Pure, so the evacuation simulator (``ha/evacuator/sim.py``) decides with these very
+rules instead of copies of them (``tests/integration/test_sim_contract.py`` holds the
+two to the same answers).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from core.compute import states
+from core.compute.scheduler import Request
+
+# Nova's evacuate accepts active, stopped and error instances; anything building,
+# deleted or in another task is left alone.
+EVACUABLE = (states.ACTIVE, states.STOPPED, states.ERROR)
 
 
 class SourceService(Protocol):
@@ -38,3 +49,31 @@ def refusal(host: str | None) -> str:
             "source host's service to be forced down after the host is confirmed off "
             "(fenced): the evacuation controller does this after a confirmed fence; an "
             "operator: openstack compute service set --down HOST nova-compute.")
+
+
+def evacuable(vm_state: str, task_state: str | None) -> bool:
+    """An instance in ``vm_state`` doing ``task_state`` may be evacuated: idle in an
+    evacuable state, or in a rebuild (an evacuation whose target died)."""
+    return vm_state in EVACUABLE and task_state in (None, states.REBUILDING)
+
+
+def not_evacuable(instance: str, vm_state: str, task_state: str | None) -> str:
+    """The 409 message for an instance :func:`evacuable` refuses."""
+    return (f"Cannot evacuate instance {instance} in vm_state {vm_state} "
+            f"and task_state {task_state}.")
+
+
+def state_after(vm_state: str) -> str:
+    """The vm_state an evacuated instance is rebuilt into: a stopped instance stays
+    stopped on its new host; anything else (active, error) comes back active."""
+    return states.STOPPED if vm_state == states.STOPPED else states.ACTIVE
+
+
+def placement_request(vcpus: int, memory_mb: int, disk_gb: int, source: str,
+                      avoid: frozenset[str], only: frozenset[str] | None,
+                      target: str | None = None) -> Request:
+    """Where an evacuated instance may go: never its source, reserved hosts first, its
+    group's constraints (``avoid``: anti-affinity; ``only``: affinity) kept unless an
+    operator named the ``target``."""
+    return Request(vcpus, memory_mb, disk_gb, avoid_hosts=avoid | {source},
+                   only_hosts=frozenset({target}) if target else only, use_reserved=True)

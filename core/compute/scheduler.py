@@ -285,11 +285,19 @@ def group_constraints(session: Session, group_id: str | None, exclude_instance: 
         select(Instance.host).where(Instance.server_group_id == group_id,
                                     Instance.deleted.is_(False), Instance.id != exclude_instance,
                                     Instance.host.is_not(None))) if h)
-    if group.policy == "anti-affinity":
-        return hosts, None, group.generation
-    if group.policy == "affinity" and hosts:
-        return frozenset(), hosts, group.generation
-    return frozenset(), None, group.generation
+    avoid, only = group_rule(group.policy, hosts)
+    return avoid, only, group.generation
+
+
+def group_rule(policy: str, member_hosts: frozenset[str]
+               ) -> tuple[frozenset[str], frozenset[str] | None]:
+    """(hosts to avoid, hosts allowed or None) for a group of ``policy`` whose other
+    members are on ``member_hosts``. Pure: the evacuation simulator uses it too."""
+    if policy == "anti-affinity":
+        return member_hosts, None
+    if policy == "affinity" and member_hosts:
+        return frozenset(), member_hosts
+    return frozenset(), None
 
 
 def bump_group(session: Session, group_id: str, generation: int) -> bool:

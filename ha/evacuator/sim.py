@@ -12,11 +12,14 @@ reachable, resume rebuilds assigned to them when they start, and after start
 destroy the domains of instances that were evacuated away (Haven's tombstone
 sweep) and mark their own not-running instances stopped, as the real agent does.
 
-The compute API's evacuate is modelled on ``core/compute/evacuate.py``, with its
-source rule itself (``core.compute.evacuation_rule``): it refuses unless the source
-service is forced down, or if the instance is not evacuable, and places with the real
-scheduler code (``core.compute.scheduler``: reserved hosts first, anti-affinity kept,
-capacity filtered).
+The compute API's evacuate is ``core/compute/evacuate.py``'s decision over the
+world's state instead of the database's, and it decides with the product's own rules,
+not copies of them: the source rule and the evacuable states, the state an instance is
+rebuilt into and the placement request (``core.compute.evacuation_rule``), the states
+themselves (``core.compute.states``), the server group rule, the filters and the host
+choice (``core.compute.scheduler``: reserved hosts first, anti-affinity and affinity
+kept, capacity filtered, spreading weight). ``tests/integration/test_sim_contract.py``
+runs the same decisions against the real compute API and this world and compares them.
 
 The world also knows the ground truth the controller cannot see, and checks the
 safety invariants against it on every step: never two running copies of one
@@ -32,14 +35,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core.compute import scheduler
-from core.compute.evacuation_rule import may_evacuate_from, refusal
+from core.compute.evacuation_rule import (
+    evacuable,
+    may_evacuate_from,
+    not_evacuable,
+    placement_request,
+    refusal,
+    state_after,
+)
+from core.compute.states import ACTIVE, DELETED, ERROR, REBUILDING, STOPPED
 from ha.evacuator import fence_history
 from ha.evacuator.env import (
-    ACTIVE,
-    DELETED,
-    ERROR,
-    REBUILDING,
-    STOPPED,
     Conflict,
     EvacuateError,
     FenceEvent,
@@ -53,7 +59,6 @@ from ha.evacuator.env import (
 )
 from ha.evacuator.memory import MemoryRecords
 
-EVACUABLE = (ACTIVE, STOPPED, ERROR)
 RUNNING, DEFINED = "running", "defined"  # a domain on a host: running, or only defined
 
 
@@ -312,7 +317,7 @@ class World:
                 self.log(host.name, f"{inst.name} is not running: marked stopped")
 
     def _start_rebuild(self, inst: Instance, host: str) -> None:
-        expected = STOPPED if inst.vm_state == STOPPED else ACTIVE
+        expected = state_after(inst.vm_state)
         took = inst.rebuild_time if inst.rebuild_time is not None else self.timing.rebuild_time
         self.rebuilds[inst.id] = Rebuild(inst.id, host, took, expected)
 
@@ -372,13 +377,12 @@ class World:
         src = self.hosts[source]
         if not may_evacuate_from(src if src.hypervisor else None):
             raise Conflict(refusal(source))
-        if inst.vm_state not in EVACUABLE or inst.task_state not in (None, REBUILDING):
-            raise Conflict(f"Cannot evacuate instance {inst.name} in vm_state {inst.vm_state} "
-                           f"and task_state {inst.task_state}.")
+        if not evacuable(inst.vm_state, inst.task_state):
+            raise Conflict(not_evacuable(inst.name, inst.vm_state, inst.task_state))
         target = self._place(inst, source)
         self._check_evacuation(inst, src, self.hosts[target])
         inst.host = target
-        inst.vm_state = STOPPED if inst.vm_state == STOPPED else ACTIVE
+        inst.vm_state = state_after(inst.vm_state)
         inst.task_state, inst.fault = REBUILDING, None
         self.evacuations.append((self.t, inst.id, source, target))
         self._start_rebuild(inst, target)
@@ -388,14 +392,19 @@ class World:
         return target
 
     def _place(self, inst: Instance, source: str) -> str:
-        avoid = {source}
-        if inst.group is not None and self.groups.get(inst.group) == "anti-affinity":
-            avoid |= {i.host for i in self.instances.values() if i.group == inst.group
-                      and i.id != inst.id and i.host and i.vm_state != DELETED}
+        """``evacuate_instance``'s placement: the group's rule over where its other
+        members are, the evacuation's request, the first candidate of an index of every
+        hypervisor (the source included, as the compute API loads them: it weighs the
+        fleet's scale and is filtered out as the source)."""
+        avoid, only = frozenset[str](), None
+        policy = self.groups.get(inst.group) if inst.group is not None else None
+        if policy is not None:
+            avoid, only = scheduler.group_rule(policy, frozenset(
+                i.host for i in self.instances.values() if i.group == inst.group
+                and i.id != inst.id and i.host and i.vm_state != DELETED))
+        req = placement_request(inst.vcpus, inst.ram_mb, inst.disk_gb, source, avoid, only)
         index = scheduler.HostIndex(self._host_state(h) for h in self.hosts.values()
-                                    if h.hypervisor and h.name != source)
-        req = scheduler.Request(inst.vcpus, inst.ram_mb, inst.disk_gb,
-                                avoid_hosts=frozenset(avoid), use_reserved=True)
+                                    if h.hypervisor)
         stats = scheduler.FilterStats()
         chosen = next(index.candidates(req, stats), None)
         if chosen is None:
