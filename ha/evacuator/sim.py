@@ -370,7 +370,7 @@ class World:
             raise TransientError("compute API answered 503")
         inst = self.instances.get(instance_id)
         if inst is None or inst.vm_state == DELETED:
-            raise Conflict(f"instance {instance_id} not found")
+            raise Conflict(f"Instance {instance_id} could not be found.")  # the API's 404
         if inst.host != source:
             self.violation(f"evacuate of {inst.name} from {source}, but it is on {inst.host}")
             raise Conflict(f"instance {inst.name} is on {inst.host}, not on {source}")

@@ -61,6 +61,7 @@ class VmSpec:
     group: str | None = None
     vm_state: str = states.ACTIVE
     task_state: str | None = None
+    deleted: bool = False  # deleted (its agent finished the delete) before the evacuation
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Case:
     vms: tuple[VmSpec, ...]
     evacuate: tuple[str, ...]  # server names, evacuated from ``source`` in one call
     # per server: the host it goes to, "no_valid_host", "refused" (source not forced
-    # down) or "not_evacuable" (its state)
+    # down), "not_evacuable" (its state) or "gone" (deleted)
     expect: tuple[str, ...]
     groups: Mapping[str, str] = field(default_factory=dict)  # name: policy
     source: str = "h1"
@@ -124,6 +125,8 @@ CASES = [
           VmSpec("rebuilding", "h1", task_state=states.REBUILDING)),
          ("building", "stopping", "deleting", "error", "stopped", "rebuilding"),
          ("not_evacuable", "not_evacuable", "not_evacuable", "h2", "h2", "h2")),
+    Case("deleted-meanwhile", (H1, HostSpec("h2")),
+         (VmSpec("a", "h1", deleted=True), VmSpec("b", "h1")), ("a", "b"), ("gone", "h2")),
 ]
 
 # What an answer is, for comparing: a host, or (error kind, message).
@@ -181,7 +184,8 @@ def build_real(compute: Compute, case: Case) -> RealCloud:
     for vm in case.vms:
         compute.services.db.run_in_transaction(lambda s, vm=vm: s.execute(
             update(Instance).where(Instance.id == ids[vm.name]).values(
-                vm_state=vm.vm_state, task_state=vm.task_state)))
+                vm_state=states.DELETED if vm.deleted else vm.vm_state,
+                task_state=None if vm.deleted else vm.task_state, deleted=vm.deleted)))
     return real
 
 
@@ -198,9 +202,9 @@ def controller_steps_real(compute: Compute, case: Case) -> None:
         assert forced.status_code == 200, forced.text
 
 
-def evacuate_real(real: RealCloud, case: Case) -> tuple[list[Answer], list[int]]:
+def evacuate_real(real: RealCloud, case: Case) -> tuple[list[Answer], list[int | None]]:
     """The controller's call, each answer as ``RealEnv`` reads it (``call_error``);
-    and the HTTP status each error had."""
+    and the HTTP status of each error (None for a server moved)."""
     ids = [real.ids[n] for n in case.evacuate]
     resp = real.compute.call("POST", f"/os-hosts/{case.source}/evacuate",
                              json={"evacuate": {"servers": ids}})
@@ -212,7 +216,7 @@ def evacuate_real(real: RealCloud, case: Case) -> tuple[list[Answer], list[int]]
     assert [x["server_id"] for x in items] == ids
     return ([x["host"] if "host" in x else
              answer(call_error(x["error"]["code"], x["error"]["message"])) for x in items],
-            [x["error"]["code"] for x in items if "error" in x])
+            [x["error"]["code"] if "error" in x else None for x in items])
 
 
 def build_sim(case: Case, real: RealCloud, service_down_time: int) -> World:
@@ -235,8 +239,12 @@ def build_sim(case: Case, real: RealCloud, service_down_time: int) -> World:
                        vm_state=vm.vm_state, task_state=vm.task_state, vcpus=1,
                        ram_mb=TINY_MB, disk_gb=1,
                        group=group_ids[vm.group] if vm.group else None) for vm in case.vms]
-    return World(hosts, vms, {group_ids[n]: p for n, p in case.groups.items()},
-                 Timing(service_down_time=service_down_time))
+    world = World(hosts, vms, {group_ids[n]: p for n, p in case.groups.items()},
+                  Timing(service_down_time=service_down_time))
+    for vm in case.vms:
+        if vm.deleted:
+            world.delete(real.ids[vm.name])
+    return world
 
 
 def evacuate_sim(world: World, case: Case, ids: Mapping[str, str]) -> list[Answer]:
@@ -248,9 +256,14 @@ def evacuate_sim(world: World, case: Case, ids: Mapping[str, str]) -> list[Answe
                                                   for n in case.evacuate])]
 
 
-def check_expected(case: Case, got: list[Answer], ids: Mapping[str, str]) -> None:
+STATUS = {"refused": 409, "not_evacuable": 409, "no_valid_host": 409, "gone": 404}
+
+
+def check_expected(case: Case, got: list[Answer], statuses: list[int | None],
+                   ids: Mapping[str, str]) -> None:
     """The table's expectation, as far as it pins the answer (a no valid host's filter
     statistics are the two sides' to agree on, not the table's)."""
+    assert statuses == [STATUS.get(want) for want in case.expect]
     vms = {vm.name: vm for vm in case.vms}
     for name, want, answer_ in zip(case.evacuate, case.expect, got, strict=True):
         vm = vms[name]
@@ -259,6 +272,8 @@ def check_expected(case: Case, got: list[Answer], ids: Mapping[str, str]) -> Non
         elif want == "not_evacuable":
             assert answer_ == ("Conflict", not_evacuable(ids[name], vm.vm_state,
                                                          vm.task_state)), name
+        elif want == "gone":
+            assert answer_ == ("Conflict", f"Instance {ids[name]} could not be found."), name
         elif want == "no_valid_host":
             assert isinstance(answer_, tuple) and answer_[0] == "NoValidHost", (name, answer_)
         else:
@@ -291,10 +306,10 @@ def test_simulator_decides_as_the_compute_api(compute: Compute, case: Case) -> N
     got_sim = evacuate_sim(world, case, real.ids)
 
     assert got_sim == got_real, "the simulator and the compute API answer differently"
-    assert all(status == 409 for status in statuses), statuses
-    check_expected(case, got_real, real.ids)
+    check_expected(case, got_real, statuses, real.ids)
     # and the world afterwards: where every instance is, in which state
     after_real = real.placements()
-    after_sim = {i.id: (i.host, i.vm_state, i.task_state) for i in world.instances.values()}
-    assert after_sim == {i: after_real[i] for i in real.ids.values()}
+    after_sim = {i.id: (i.host, i.vm_state, i.task_state) for i in world.instances.values()
+                 if i.vm_state != states.DELETED}
+    assert after_sim == after_real
     assert world.violations == []
