@@ -49,9 +49,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-# Instance states, as the compute API stores them (core/compute/states.py).
-ACTIVE, STOPPED, ERROR, BUILDING, DELETED = "active", "stopped", "error", "building", "deleted"
-REBUILDING, DELETING = "rebuilding", "deleting"
+# Instance states: the compute API's own (the controller reads them from it).
+from core.compute.states import ACTIVE as ACTIVE
+from core.compute.states import BUILDING as BUILDING
+from core.compute.states import DELETED as DELETED
+from core.compute.states import DELETING as DELETING
+from core.compute.states import ERROR as ERROR
+from core.compute.states import REBUILDING as REBUILDING
+from core.compute.states import STOPPED as STOPPED
 
 
 class NodeState(StrEnum):

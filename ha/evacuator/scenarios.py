@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
+from core.compute.states import ACTIVE
 from ha.evacuator.controller import Controller, Policy, operator_abort, operator_release
-from ha.evacuator.env import ACTIVE
 from ha.evacuator.sim import ControllerCrash, Host, Instance, SimEnv, Timing, World
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "tests" / "scenarios" / "evacuation"
