@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.compute import states
+from core.compute.evacuation_rule import not_evacuable
 from ha.evacuator.env import Conflict, FenceEvent, FenceResult
 from ha.evacuator.sim import Host, Instance, World
 
@@ -79,3 +81,35 @@ def test_a_fenced_frozen_host_loses_its_domains() -> None:
     run(w, 6)
     assert not w.hosts["node3"].powered
     assert w.hosts["node3"].domains == {"vm1": "defined"}
+
+
+def fenced_world(instances: list[Instance], groups: dict[str, str]) -> World:
+    """node3 lost, fenced and forced down; node1 has the most room."""
+    w = World([Host("node1", ram_mb=8192), Host("node2"), Host("node3")], instances, groups)
+    w.step()
+    w.power("node3", False)
+    run(w, 6)
+    w.hosts["node3"].forced_down = True
+    return w
+
+
+@pytest.mark.parametrize(("policy", "target"), [("affinity", "node2"),
+                                                ("anti-affinity", "node1"), ("none", "node1")])
+def test_server_groups_are_kept_by_the_products_rule(policy: str, target: str) -> None:
+    """``scheduler.group_rule``, as the compute API applies it: an affinity member
+    follows its group (not the roomiest host), an anti-affinity one avoids it.
+    tests/integration/test_sim_contract.py holds this to the real API's answers."""
+    w = fenced_world([Instance(id="vm1", name="vm1", host="node3", group="g"),
+                      Instance(id="vm2", name="vm2", host="node2", group="g")],
+                     {} if policy == "none" else {"g": policy})
+    assert w.evacuate("vm1", "node3") == target
+    assert w.violations == []
+
+
+def test_an_instance_in_a_task_is_not_evacuated_with_the_products_message() -> None:
+    w = fenced_world([Instance(id="vm1", name="vm1", host="node3",
+                               task_state=states.POWERING_OFF)], {})
+    with pytest.raises(Conflict) as refused:
+        w.evacuate("vm1", "node3")
+    assert str(refused.value) == not_evacuable("vm1", states.ACTIVE, states.POWERING_OFF)
+    assert w.instances["vm1"].host == "node3"
