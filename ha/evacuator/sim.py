@@ -373,7 +373,7 @@ class World:
             raise Conflict(f"Instance {instance_id} could not be found.")  # the API's 404
         if inst.host != source:
             self.violation(f"evacuate of {inst.name} from {source}, but it is on {inst.host}")
-            raise Conflict(f"instance {inst.name} is on {inst.host}, not on {source}")
+            raise Conflict(f"Instance {inst.name} is on {inst.host}, not {source}.")
         src = self.hosts[source]
         if not may_evacuate_from(src if src.hypervisor else None):
             raise Conflict(refusal(source))
