@@ -139,8 +139,12 @@ def lease_file(lockspace: Path, disk: Path) -> Path:
 
 
 def lease_held(lease: Path) -> bool:
-    """Whether some process (virtlockd) holds the lease's lock (fcntl, its first byte)."""
-    fd = os.open(lease, os.O_RDWR)
+    """Whether some process (virtlockd) holds the lease's lock (fcntl, its first byte).
+    virtlockd removes a lease file it made once it releases it: gone is not held."""
+    try:
+        fd = os.open(lease, os.O_RDWR)
+    except FileNotFoundError:
+        return False
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
     except OSError as exc:
