@@ -8,8 +8,9 @@ on a throwaway copy of the checkout (its tracked and new files, as a clone would
 
 - the ``make run`` line of the README's first code block, with ``bash``, as printed;
 - every command of each code block marked ``<!-- readme-examples -->``, with ``bash``, as
-  printed. A non-zero exit fails the test. A trailing comment names text the command's
-  output must show (``... console log show vm1   # HAVEN-TINY-BOOTED``); such a command is
+  printed, and the command ``make run`` prints to try. A non-zero exit fails the test.
+  A trailing comment names text the command's output must show
+  (``... console log show vm1   # HAVEN-TINY-BOOTED``); such a command is
   run again, as printed, until its output shows it (a guest takes seconds to boot).
 
 Only what a README reader cannot see is set from outside: ``$HAVEN_CONFIG`` (which the
@@ -233,6 +234,10 @@ def test_make_run_then_the_readme_examples_as_printed(sandbox: Path) -> None:
         assert haven.proc.poll() is None, "make run ended:\n" + haven.output()
         for cmd in examples:
             run_command(cmd, copy, env)
+        # what make run itself prints to try works as printed too
+        [hint] = re.findall(r"try: (.*?)\s+\(Ctrl-C stops\)", haven.output())
+        assert hint.startswith(".venv/bin/openstack "), hint
+        run_command(Command(hint, None), copy, env)
     finally:
         try:  # guests outlive Haven (they are pets): delete what the examples made
             cleanup = Command(".venv/bin/openstack --os-cloud haven server list -f value "
