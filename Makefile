@@ -1,5 +1,6 @@
 # Haven: the two commands of the README, and a few helpers.
-#   make run    set up (once), then run the all-in-one in the foreground
+#   make run    set up (once: Debian packages, .venv with Haven and the pinned `openstack`
+#               client the README uses), then run the all-in-one in the foreground
 #   make test   set up (once, with test tools), then run every test
 STATE_DIR ?= ./.haven
 PYTEST_ARGS ?=

@@ -1,8 +1,13 @@
 #!/bin/bash
 # Install what Haven needs on a Debian 12 host, idempotently and quickly the second time.
 #
-#   appliance/setup.sh run    runtime only: Debian packages + .venv with Haven
+#   appliance/setup.sh run    runtime: Debian packages + .venv with Haven and the stock
+#                             `openstack` client the README's examples use
 #   appliance/setup.sh test   also what the test suite needs (MariaDB server, test tools)
+#
+# HAVEN_SETUP_AGENTS=no leaves the machine-wide OCF and alert wrappers alone (the
+# README's acceptance test runs `make run` in a throwaway copy of the checkout, which
+# must not repoint them at itself).
 #
 # Debian packages are installed only when one is missing (apt-get update costs
 # time); the virtual environment is rebuilt only when pyproject.toml or
@@ -22,8 +27,8 @@ TEST_PACKAGES=(mariadb-server mariadb-client galera-4 rsync stunnel4 rabbitmq-se
   pcs crmsh resource-agents fence-agents pacemaker-cli-utils libxml2-utils)
 
 case "$MODE" in
-  run) PACKAGES=("${RUN_PACKAGES[@]}"); EXTRAS="" ;;
-  test) PACKAGES=("${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}"); EXTRAS="[test]" ;;
+  run) PACKAGES=("${RUN_PACKAGES[@]}"); EXTRAS="[client]" ;;
+  test) PACKAGES=("${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}"); EXTRAS="[client,test]" ;;
   *) echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 
@@ -67,12 +72,14 @@ exec \"$VENV/bin/python\" $flags\"$agent\" \"\$@\""
   done
 }
 
-# Haven's OCF agents, as ocf:haven:<name> (they import Haven's own modules).
-install_wrappers /usr/lib/ocf/resource.d/haven "" "$ROOT"/agents/ocf/haven-*
-# Haven's Pacemaker alert agents (the evacuator's wake-up), loaded by `haven cluster
-# bootstrap` with `pcs alert create path=...`. -I -S: started on every node at every
-# cluster event, so no site-packages to scan (they need only the standard library).
-install_wrappers /usr/lib/haven/alerts "-I -S " "$ROOT"/agents/alert/haven-*
+if [ "${HAVEN_SETUP_AGENTS:-yes}" != no ]; then
+  # Haven's OCF agents, as ocf:haven:<name> (they import Haven's own modules).
+  install_wrappers /usr/lib/ocf/resource.d/haven "" "$ROOT"/agents/ocf/haven-*
+  # Haven's Pacemaker alert agents (the evacuator's wake-up), loaded by `haven cluster
+  # bootstrap` with `pcs alert create path=...`. -I -S: started on every node at every
+  # cluster event, so no site-packages to scan (they need only the standard library).
+  install_wrappers /usr/lib/haven/alerts "-I -S " "$ROOT"/agents/alert/haven-*
+fi
 
 stamp="$VENV/.haven-stamp"
 want="$MODE $(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"

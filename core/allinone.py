@@ -107,6 +107,17 @@ def bootstrap_cloud(cfg: HavenConfig, db: Database, password: str) -> bool:
     return result.created_admin
 
 
+def client_command() -> str:
+    """The stock client the set-up installed beside this Python, as the reader types it
+    from where Haven was started (``.venv/bin/openstack`` after ``make run``): it is not
+    on the PATH, so a bare ``openstack`` would not be found."""
+    path = Path(sys.executable).parent / "openstack"
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
                    with_compute: bool = True) -> int:
     from core.common.bus import make_bus
@@ -171,7 +182,8 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
           f"({'created' if created else 'existing'}), password in "
           f"{cfg.state_path / 'admin-password'} unless $HAVEN_ADMIN_PASSWORD is set")
     print(f"  {clouds_note}")
-    print(f"  try: openstack --os-cloud {CLOUD_NAME} token issue    (Ctrl-C stops)", flush=True)
+    print(f"  try: {client_command()} --os-cloud {CLOUD_NAME} token issue    (Ctrl-C stops)",
+          flush=True)
     try:
         signum = wait_for_signal()
         LOG.info("signal %d: stopping", signum)

@@ -39,8 +39,8 @@ NET_TICKTIME_S = 10
 # and evicted once every member suspects it (or after inactive_timeout). The
 # defaults (5 s / 15 s) leave writers blocked up to 15 s after a power loss;
 # 3 s / 6 s brings it under corosync's fence delay, so the database is writable
-# again by the time Pacemaker has fenced the node (LAB-NOTES.md: a cut node goes
-# non-Primary in 4-5 s with these, the others go on).
+# again by the time Pacemaker has fenced the node (measured in the lab: a cut node
+# goes non-Primary in 4-5 s with these, the others go on).
 GALERA_PROVIDER_OPTIONS = ("evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S;"
                            "evs.keepalive_period=PT1S;evs.install_timeout=PT6S;"
                            "gmcast.peer_timeout=PT3S")

@@ -1,4 +1,4 @@
-"""Faults the lab injects into a running node (DESIGN.md, "The lab").
+"""Faults the lab injects into a running node (docs/architecture.md, "The lab").
 
 - kill: power loss. The link goes down first, then init gets SIGKILL, so peers
   notice by silence (token loss), as with a real pulled plug.

@@ -42,6 +42,7 @@ def test_the_broker_and_its_cli_talk_erlang_distribution_over_tls(tmp_path: Path
         result = broker.ctl("eval", "net_kernel:nodes_info().")
         assert result.returncode == 0, result.stderr
         assert '"localhost",tls,inet' in result.stdout  # the CLI's link is TLS
+        assert broker.ctl("status", timeout=60).returncode == 0  # over TLS: answered
         broker.tls = False  # a CLI speaking plain distribution gets nowhere
         assert broker.ctl("status", timeout=60).returncode != 0
     finally:

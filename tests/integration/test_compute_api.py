@@ -109,8 +109,10 @@ def test_services_disable_and_force_down_steer_placement(compute: Compute) -> No
                                                                          "enabled")]
     assert compute.call("PUT", "/os-services/disable",
                         json={"host": "h1", "binary": "nova-compute"}).status_code == 200
-    assert compute.boot("nowhere").json()  # 202, but ERROR: nothing enabled
-    server = compute.call("GET", "/servers/detail").json()["servers"][0]
+    booted = compute.boot("nowhere")  # accepted, but ERROR: nothing enabled
+    assert booted.status_code == 202, booted.text
+    [server] = compute.call("GET", "/servers/detail").json()["servers"]
+    assert server["id"] == booted.json()["server"]["id"]
     assert server["status"] == "ERROR" and "No valid host" in server["fault"]["message"]
     assert compute.call("PUT", "/os-services/enable",
                         json={"host": "h1", "binary": "nova-compute"}).status_code == 200

@@ -89,15 +89,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMariaDB]:
         proc.wait(timeout=30)
 
 
-def cipher(db: Database) -> str:
+def session_tls(db: Database) -> tuple[str, str]:
+    """The session's TLS version and cipher, as the server sees them ('' when plain)."""
     with db.engine.connect() as conn:
-        return str(conn.exec_driver_sql("SHOW STATUS LIKE 'Ssl_cipher'").one()[1])
+        rows = dict(conn.exec_driver_sql(
+            "SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')").all())
+    return str(rows["Ssl_version"]), str(rows["Ssl_cipher"])
 
 
 def test_haven_connects_over_tls_verified_with_the_cluster_ca(server: TlsMariaDB) -> None:
     db = Database(server.url(), pool_size=1, max_retries=0, ssl_ca=str(server.ca))
     try:
-        assert cipher(db)  # an encrypted session
+        version, cipher = session_tls(db)
+        assert version in ("TLSv1.2", "TLSv1.3"), version  # an encrypted session
+        assert cipher != "", cipher
     finally:
         db.dispose()
 

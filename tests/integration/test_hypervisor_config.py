@@ -12,6 +12,9 @@ the unprivileged QEMU user, with a disk nobody else can read.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import os
 import pwd
 import subprocess
@@ -130,6 +133,31 @@ def readable_as(user: str, path: Path) -> bool:
     return os.waitpid(pid, 0)[1] == 0
 
 
+def lease_file(lockspace: Path, disk: Path) -> Path:
+    """virtlockd's indirect lease of a disk: the SHA-256 of its path, in the lockspace."""
+    return lockspace / hashlib.sha256(str(disk).encode()).hexdigest()
+
+
+def lease_held(lease: Path) -> bool:
+    """Whether some process (virtlockd) holds the lease's lock (fcntl, its first byte).
+    virtlockd removes a lease file it made once it releases it: gone is not held."""
+    try:
+        fd = os.open(lease, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+        return False
+    finally:
+        os.close(fd)
+
+
 def test_second_qemu_on_a_running_guests_disk_is_refused_by_the_shared_lease(
         hypervisors: list[PrivateHypervisor], shared: Path, guest: DomainSpec) -> None:
     first, second = hypervisors
@@ -154,12 +182,15 @@ def test_second_qemu_on_a_running_guests_disk_is_refused_by_the_shared_lease(
         assert "ockspace" in str(refused.value)
         assert not dom2.isActive()
         assert dom1.isActive()
-        # The lease lives on the shared storage, where every host looks.
-        leases = shared / "instances" / LEASES_DIRNAME
-        assert any(leases.iterdir()), "no lease file in the shared lockspace"
+        # The lease of this disk lives on the shared storage, where every host looks,
+        # and the first host's virtlockd holds it.
+        lease = lease_file(shared / "instances" / LEASES_DIRNAME, spec.disk_path)
+        assert lease.is_file(), sorted(lease.parent.iterdir())
+        assert lease_held(lease)
 
         # Once the first host's guest is gone (its lease with it), the second may run it.
         dom1.destroy()
+        assert not lease_held(lease)
         dom2.create()
         assert dom2.isActive()
         dom2.destroy()

@@ -49,9 +49,16 @@ def test_password_token_has_keystone_shape(identity: IdentityServer) -> None:
             "name": "admin", "domain": {"name": "Default"}, "password": ADMIN_PASSWORD}}},
         "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}})
     assert resp.status_code == 201
-    assert resp.headers["X-Subject-Token"]
     assert resp.headers["X-Openstack-Request-Id"].startswith("req-")
     token = resp.json()["token"]
+    # the header is the token the body describes: validating it gives back the same one
+    subject = resp.headers["X-Subject-Token"]
+    checked = requests.get(f"{identity.url}/v3/auth/tokens", timeout=30, headers={
+        "X-Auth-Token": subject, "X-Subject-Token": subject})
+    assert checked.status_code == 200, checked.text
+    assert checked.headers["X-Subject-Token"] == subject
+    assert (checked.json()["token"]["user"]["id"], checked.json()["token"]["expires_at"]) == (
+        token["user"]["id"], token["expires_at"])
     assert token["methods"] == ["password"]
     assert token["user"]["name"] == "admin"
     assert token["project"]["name"] == "admin"

@@ -83,8 +83,10 @@ def test_unscoped_token_never_writes(services: Services, tmp_path: Path) -> None
             ("PATCH", f"/v2/images/{image_id}", {"json": [
                 {"op": "replace", "path": "/visibility", "value": "community"}]})):
         assert services.call(method, "image", path, token, **kwargs).status_code in (403, 404)
-    assert services.call("GET", "image", f"/v2/images/{image_id}", member).json()[
-        "visibility"] == "shared"
+    # none of them happened: still there, no data, not made community
+    shown = services.call("GET", "image", f"/v2/images/{image_id}", member)
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["visibility"], shown.json()["status"]) == ("shared", "queued")
 
 
 def test_member_writes_in_its_project_admin_for_public_and_others(services: Services,

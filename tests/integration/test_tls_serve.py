@@ -105,6 +105,11 @@ def test_the_catalog_is_https_and_the_services_client_verifies(cloud: TlsCloud) 
 
 def test_a_plain_http_request_to_an_api_port_gets_no_answer(cloud: TlsCloud) -> None:
     for listen in (cloud.identity, cloud.image):
+        # the port serves (over https) ...
+        served = requests.get(f"https://{listen}/healthcheck", timeout=30,
+                              verify=str(cloud.cfg.tls.ca_file))
+        assert served.status_code == 200, served.text
+        # ... and a plain http request to it gets no answer at all
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://{listen}/healthcheck", timeout=5)
 
