@@ -35,7 +35,7 @@ from core.common.faults import BadRequest, Conflict, Fault, Forbidden, NotFound
 from core.common.paging import after_marker, next_links, page_limit
 from core.common.timeutil import now
 from core.common.wsgi import auth, base_url, commit, field, json_body, session
-from core.compute import scheduler, states
+from core.compute import messages, scheduler, states
 from core.compute.api import ComputeContext
 from core.compute.metadata_rules import check_admin_keys, check_count, check_metadata
 from core.compute.models import ComputeService, Flavor, Instance, InstanceMetadata, ServerGroup
@@ -70,14 +70,8 @@ def metadata_of(sess: Session, instance_id: str) -> dict[str, str]:
 
 
 def nudge(ctx: ComputeContext, inst: Instance) -> None:
-    """Tell the instance's host to look at it. A failure is only logged: the agent's
-    periodic reconciliation finds the work anyway."""
-    if not inst.host:
-        return
-    try:
-        ctx.bus.cast(f"compute.{inst.host}", {"instance": inst.id})
-    except BusError as exc:
-        LOG.warning("could not nudge %s about %s (reconcile will): %s", inst.host, inst.id, exc)
+    """Tell the instance's host to look at it (:func:`core.compute.messages.nudge`)."""
+    messages.nudge(ctx.bus, inst.host, inst.id)
 
 
 def transition(sess: Session, inst: Instance, expect_vm: tuple[str, ...],
@@ -600,12 +594,10 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
         if inst.host is None or inst.vm_state == states.BUILDING:
             raise Conflict(f"Instance {instance_id} is not ready: no console yet.")
         try:
-            reply = ctx.bus.call(f"compute.{inst.host}", {"method": "console_log",
-                                                          "instance": inst.id,
-                                                          "length": lines}, timeout=15)
+            reply = messages.console_log(ctx.bus, inst.host, inst.id, lines)
         except BusError as exc:
             raise Fault(f"Console of instance {instance_id} unavailable: {exc}", 503) from None
-        return {"output": reply.get("output", "")}
+        return {"output": reply.output}
 
     def evacuate(instance_id: str, args: Any) -> dict[str, Any]:
         from core.compute.evacuate import evacuate_instance
