@@ -36,7 +36,7 @@ from core.common.db import Database, rowcount
 from core.common.private import private_dir
 from core.common.settings import cloud_id
 from core.common.timeutil import now
-from core.compute import messages, scheduler, states
+from core.compute import messages, ports, scheduler, states
 from core.compute.images import ImageCache
 from core.compute.models import ComputeService, Instance, Migration
 from core.compute.virt.hostconf import QEMU_USER
@@ -359,8 +359,7 @@ class ComputeAgent:
         self.driver.undefine(inst.id)
         shutil.rmtree(directory, ignore_errors=True)
         if inst.port_id:
-            self.clients.request("DELETE", "network", f"/v2.0/ports/{inst.port_id}",
-                                 expect=(204, 404))
+            ports.delete(self.clients, inst.port_id)  # raises: the next round retries
 
         def unit(sess: Session) -> None:
             row = sess.get(Instance, inst.id)
