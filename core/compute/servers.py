@@ -48,9 +48,7 @@ from core.compute.quotas import check_ports, enforce_server
 from core.compute.views import server_brief, server_detail
 
 LOG = logging.getLogger(__name__)
-# kept here for the callers that read them from this module
-NO_VALID_HOST = placement.NO_VALID_HOST
-MAX_CLAIM_ATTEMPTS = placement.MAX_CLAIM_ATTEMPTS
+NO_VALID_HOST = placement.NO_VALID_HOST  # Nova's fault text (also read from here)
 
 
 # ---- create ----------------------------------------------------------------------------
@@ -115,6 +113,25 @@ def check_image_fits(image: dict[str, Any], flavor: Flavor) -> None:
         raise BadRequest("Flavor's memory is too small for requested image.")
 
 
+def insert_instance(sess: Session, req: CreateRequest, flavor: Flavor, image_id: str,
+                    network_id: str | None) -> Instance:
+    """Step 1 of a create: the caller's instance as BUILD/scheduling, with its metadata."""
+    ctx_auth = auth()
+    ts = now()
+    inst = Instance(
+        name=req.name, project_id=ctx_auth.project_id, user_id=ctx_auth.user_id,
+        flavor_id=flavor.id, vcpus=flavor.vcpus, memory_mb=flavor.ram_mb,
+        root_gb=flavor.disk_gb, image_id=image_id, network_id=network_id,
+        server_group_id=req.group_id, vm_state=states.BUILDING,
+        task_state=states.SCHEDULING, power_state=states.NOSTATE, key_name=req.key_name,
+        deleted=False, created_at=ts, updated_at=ts)
+    sess.add(inst)
+    sess.flush()
+    for key, value in req.metadata.items():
+        sess.add(InstanceMetadata(instance_id=inst.id, key=key, value=value))
+    return inst
+
+
 def build(ctx: ComputeContext, inst: Instance, network_id: str | None,
           port_id: str | None) -> None:
     """Steps 2 and 3 of a create, for an instance committed as BUILD/scheduling."""
@@ -168,21 +185,10 @@ def register_servers(app: bottle.Bottle, ctx: ComputeContext) -> None:
         image = resolve_image(clients, ctx_auth.token, req.image_ref)
         check_image_fits(image, flavor)
         network_id, port_id = ports.resolve_network(clients, ctx_auth.token, req.networks)
-        ts = now()
         if network_id is not None and port_id is None:
             check_ports(clients, ctx_auth.token, ctx_auth.project_id)
         enforce_server(ctx.quotas, sess, ctx_auth.project_id, flavor.vcpus, flavor.ram_mb)
-        inst = Instance(
-            name=req.name, project_id=ctx_auth.project_id, user_id=ctx_auth.user_id,
-            flavor_id=flavor.id, vcpus=flavor.vcpus, memory_mb=flavor.ram_mb,
-            root_gb=flavor.disk_gb, image_id=image["id"], network_id=network_id,
-            server_group_id=req.group_id, vm_state=states.BUILDING,
-            task_state=states.SCHEDULING, power_state=states.NOSTATE, key_name=req.key_name,
-            deleted=False, created_at=ts, updated_at=ts)
-        sess.add(inst)
-        sess.flush()
-        for key, value in req.metadata.items():
-            sess.add(InstanceMetadata(instance_id=inst.id, key=key, value=value))
+        inst = insert_instance(sess, req, flavor, str(image["id"]), network_id)
         commit()  # step 1 done: the server exists (BUILD) whatever happens next
         build(ctx, inst, network_id, port_id)
         bottle.response.status = 202
