@@ -34,6 +34,9 @@ class Fault(Exception):
 
     status = 500
     neutron_type: str | None = None  # Neutron's error type, where its status alone is vague
+    # A machine-readable reason for Haven's own callers (core/compute/errors.py), shown
+    # as "type" beside Nova's code and message; stock clients ignore it.
+    error_type: str | None = None
 
     def __init__(self, message: str, status: int | None = None, **headers: str) -> None:
         super().__init__(message)
@@ -74,7 +77,7 @@ class OverQuota(Conflict):
 
 
 def fault_body(style: FaultStyle, status: int, message: str,
-               neutron_type: str | None = None) -> str:
+               neutron_type: str | None = None, error_type: str | None = None) -> str:
     title, key = TITLES.get(status, ("Error", "error"))
     body: dict[str, Any]
     if style == "keystone":
@@ -85,4 +88,6 @@ def fault_body(style: FaultStyle, status: int, message: str,
         body = {"NeutronError": {"type": kind, "message": message, "detail": ""}}
     else:
         body = {key: {"code": status, "message": message}}
+        if error_type is not None:
+            body[key]["type"] = error_type
     return json.dumps(body)

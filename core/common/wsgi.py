@@ -253,7 +253,8 @@ class HavenPlugin:
             bottle.response.set_header("WWW-Authenticate", 'Keystone uri="' +
                                        bottle.request.urlparts.scheme + "://" +
                                        bottle.request.urlparts.netloc + '"')
-        return fault_body(self.style, fault.status, fault.message, fault.neutron_type)
+        return fault_body(self.style, fault.status, fault.message, fault.neutron_type,
+                          fault.error_type)
 
 
 class _BoundedBottle(bottle.Bottle):

@@ -36,7 +36,7 @@ from core.common.db import Database, rowcount
 from core.common.private import private_dir
 from core.common.settings import cloud_id
 from core.common.timeutil import now
-from core.compute import scheduler, states
+from core.compute import messages, ports, scheduler, states
 from core.compute.images import ImageCache
 from core.compute.models import ComputeService, Instance, Migration
 from core.compute.virt.hostconf import QEMU_USER
@@ -87,7 +87,7 @@ class ComputeAgent:
             self.driver.cloud_id = cloud_id(self.db)
         self.register()
         self.reconcile()  # before taking new work: stale domains go first
-        self._subscription = self.bus.subscribe(f"compute.{self.host}", self.on_message)
+        self._subscription = self.bus.subscribe(messages.topic(self.host), self.on_message)
         for name, period, fn in (
             ("heartbeat", self.cfg.compute.heartbeat_interval, self.heartbeat),
             ("reconcile", self.cfg.compute.reconcile_interval, self.reconcile),
@@ -166,12 +166,14 @@ class ComputeAgent:
 
     # ---- bus -------------------------------------------------------------------------
     def on_message(self, message: Message) -> Message | None:
-        if message.get("method") == "console_log":
-            path = self.instances / str(message["instance"]) / "console.log"
-            return {"output": read_console(path, message.get("length"))}
-        instance_id = message.get("instance")
-        if isinstance(instance_id, str):
-            self.pool.submit(self.converge_logged, instance_id)
+        """The API's messages (:mod:`core.compute.messages`): a nudge queues the
+        instance's convergence; a console log request is answered at once."""
+        request = messages.parse(message)
+        if isinstance(request, messages.ConsoleLogRequest):
+            path = self.instances / request.instance_id / "console.log"
+            return messages.ConsoleLogReply(read_console(path, request.length)).to_wire()
+        if isinstance(request, messages.Nudge):
+            self.pool.submit(self.converge_logged, request.instance_id)
         return None
 
     # ---- reconciliation --------------------------------------------------------------
@@ -357,8 +359,7 @@ class ComputeAgent:
         self.driver.undefine(inst.id)
         shutil.rmtree(directory, ignore_errors=True)
         if inst.port_id:
-            self.clients.request("DELETE", "network", f"/v2.0/ports/{inst.port_id}",
-                                 expect=(204, 404))
+            ports.delete(self.clients, inst.port_id)  # raises: the next round retries
 
         def unit(sess: Session) -> None:
             row = sess.get(Instance, inst.id)

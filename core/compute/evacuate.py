@@ -27,9 +27,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.common.db import rowcount
-from core.common.faults import BadRequest, Conflict, Fault
+from core.common.faults import Fault
 from core.common.timeutil import now
-from core.compute import scheduler, states
+from core.compute import errors, placement, scheduler, states
 from core.compute.api import ComputeContext
 from core.compute.evacuation_rule import (
     EVACUABLE,
@@ -41,20 +41,20 @@ from core.compute.evacuation_rule import (
     state_after,
 )
 from core.compute.models import ComputeService, Instance, Migration
-from core.compute.servers import MAX_CLAIM_ATTEMPTS, lock_group
 
 
 def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
                       target: str | None) -> str:
-    """Move ``inst`` off its (down) host; returns the new host. Raises 409/400."""
+    """Move ``inst`` off its (down) host; returns the new host. Raises the typed
+    refusals of :mod:`core.compute.errors` (409, 400; 503 when every claim was lost)."""
     source = inst.host
     if source is None:
-        raise Conflict(f"Instance {inst.id} has no host to evacuate from.")
+        raise errors.NotOnSource(f"Instance {inst.id} has no host to evacuate from.")
     check_source(sess, source)
     if not evacuable(inst.vm_state, inst.task_state):
-        raise Conflict(not_evacuable(inst.id, inst.vm_state, inst.task_state))
+        raise errors.NotEvacuable(not_evacuable(inst.id, inst.vm_state, inst.task_state))
     if target is not None and target == source:
-        raise BadRequest("The target host is the instance's own host.")
+        raise errors.BadTarget("The target host is the instance's own host.")
     # Compare-and-swap on the row as read: of two concurrent evacuations of one
     # instance, exactly one goes on (the other gets 409), so it is never placed twice.
     ts = now()
@@ -64,10 +64,10 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
                                Instance.vm_state.in_(EVACUABLE))
         .values(task_state=states.REBUILDING, updated_at=ts)))
     if won != 1:
-        raise Conflict(f"Instance {inst.id} changed while being evacuated; not moved.")
+        raise errors.InUse(f"Instance {inst.id} changed while being evacuated; not moved.")
     sess.refresh(inst)
     if inst.server_group_id:
-        lock_group(sess, inst.server_group_id)  # group members placed one at a time
+        placement.lock_group(sess, inst.server_group_id)  # group members one at a time
     previous_vm = inst.vm_state
     # Release before reading the hosts: its UPDATE of the source's row serialises the
     # evacuations of one dead host (the controller calls them in parallel), so each
@@ -77,7 +77,7 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
     avoid, only, _ = scheduler.group_constraints(sess, inst.server_group_id, inst.id)
     req = placement_request(inst.vcpus, inst.memory_mb, inst.root_gb, source, avoid, only,
                             target)
-    chosen = claim_host(ctx, sess, inst, req)
+    chosen = placement.claim_for_evacuation(ctx, sess, inst, req)
     sess.add(Migration(instance_id=inst.id, source_host=source, dest_host=chosen,
                        kind="evacuation", status="accepted", created_at=ts, updated_at=ts))
     inst.vm_state = state_after(previous_vm)
@@ -90,29 +90,11 @@ def evacuate_instance(ctx: ComputeContext, sess: Session, inst: Instance,
 
 
 def check_source(sess: Session, host: str) -> None:
-    """409 unless ``host``'s compute service exists and is forced down."""
+    """409 (``source_not_down``) unless ``host``'s compute service exists and is
+    forced down."""
     svc = sess.scalars(select(ComputeService).where(ComputeService.host == host)).first()
     if not may_evacuate_from(svc):
-        raise Conflict(refusal(host))
-
-
-def claim_host(ctx: ComputeContext, sess: Session, inst: Instance,
-               req: scheduler.Request) -> str:
-    """Claim the best host for ``req``. A claim lost to a concurrent placement (a
-    create, or an evacuation from another host) reads the hosts again and retries;
-    only a fleet with no room left gives "No valid host", which the controller does
-    not retry."""
-    for _ in range(MAX_CLAIM_ATTEMPTS):
-        index = scheduler.load_index(sess, ctx.cfg.compute.service_down_time)
-        stats = scheduler.FilterStats()
-        h = next(index.candidates(req, stats), None)
-        if h is None:
-            raise Conflict(f"No valid host to evacuate instance {inst.id} to "
-                           f"({scheduler.describe(stats)}).")
-        if scheduler.claim(sess, inst, h, req):
-            return h.host
-    raise Fault(f"Every host claim for instance {inst.id} was lost to concurrent "
-                "placements; retry.", 503)
+        raise errors.SourceNotDown(refusal(host))
 
 
 def evacuate_servers(ctx: ComputeContext, sess: Session, host: str, ids: Sequence[str],
@@ -120,7 +102,8 @@ def evacuate_servers(ctx: ComputeContext, sess: Session, host: str, ids: Sequenc
                                                              list[Instance]]:
     """Evacuate the servers ``ids`` of ``host`` in the caller's transaction: one result
     per server, in order (its new host, or the error a single evacuate would have
-    answered), and the instances moved, to nudge once committed.
+    answered, with its :class:`errors.ErrorCode` as ``type``), and the instances moved,
+    to nudge once committed.
 
     A server that cannot be moved must leave no trace, and savepoints are not to be
     trusted on every backend (SQLite's driver commits an outermost RELEASE): the work
@@ -129,20 +112,21 @@ def evacuate_servers(ctx: ComputeContext, sess: Session, host: str, ids: Sequenc
 
     A source host whose service is not forced down refuses the whole request (409)."""
     check_source(sess, host)
-    errors: dict[str, Fault] = {}
+    refused: dict[str, Fault] = {}
     while True:
         moved: list[tuple[Instance, str]] = []
         failed = False
         for server_id in ids:
-            if server_id in errors:
+            if server_id in refused:
                 continue
             try:
                 inst = load(server_id)
                 if inst.host != host:
-                    raise Conflict(f"Instance {server_id} is on {inst.host}, not {host}.")
+                    raise errors.NotOnSource(f"Instance {server_id} is on {inst.host}, "
+                                             f"not {host}.")
                 moved.append((inst, evacuate_instance(ctx, sess, inst, None)))
             except Fault as exc:
-                errors[server_id] = exc
+                refused[server_id] = exc
                 failed = True
                 break
         if not failed:
@@ -150,6 +134,7 @@ def evacuate_servers(ctx: ComputeContext, sess: Session, host: str, ids: Sequenc
         sess.rollback()
     chosen = {inst.id: target for inst, target in moved}
     results = [{"server_id": i, "host": chosen[i]} if i in chosen else
-               {"server_id": i, "error": {"code": errors[i].status,
-                                          "message": errors[i].message}} for i in ids]
+               {"server_id": i, "error": {"code": refused[i].status,
+                                          "type": errors.code_of(refused[i]).value,
+                                          "message": refused[i].message}} for i in ids]
     return results, [inst for inst, _ in moved]

@@ -8,8 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.common.config import HavenConfig
-from core.network.api import create_network_row, create_subnet_row
 from core.network.models import Network
+from core.network.networks import create_network_row
+from core.network.subnets import create_subnet_row
 
 
 def ensure_provider_network(session: Session, cfg: HavenConfig, admin_project_id: str

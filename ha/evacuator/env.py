@@ -25,10 +25,12 @@ method                        real implementation
 ``set_forced_down``           ``enable``, ``force-down``
 ``evacuate``                  the compute API's ``evacuate`` server action
                               (``core/compute/evacuate.py``) after checking the
-                              instance is still on ``source``; its 409 "No valid
-                              host" is :class:`NoValidHost`, any other 409
-                              :class:`Conflict`, 5xx and timeouts
-                              :class:`TransientError`
+                              instance is still on ``source``; each refusal's
+                              code (``core.compute.errors.ErrorCode``) is mapped
+                              by ``real.CODE_ERRORS``: ``no_valid_host`` is
+                              :class:`NoValidHost`, the instance's own refusals
+                              :class:`Conflict`, ``claims_lost``, 5xx and
+                              timeouts :class:`TransientError`
 ``host_clean``                the host's agent finished its sweep since it came
                               back and no ``migrations`` tombstone with that
                               ``source_host`` is still ``accepted``/``done``

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from core.common.clients import ServiceCallError, ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
+from core.compute.errors import ErrorCode
 from core.compute.models import ComputeService, Instance, InstanceMetadata, Migration
 from ha import crm
 from ha.evacuator import fence_history
@@ -61,14 +62,44 @@ Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 EVACUATE_BATCH = 100  # servers per evacuate request (the API takes up to 1000)
 
 
-def call_error(status: int | None, text: str) -> EvacuateError:
-    """What a compute API error means to the controller: no room (not retried), a
-    conflict (the instance moved or changed: looked at again), or transient."""
-    if status == 409:
-        return NoValidHost(text) if "No valid host" in text else Conflict(text)
-    if status in (400, 404):
+# What each of the compute API's refusal codes (core/compute/errors.py) means to the
+# controller: no room (final, not retried), a conflict (the instance moved, changed or
+# went away: looked at again, adopted if it left its source, else failed with an alert),
+# or transient (retried with backoff); None: read the HTTP status. Every code is here
+# (tests/unit/test_evacuator_error_codes.py holds it so).
+CODE_ERRORS: dict[ErrorCode, type[EvacuateError] | None] = {
+    ErrorCode.NO_VALID_HOST: NoValidHost,
+    ErrorCode.CLAIMS_LOST: TransientError,
+    ErrorCode.IN_USE: Conflict,
+    ErrorCode.NOT_EVACUABLE: Conflict,
+    ErrorCode.NOT_ON_SOURCE: Conflict,
+    ErrorCode.SOURCE_NOT_DOWN: Conflict,
+    ErrorCode.BAD_TARGET: Conflict,
+    ErrorCode.GROUP_BUSY: Conflict,
+    ErrorCode.NOT_FOUND: Conflict,
+    ErrorCode.FORBIDDEN: Conflict,
+    ErrorCode.UNEXPECTED: None,
+}
+
+
+def status_error(status: int | None, text: str) -> EvacuateError:
+    """An error the compute API gave without a code (a refused request as a whole, or
+    an older API): by its HTTP status alone, never its text. A 409, 400 or 404 is a
+    conflict; anything else (5xx, no answer) transient."""
+    if status in (400, 404, 409):
         return Conflict(text)
     return TransientError(text)
+
+
+def call_error(status: int | None, text: str, code: str | None = None) -> EvacuateError:
+    """What a compute API error means to the controller: by its refusal code when it
+    has one (:class:`core.compute.errors.ErrorCode`), else by its status. An unknown
+    code (a newer API) is read by its status too."""
+    try:
+        kind = CODE_ERRORS[ErrorCode(code)] if code is not None else None
+    except ValueError:
+        kind = None
+    return status_error(status, text) if kind is None else kind(text)
 
 
 COMPUTE_HEADERS = {"OpenStack-API-Version": "compute 2.25",
@@ -244,7 +275,8 @@ class RealEnv:
                 LOG.info("evacuate %s: %s -> %s", item["server_id"], source, item["host"])
             else:
                 error = item.get("error") or {}
-                answers[index] = call_error(error.get("code"), str(error.get("message")))
+                answers[index] = call_error(error.get("code"), str(error.get("message")),
+                                            error.get("type"))
         return answers
 
     # ---- records -----------------------------------------------------------------------

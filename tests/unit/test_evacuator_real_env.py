@@ -91,7 +91,8 @@ def test_evacuate_many_sends_one_request_per_source_and_maps_each_answer() -> No
     from ha.evacuator.env import Conflict, NoValidHost, TransientError
 
     api = StandInComputeApi({
-        "a": {"host": "n2"}, "b": {"error": {"code": 409, "message": "No valid host was found"}},
+        "a": {"host": "n2"},
+        "b": {"error": {"code": 409, "type": "no_valid_host", "message": "No room"}},
         "c": {"error": {"code": 404, "message": "gone"}}, "d": {"host": "n3"},
         "e": {"error": {"code": 503, "message": "database unavailable"}}})
     env = RealEnv(HavenConfig(), None, api)  # type: ignore[arg-type]

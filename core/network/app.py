@@ -1,0 +1,59 @@
+"""The network service's app factory (Neutron v2.0 subset).
+
+One module per resource: :mod:`core.network.networks`, :mod:`core.network.subnets`,
+:mod:`core.network.ports`; what they share (the caller, visibility, paging) is
+:mod:`core.network.access`'s, their JSON :mod:`core.network.views`'s. Ports carry
+their fixed IPs from IPAM (:mod:`core.network.ipam`), so every server shows an
+address in ``addresses``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bottle
+
+from core.common import policy
+from core.common.auth import TokenValidator
+from core.common.config import HavenConfig
+from core.common.db import Database
+from core.common.health import add_healthcheck
+from core.common.tokens import KeyRepository, TokenCodec
+from core.common.wsgi import base_url, make_app
+from core.network import networks, ports, subnets
+from core.network import quotas as network_quotas
+from core.network.policies import RULES
+
+
+def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
+    """A fresh network API bound to ``db`` and the configured quotas."""
+    validator = TokenValidator(TokenCodec(KeyRepository(cfg.fernet_key_dir,
+                                                        cfg.identity.max_active_keys)))
+    app = make_app(db, validator, style="neutron")
+    add_healthcheck(app, "network", {"database": db.ping, "bus": None})
+    quotas = network_quotas.make_quotas(cfg.quota)
+    network_quotas.register(app, quotas)
+
+    policy.register(RULES)
+    register_version_routes(app)
+    networks.register(app, quotas, cfg.api.max_limit)
+    subnets.register(app, cfg.api.max_limit)
+    ports.register(app, quotas, cfg.api.max_limit)
+    return app
+
+
+def register_version_routes(app: bottle.Bottle) -> None:
+    @app.get("/", skip_auth=True)
+    def versions() -> dict[str, Any]:
+        return {"versions": [{"id": "v2.0", "status": "CURRENT",
+                              "links": [{"rel": "self", "href": f"{base_url()}/v2.0/"}]}]}
+
+    @app.get("/v2.0")
+    @app.get("/v2.0/")
+    def resources() -> dict[str, Any]:
+        return {"resources": [{"name": n, "collection": f"{n}s", "links": []}
+                              for n in ("network", "subnet", "port")]}
+
+    @app.get("/v2.0/extensions")
+    def extensions() -> dict[str, Any]:
+        return {"extensions": []}

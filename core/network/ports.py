@@ -1,0 +1,191 @@
+"""Ports (``/v2.0/ports``): a device's MAC and fixed IPs (from IPAM) on a network."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable
+from typing import Any
+
+import bottle
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from core.common import policy
+from core.common.faults import BadRequest, Conflict, NotFound
+from core.common.quota import Quotas
+from core.common.timeutil import now
+from core.common.wsgi import auth, field, json_body, session
+from core.network import ipam
+from core.network import quotas as network_quotas
+from core.network.access import (
+    child_target,
+    filtered,
+    fixed_ips,
+    load_network,
+    network_of,
+    owner_of,
+    paged,
+    reader,
+    writer,
+)
+from core.network.models import IPAllocation, Port, Subnet
+from core.network.policies import privileged_device_owner
+from core.network.views import port_view
+
+
+def _mac() -> str:
+    return "fa:16:3e:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3))
+
+
+def requested_ips(requested: list[Any] | None, subnets: list[Subnet], network_id: str
+                  ) -> list[tuple[Subnet, str | None]]:
+    """The port's ``fixed_ips`` request as (subnet, address or None), checked: 400 naming
+    the entry that names no subnet of the network or is not an address."""
+    out: list[tuple[Subnet, str | None]] = []
+    for i, ip in enumerate(requested or []):
+        if not isinstance(ip, dict):
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}]': an object.")
+        unknown = sorted(set(ip) - {"subnet_id", "ip_address"})
+        if unknown:
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].{unknown[0]}': "
+                             "not supported.")
+        sub_id = ip.get("subnet_id")
+        candidates = [s for s in subnets if sub_id in (None, s.id)]
+        if not candidates:
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].subnet_id': "
+                             f"no subnet {sub_id} on network {network_id}.")
+        address = ip.get("ip_address")
+        if address is None:
+            out.append((candidates[0], None))
+            continue
+        try:
+            wanted = ipaddress.ip_address(str(address))
+        except ValueError:
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].ip_address'"
+                             f": {address!r} is not an IP address.") from None
+        inside = [s for s in candidates if wanted in ipaddress.ip_network(s.cidr)]
+        if not inside:
+            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].ip_address': "
+                             f"{wanted} is in no subnet of network {network_id}.")
+        out.append((inside[0], str(wanted)))
+    return out
+
+
+def load_port(port_id: str) -> tuple[Port, dict[str, Any]]:
+    p = session().get(Port, port_id)
+    target = child_target(p.project_id, network_of(p.network_id)) if p else {}
+    if p is None or not policy.allowed(reader(), "network:get_port", target):
+        raise NotFound(f"Port {port_id} could not be found.")
+    return p, target
+
+
+def port_attribute_rules(body: dict[str, Any], action: str) -> list[str]:
+    """The extra rules the attributes in ``body`` call for (Neutron's per-attribute rules)."""
+    rules = []
+    if privileged_device_owner(field(body, "device_owner", str, "")):
+        rules.append(f"{action}:device_owner")
+    if "binding:host_id" in body:
+        rules.append(f"{action}:binding:host_id")
+    if action == "network:create_port" and "mac_address" in body:
+        rules.append(f"{action}:mac_address")
+    return rules
+
+
+def writable_port(port_id: str, action: str) -> tuple[Port, dict[str, Any]]:
+    ctx = writer()
+    p, target = load_port(port_id)
+    policy.enforce(ctx, action, target)  # visible (a reader of its project): 403
+    return p, target
+
+
+def register(app: bottle.Bottle, quotas: Quotas, max_limit: int) -> None:
+    @app.get("/v2.0/ports")
+    def list_ports() -> dict[str, Any]:
+        ctx = reader()
+        query = select(Port).order_by(Port.created_at)
+        if not ctx.is_admin:
+            query = query.where(Port.project_id == ctx.project_id)
+        query = filtered(query, Port, ("id", "name", "network_id", "device_id", "device_owner",
+                                       "tenant_id", "project_id", "mac_address"))
+        rows, links = paged("ports", query.order_by(Port.id), max_limit)
+        return {"ports": [port_view(p, fixed_ips(p.id)) for p in rows], **links}
+
+    @app.post("/v2.0/ports")
+    def create_port() -> dict[str, Any]:
+        ctx = writer()
+        body = field(json_body(), "port", dict)
+        net = load_network(field(body, "network_id", str))
+        target = child_target(owner_of(ctx, body, "port"), net)
+        policy.enforce(ctx, "network:create_port", target)
+        for rule in port_attribute_rules(body, "network:create_port"):
+            policy.enforce(ctx, rule, target)
+        subnets = list(session().scalars(select(Subnet).where(Subnet.network_id == net.id)))
+        requested = field(body, "fixed_ips", list, None)
+        wanted = requested_ips(requested, subnets, net.id)
+        for sub, address in wanted:
+            if address is not None:
+                policy.enforce(ctx, "network:create_port:fixed_ips:ip_address", target)
+                if ipam.reserved(sub, address):
+                    policy.enforce(ctx, "network:create_port:fixed_ips:reserved", target)
+        ts = now()
+        network_quotas.enforce(quotas, session(), target["project_id"], "port")
+        port = Port(name=field(body, "name", str, ""), network_id=net.id,
+                    project_id=target["project_id"],
+                    mac_address=field(body, "mac_address", str, _mac()),
+                    device_id=field(body, "device_id", str, ""),
+                    device_owner=field(body, "device_owner", str, ""),
+                    host_id=field(body, "binding:host_id", str, ""), status="DOWN",
+                    admin_state_up=field(body, "admin_state_up", bool, True),
+                    description=field(body, "description", str, ""), created_at=ts,
+                    updated_at=ts)
+        session().add(port)
+        try:
+            session().flush()
+        except IntegrityError:
+            raise Conflict(f"MAC address {port.mac_address} is in use on network "
+                           f"{net.id}.") from None
+        if requested is None:
+            for sub in subnets[:1]:
+                ipam.allocate(session(), sub, port.id)
+        for sub, address in wanted:
+            ipam.allocate(session(), sub, port.id, address)
+        bottle.response.status = 201
+        return {"port": port_view(port, fixed_ips(port.id))}
+
+    @app.get("/v2.0/ports/<port_id>")
+    def show_port(port_id: str) -> dict[str, Any]:
+        p, _ = load_port(port_id)
+        return {"port": port_view(p, fixed_ips(p.id))}
+
+    @app.put("/v2.0/ports/<port_id>")
+    def update_port(port_id: str) -> dict[str, Any]:
+        p, target = writable_port(port_id, "network:update_port")
+        body = field(json_body(), "port", dict)
+        for rule in port_attribute_rules(body, "network:update_port"):
+            policy.enforce(auth(), rule, target)
+        if "status" in body:
+            policy.enforce(auth(), "network:update_port:status", target)
+        setters: dict[str, Callable[[Any], None]] = {
+            "name": lambda v: setattr(p, "name", v),
+            "description": lambda v: setattr(p, "description", v),
+            "device_id": lambda v: setattr(p, "device_id", v),
+            "device_owner": lambda v: setattr(p, "device_owner", v),
+            "binding:host_id": lambda v: setattr(p, "host_id", v),
+            "status": lambda v: setattr(p, "status", v),
+        }
+        for key in body:
+            if key == "admin_state_up":
+                p.admin_state_up = field(body, key, bool)
+            elif key in setters:
+                setters[key](field(body, key, str))
+            else:
+                raise BadRequest(f"Invalid input for field '{key}': cannot be updated.")
+        p.updated_at = now()
+        return {"port": port_view(p, fixed_ips(p.id))}
+
+    @app.delete("/v2.0/ports/<port_id>")
+    def delete_port(port_id: str) -> None:
+        p, _ = writable_port(port_id, "network:delete_port")
+        session().execute(delete(IPAllocation).where(IPAllocation.port_id == p.id))
+        session().delete(p)
