@@ -13,7 +13,7 @@ both to evacuate the same servers through the controller's call
 * evacuated or not, and where to: the very host (a reserved one first, anti-affinity
   and affinity kept, the spreading weight's choice), or
 * which error: its kind as the controller reads it (``ha.evacuator.real.call_error``
-  over the real status code; the simulator's exception class) and its message (the
+  over the real refusal code and status; the simulator's exception class) and its message (the
   filter statistics of a "no valid host" included);
 * and every instance's host, vm_state and task_state afterwards.
 
@@ -209,13 +209,15 @@ def evacuate_real(real: RealCloud, case: Case) -> tuple[list[Answer], list[int |
     resp = real.compute.call("POST", f"/os-hosts/{case.source}/evacuate",
                              json={"evacuate": {"servers": ids}})
     if resp.status_code != 200:  # the whole request refused: every server's answer
-        message = next(iter(resp.json().values()))["message"]
-        return ([answer(call_error(resp.status_code, message))] * len(ids),
+        body = next(iter(resp.json().values()))
+        return ([answer(call_error(resp.status_code, body["message"], body.get("type")))]
+                * len(ids),
                 [resp.status_code] * len(ids))
     items = resp.json()["evacuations"]
     assert [x["server_id"] for x in items] == ids
     return ([x["host"] if "host" in x else
-             answer(call_error(x["error"]["code"], x["error"]["message"])) for x in items],
+             answer(call_error(x["error"]["code"], x["error"]["message"], x["error"].get("type")))
+             for x in items],
             [x["error"]["code"] if "error" in x else None for x in items])
 
 
