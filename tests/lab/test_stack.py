@@ -261,6 +261,9 @@ def test_rows_committed_through_a_node_are_on_the_survivors_after_its_power_loss
     vip = view.running_on("vip")[0]
     writer = next(n for n in NODES if n != vip)  # the VIP stays put for the tests after
     survivors = [n for n in NODES if n != writer]
+    # Haven's own tables are all of the kind Galera replicates, like "replicated" here
+    assert lab.sql(writer, "SELECT DISTINCT engine FROM information_schema.tables "
+                           "WHERE table_schema = 'haven'") == ["InnoDB"]
     setup = [f"DROP DATABASE IF EXISTS {DURABILITY_DB}", f"CREATE DATABASE {DURABILITY_DB}"]
     setup += [f"CREATE TABLE {DURABILITY_DB}.{t} (id INT PRIMARY KEY) ENGINE={engine}"
               for t, engine in DURABILITY_TABLES.items()]
