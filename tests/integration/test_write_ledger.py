@@ -7,6 +7,8 @@ judge through the VIP, can see a lost write."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +76,42 @@ def test_the_client_s_writes_of_every_kind_are_judged_and_a_lost_one_is_seen(
     assert sorted(v.split(":", 1)[0] + " " + v.split(" ")[3] for v in verdict.lost) == sorted([
         f"LOST CREATE {network.id}", f"LOST UPDATE {server.id}",
         f"LOST CREATE {project.id}"]), verdict.lost
+
+
+def test_a_404_for_an_object_deleted_behind_the_client_s_back_is_a_lost_write(
+        services: Services, compute: Compute, tmp_path: Path) -> None:
+    """The case tests/lab/vip_client.py forgave: an acknowledged network vanishes
+    (its row deleted as soon as the ledger shows its create), the client's next
+    write to it gets a 404, and the judge calls it a lost write."""
+    ledger, out = tmp_path / "ledger.jsonl", tmp_path / "seen.json"
+    victim: list[str] = []
+
+    def churn_networks() -> list[Write]:
+        try:
+            history = read_ledger(ledger) if ledger.exists() else []
+        except ValueError:  # a line being written
+            return []
+        return [w for w in history if w.kind == "network" and w.op == "create" and w.id
+                and not w.name.endswith("-ports")]
+
+    def tamper() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            made = churn_networks()
+            if len(made) >= 2:  # the second is deleted by the client in the end
+                victim.append(str(made[1].id))
+                services.db.run_in_transaction(lambda s: s.execute(
+                    text("DELETE FROM networks WHERE id = :i"), {"i": victim[0]}))
+                return
+            time.sleep(0.002)
+    thread = threading.Thread(target=tamper)
+    thread.start()
+    writes.churn(f"{services.url('identity')}/v3", ADMIN_PASSWORD, ledger, 4.0,
+                 compute.image, "1")
+    thread.join()
+    assert victim, "the churn made fewer than two networks"
+    after = [w for w in read_ledger(ledger) if w.id == victim[0] and w.op != "create"]
+    assert after and after[0].status == 404, after  # the client's next write found nothing
+    verdict = run_judge(services, ledger, out)
+    assert [v.split(" (")[0] for v in verdict.lost] == [
+        f"LOST WRITE: network {victim[0]}"], verdict.lost
