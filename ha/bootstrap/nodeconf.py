@@ -41,6 +41,11 @@ NET_TICKTIME_S = 10
 # 3 s / 6 s brings it under corosync's fence delay, so the database is writable
 # again by the time Pacemaker has fenced the node (measured in the lab: a cut node
 # goes non-Primary in 4-5 s with these, the others go on).
+# The Erlang VM's schedulers spin (busy-wait) before they sleep, burning a core
+# each that the node's other daemons (Galera, corosync, Haven, guests) need: on a
+# small controller, or a lab of several nodes sharing 2 cores, that spinning
+# starves them. Off for the normal, dirty-CPU and dirty-IO schedulers.
+RABBITMQ_VM_ARGS = "+sbwt none +sbwtdcpu none +sbwtdio none"
 GALERA_PROVIDER_OPTIONS = ("evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S;"
                            "evs.keepalive_period=PT1S;evs.install_timeout=PT6S;"
                            "gmcast.peer_timeout=PT3S")
@@ -208,18 +213,29 @@ def rabbitmq_dist_args(optfile: str) -> str:
 
 def rabbitmq_env() -> str:
     """The broker and rabbitmqctl (the rabbitmq-cluster agent's, bus-members') both
-    speak Erlang distribution over TLS: clustering, queue replication, and the CLI."""
+    speak Erlang distribution over TLS: clustering, queue replication, and the CLI.
+    The broker's VM does not busy-wait (``RABBITMQ_VM_ARGS``)."""
     args = rabbitmq_dist_args(RABBITMQ_DIST_TLS)
-    return ("# Written by `haven cluster node-config`: Erlang distribution over TLS.\n"
-            f'SERVER_ADDITIONAL_ERL_ARGS="{args}"\n'
+    return ("# Written by `haven cluster node-config`: Erlang distribution over TLS;\n"
+            "# the broker's schedulers sleep instead of spinning (busy-wait off).\n"
+            f'SERVER_ADDITIONAL_ERL_ARGS="{args} {RABBITMQ_VM_ARGS}"\n'
             f'CTL_ERL_ARGS="{args}"\n')
 
 
-def rabbitmq_advanced() -> str:
+def rabbitmq_advanced(cluster_size: int) -> str:
+    """Erlang terms for the kernel and the broker. ``cluster_size``: the number of
+    brokers; every quorum queue gets a member on each (RabbitMQ's default is 3:
+    in a 5-node cluster a queue on 3 members loses its majority when two of them
+    go, a frozen node and a cut one, while a majority of the brokers still runs)."""
+    if cluster_size < 1:
+        raise ValueError(f"cluster size must be at least 1, got {cluster_size}")
     return f"""%% Written by `haven cluster node-config`.
 %% net_ticktime {NET_TICKTIME_S} s instead of 60: a silent peer is declared down
 %% in ~{NET_TICKTIME_S} s, not ~75 s, so quorum queues fail over soon after a node is lost.
-[{{kernel, [{{net_ticktime, {NET_TICKTIME_S}}}]}}].
+%% quorum_cluster_size {cluster_size}: a quorum queue has a member on every broker
+%% (the default, 3, would let two lost nodes take a queue's majority in a larger cluster).
+[{{kernel, [{{net_ticktime, {NET_TICKTIME_S}}}]}},
+ {{rabbit, [{{quorum_cluster_size, {cluster_size}}}]}}].
 """
 
 
@@ -285,7 +301,7 @@ def node_files(plan: ClusterPlan, node: str, secrets: Secrets, ca: ClusterCA
         **tls_files(plan, node, ca),
         GALERA_CNF: (galera_cnf(plan, node), 0o644),
         RABBITMQ_CONF: (rabbitmq_conf(secrets), 0o640),
-        RABBITMQ_ADVANCED: (rabbitmq_advanced(), 0o640),
+        RABBITMQ_ADVANCED: (rabbitmq_advanced(len(plan.nodes)), 0o640),
         RABBITMQ_ENV: (rabbitmq_env(), 0o644),
         RABBITMQ_DIST_TLS: (rabbitmq_dist_tls(RABBITMQ_TLS_DIR), 0o640),
         ERLANG_COOKIE: (secrets.erlang_cookie, 0o400),

@@ -1,14 +1,12 @@
 """A lab client of the VIP, run in the switch namespace (the only place that reaches it).
 
-``python -m tests.lab.vip_client churn AUTH_URL PASSWORD OUT SECONDS``
-    creates and deletes networks through the VIP for SECONDS, appending one JSON
-    line per request to OUT: ``{"t", "op", "id", "status"}`` (status 0: no answer).
-    Every 2xx is a promise the test then checks against the database.
-
 ``python -m tests.lab.vip_client probe AUTH_URL PASSWORD OUT``
     gets a token, writes ``{"ready": t}``, then, once OUT.go exists, calls an
     authenticated API every 100 ms until one answers 200 and writes ``{"ok": t}``:
     the failover benchmark's "first successful authenticated call".
+
+The write-judging churn of the power-loss test is tests/lab/writes.py (with its
+ledger's judge, tests/lab/ledger.py); ``token`` serves both.
 
 Plain ``requests`` with short timeouts: a connection to a dead VIP holder must not
 stall the client for long, as it would a user.
@@ -19,7 +17,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,41 +40,6 @@ def token(auth_url: str, password: str) -> tuple[str, dict[str, str]]:
         except requests.RequestException:
             pass
         time.sleep(0.5)
-
-
-def churn(auth_url: str, password: str, out: Path, seconds: float) -> None:
-    tok, urls = token(auth_url, password)
-    net = urls["network"].rstrip("/") + "/v2.0/networks"
-    headers = {"X-Auth-Token": tok}
-    live: list[str] = []
-    deadline = time.monotonic() + seconds
-    with out.open("a") as log:
-        while time.monotonic() < deadline:
-            if len(live) < 3:
-                op, name = "create", f"churn-{uuid.uuid4().hex[:8]}"
-                try:
-                    r = requests.post(net, json={"network": {"name": name}}, headers=headers,
-                                      timeout=TIMEOUT)
-                    status = r.status_code
-                    ident = r.json()["network"]["id"] if status == 201 else name
-                except (requests.RequestException, ValueError):
-                    status, ident = 0, name
-                if status == 201:
-                    live.append(ident)
-            else:
-                op, ident = "delete", live[0]
-                try:
-                    status = requests.delete(f"{net}/{ident}", headers=headers,
-                                             timeout=TIMEOUT).status_code
-                except requests.RequestException:
-                    status = 0
-                if status in (204, 404):
-                    live.pop(0)
-            log.write(json.dumps({"t": time.time(), "op": op, "id": ident,
-                                  "status": status}) + "\n")
-            log.flush()
-            if status == 0 or status >= 500:
-                time.sleep(0.1)
 
 
 def probe(auth_url: str, password: str, out: Path) -> None:
@@ -107,9 +69,7 @@ def probe(auth_url: str, password: str, out: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv[0] == "churn":
-        churn(argv[1], argv[2], Path(argv[3]), float(argv[4]))
-    elif argv[0] == "probe":
+    if argv[0] == "probe":
         probe(argv[1], argv[2], Path(argv[3]))
     else:
         raise SystemExit(f"unknown mode {argv[0]}")

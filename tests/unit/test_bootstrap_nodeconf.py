@@ -3,6 +3,7 @@ tests run them for real: tests/lab/test_stack.py)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,51 @@ def test_galera_replicates_transfers_state_and_serves_clients_over_tls() -> None
 def test_rabbitmq_gets_its_user_a_short_net_ticktime_and_pauses_a_minority() -> None:
     assert "default_user = haven" in nodeconf.rabbitmq_conf(SECRETS)
     assert "cluster_partition_handling = pause_minority" in nodeconf.rabbitmq_conf(SECRETS)
-    assert "{net_ticktime, 10}" in nodeconf.rabbitmq_advanced()
+    assert "{net_ticktime, 10}" in nodeconf.rabbitmq_advanced(3)
+
+
+FIVE = ClusterPlan(nodes=("n1", "n2", "n3", "n4", "n5"), vip="10.9.0.100/24", vip_nic="eth0")
+
+
+def erlang_terms(text: str, tmp_path: Path, vm_args: str = "") -> str:
+    """``text`` read by the installed Erlang VM as a config file (file:consult, as the
+    broker reads advanced.config), started with ``vm_args``: the terms it read, printed."""
+    erl = shutil.which("erl")
+    if erl is None:
+        pytest.fail("erl is not installed (Debian's erlang-base, a rabbitmq-server dependency)")
+    path = tmp_path / "advanced.config"
+    path.write_text(text)
+    result = subprocess.run(
+        [erl, "-noshell", *vm_args.split(), "-eval",
+         f'{{ok, T}} = file:consult("{path}"), io:format("~w", [T]), halt().'],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr or result.stdout
+    return result.stdout
+
+
+def test_every_quorum_queue_has_a_member_on_every_broker(tmp_path: Path) -> None:
+    """Five nodes: RabbitMQ's default (3 members) would let a frozen node and a cut one
+    take a queue's majority while three brokers still run."""
+    advanced = nodeconf.node_files(FIVE, "n4", SECRETS, CA)[nodeconf.RABBITMQ_ADVANCED][0]
+    assert erlang_terms(advanced, tmp_path) == (
+        "[[{kernel,[{net_ticktime,10}]},{rabbit,[{quorum_cluster_size,5}]}]]")
+    three = nodeconf.node_files(PLAN, "n1", SECRETS, CA)[nodeconf.RABBITMQ_ADVANCED][0]
+    assert "{quorum_cluster_size, 3}" in three
+    with pytest.raises(ValueError, match="at least 1"):
+        nodeconf.rabbitmq_advanced(0)
+
+
+def test_the_broker_vm_does_not_busy_wait(tmp_path: Path) -> None:
+    env = nodeconf.node_files(PLAN, "n1", SECRETS, CA)[nodeconf.RABBITMQ_ENV][0]
+    server = next(line for line in env.splitlines()
+                  if line.startswith("SERVER_ADDITIONAL_ERL_ARGS="))
+    args = server.split("=", 1)[1].strip('"').split()
+    for flag in ("+sbwt", "+sbwtdcpu", "+sbwtdio"):
+        assert args[args.index(flag) + 1] == "none", (flag, args)
+    ctl = next(line for line in env.splitlines() if line.startswith("CTL_ERL_ARGS="))
+    assert "+sbwt" not in ctl  # the CLI's short-lived VM keeps its defaults
+    # and the installed VM accepts them (an unknown flag would stop it from starting)
+    assert erlang_terms("ok.\n", tmp_path, nodeconf.RABBITMQ_VM_ARGS) == "[ok]"
 
 
 def test_rabbitmq_is_amqps_only_and_clusters_over_tls() -> None:
@@ -60,7 +105,7 @@ def test_rabbitmq_is_amqps_only_and_clusters_over_tls() -> None:
     assert "ssl_options.verify = verify_peer" in conf
     env = nodeconf.rabbitmq_env()
     args = f"-proto_dist inet_tls -ssl_dist_optfile {nodeconf.RABBITMQ_DIST_TLS}"
-    assert f'SERVER_ADDITIONAL_ERL_ARGS="{args}"' in env and f'CTL_ERL_ARGS="{args}"' in env
+    assert f'SERVER_ADDITIONAL_ERL_ARGS="{args} ' in env and f'CTL_ERL_ARGS="{args}"' in env
     files = nodeconf.node_files(PLAN, "n1", SECRETS, CA)
     assert "{fail_if_no_peer_cert, true}" in files[nodeconf.RABBITMQ_DIST_TLS][0]
 
