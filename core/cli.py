@@ -16,38 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from core.common.config import ConfigError, HavenConfig, defaults_yaml, load_config
-from core.common.db import Database
+from core.common.cliutil import UsageError, common_options, config_from_args, open_database
+from core.common.config import ConfigError, HavenConfig, defaults_yaml
 from core.common.files import write_private
 from core.common.logs import setup_logging
 from core.common.private import private_dir
 
 LOG = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
-
-
-class UsageError(Exception):
-    """An operator mistake: printed as one line, exit code 2."""
-
-
-def config_from_args(args: argparse.Namespace) -> HavenConfig:
-    overrides: dict[str, Any] = {}
-    if getattr(args, "state_dir", None):
-        overrides["state_dir"] = args.state_dir
-    for dotted in getattr(args, "set", None) or []:
-        key, sep, value = dotted.partition("=")
-        if not sep:
-            raise UsageError(f"--set wants KEY=VALUE, got {dotted!r}")
-        overrides[key] = yaml.safe_load(value)
-    return load_config(args.config or os.environ.get("HAVEN_CONFIG"), overrides)
-
-
-def open_database(cfg: HavenConfig) -> Database:
-    private_dir(cfg.state_path)
-    return Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries,
-                    cfg.database.ssl_ca)
 
 
 def admin_password(cfg: HavenConfig) -> str:
@@ -289,35 +265,28 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: $HAVEN_CONFIG or none)")
-    parser.add_argument("--state-dir", help="override state_dir")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set identity.listen=0.0.0.0:5000")
-
-
 def add_commands(sub: Any) -> None:
     """Add the cloud's commands to an argparse sub-parser collection."""
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
     p = db.add_parser("upgrade", help="migrate the schema to the newest revision")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_db_upgrade)
     p = db.add_parser("version", help="show the schema revision")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_db_version)
 
     p = sub.add_parser("bootstrap", help="migrate, then create the admin, roles, catalog, "
                        "flavors and the provider network (idempotent)")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_bootstrap)
 
     ident = sub.add_parser("identity", help="identity service administration").add_subparsers(
         dest="identity_cmd", required=True)
     p = ident.add_parser("bootstrap", help="create the admin, the roles and the catalog")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_identity_bootstrap)
     p = ident.add_parser("rotate-keys", help="rotate the Fernet token keys")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_identity_rotate_keys)
 
     p = sub.add_parser("serve", help="run one API service under gunicorn")
@@ -325,11 +294,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--listen", help="HOST:PORT (default: from config)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=4)
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("compute-agent", help="run this hypervisor's compute agent")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_compute_agent)
 
     p = sub.add_parser("all-in-one", help="run the whole cloud in one process (make run)")
@@ -337,7 +306,7 @@ def add_commands(sub: Any) -> None:
                    help="API services only: no libvirt, no compute agent, no tiny image")
     p.add_argument("--clouds-yaml", default="~/.config/openstack/clouds.yaml",
                    help="clouds.yaml to add the 'haven' cloud to")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_all_in_one)
 
     quota = sub.add_parser("quota", help="per-project quotas, images included (the stock "
@@ -345,7 +314,7 @@ def add_commands(sub: Any) -> None:
         dest="quota_cmd", required=True)
     p = quota.add_parser("show", help="every limit of a project, with its usage")
     p.add_argument("project", help="project id, or name in the default domain")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_quota_show)
     p = quota.add_parser("set", help="set limits of a project (-1: unlimited)")
     p.add_argument("project", help="project id, or name in the default domain")
@@ -357,7 +326,7 @@ def add_commands(sub: Any) -> None:
                        metavar="N", help=f"limit of {resource}{unit}")
     p.add_argument("--reset", action="store_true",
                    help="first forget every limit set for the project (defaults apply)")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_quota_set)
 
     cfg = sub.add_parser("config", help="configuration reference and checks").add_subparsers(
@@ -365,7 +334,7 @@ def add_commands(sub: Any) -> None:
     p = cfg.add_parser("defaults", help="print every setting with its default")
     p.set_defaults(func=cmd_config_defaults)
     p = cfg.add_parser("check", help="validate a config file")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_config_check)
 
 

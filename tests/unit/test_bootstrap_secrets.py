@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import UsageError
+from core.common.cliutil import UsageError
 from ha.bootstrap import nodeconf
 from ha.bootstrap.cib import ClusterPlan
 from ha.bootstrap.cli import load_plan
