@@ -18,8 +18,10 @@ from typing import Any
 
 from core.common.cliutil import UsageError, common_options, config_from_args, open_database
 from core.common.config import ConfigError, HavenConfig, defaults_yaml
+from core.common.extensions import NO_EXTENSIONS, Extensions
 from core.common.files import write_private
 from core.common.logs import setup_logging
+from core.common.migrate import Schema
 from core.common.private import private_dir
 
 LOG = logging.getLogger(__name__)
@@ -39,13 +41,28 @@ def admin_password(cfg: HavenConfig) -> str:
     return password
 
 
+def extensions_of(args: argparse.Namespace) -> Extensions:
+    """The deployment's extensions, bound to the command by :func:`add_commands`."""
+    ext: Extensions = getattr(args, "extensions", NO_EXTENSIONS)
+    return ext
+
+
+def schemas_of(args: argparse.Namespace) -> tuple[Schema, ...]:
+    """The cloud's schema parts, then the deployment's."""
+    from core.schemas import CORE_SCHEMAS
+
+    return (*CORE_SCHEMAS, *extensions_of(args).schemas)
+
+
 # ---- commands ---------------------------------------------------------------------
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from core.common import migrate
 
     db = open_database(config_from_args(args))
-    migrate.upgrade(db)
-    print(f"database at revision {migrate.current_revision(db)}")
+    schemas = schemas_of(args)
+    migrate.upgrade(db, schemas)
+    revisions = migrate.current_revisions(db, schemas)
+    print("database at " + ", ".join(f"{name} {rev}" for name, rev in revisions.items()))
     return 0
 
 
@@ -53,7 +70,10 @@ def cmd_db_version(args: argparse.Namespace) -> int:
     from core.common import migrate
 
     db = open_database(config_from_args(args))
-    print(f"current: {migrate.current_revision(db)}  head: {migrate.head_revision()}")
+    schemas = schemas_of(args)
+    heads = migrate.head_revisions(schemas)
+    for name, rev in migrate.current_revisions(db, schemas).items():
+        print(f"{name:<10} current: {rev}  head: {heads[name]}")
     return 0
 
 
@@ -73,7 +93,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     db = open_database(cfg)
-    migrate.upgrade(db)
+    migrate.upgrade(db, schemas_of(args))
     created = bootstrap_cloud(cfg, db, admin_password(cfg))
     print(f"cloud bootstrapped (admin {'created' if created else 'existing'}): identity, "
           f"flavors, network '{cfg.network.provider_name}'")
@@ -95,7 +115,8 @@ def cmd_identity_rotate_keys(args: argparse.Namespace) -> int:
 SERVICES = ("identity", "compute", "image", "network")
 
 
-def app_factory(cfg: HavenConfig, service: str) -> Callable[[], Any]:
+def app_factory(cfg: HavenConfig, service: str,
+                extensions: Extensions = NO_EXTENSIONS) -> Callable[[], Any]:
     """A factory that builds ``service``'s WSGI app (called in each gunicorn worker,
     after the fork, so every worker has its own database pool and bus connection)."""
 
@@ -117,7 +138,8 @@ def app_factory(cfg: HavenConfig, service: str) -> Callable[[], Any]:
         from core.compute.api import create_app as compute_app
 
         return compute_app(cfg, db, make_bus(cfg.bus.driver, cfg.bus.urls, "compute-api",
-                                                 cfg.tls.ca_file))
+                                                 cfg.tls.ca_file),
+                           extensions=extensions.compute_api)
 
     return factory
 
@@ -136,8 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--workers and --threads must be at least 1")
     setup_logging(cfg.log.level, cfg.log.file)
     tls = (str(cfg.tls.cert_file), str(cfg.tls.key_file)) if cfg.tls.enabled else None
-    serve_gunicorn(app_factory(cfg, args.service), args.listen or listen_of(cfg, args.service),
-                   args.workers, args.threads, args.service, tls)
+    serve_gunicorn(app_factory(cfg, args.service, extensions_of(args)),
+                   args.listen or listen_of(cfg, args.service), args.workers, args.threads,
+                   args.service, tls)
     return 0
 
 
@@ -192,7 +215,7 @@ def cmd_all_in_one(args: argparse.Namespace) -> int:
                          "for cluster nodes (haven serve)")
     private_dir(cfg.state_path)
     return run_all_in_one(cfg, Path(args.clouds_yaml).expanduser(), admin_password(cfg),
-                          with_compute=not args.no_compute)
+                          with_compute=not args.no_compute, extensions=extensions_of(args))
 
 
 def _all_quotas(cfg: HavenConfig) -> list[Any]:
@@ -265,20 +288,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------
-def add_commands(sub: Any) -> None:
-    """Add the cloud's commands to an argparse sub-parser collection."""
+def add_commands(sub: Any, extensions: Extensions = NO_EXTENSIONS) -> None:
+    """Add the cloud's commands to an argparse sub-parser collection; the commands that
+    migrate or serve carry ``extensions`` (the deployment's additions) with them."""
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
     p = db.add_parser("upgrade", help="migrate the schema to the newest revision")
     common_options(p)
-    p.set_defaults(func=cmd_db_upgrade)
+    p.set_defaults(func=cmd_db_upgrade, extensions=extensions)
     p = db.add_parser("version", help="show the schema revision")
     common_options(p)
-    p.set_defaults(func=cmd_db_version)
+    p.set_defaults(func=cmd_db_version, extensions=extensions)
 
     p = sub.add_parser("bootstrap", help="migrate, then create the admin, roles, catalog, "
                        "flavors and the provider network (idempotent)")
     common_options(p)
-    p.set_defaults(func=cmd_bootstrap)
+    p.set_defaults(func=cmd_bootstrap, extensions=extensions)
 
     ident = sub.add_parser("identity", help="identity service administration").add_subparsers(
         dest="identity_cmd", required=True)
@@ -295,7 +319,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=4)
     common_options(p)
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, extensions=extensions)
 
     p = sub.add_parser("compute-agent", help="run this hypervisor's compute agent")
     common_options(p)
@@ -307,7 +331,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--clouds-yaml", default="~/.config/openstack/clouds.yaml",
                    help="clouds.yaml to add the 'haven' cloud to")
     common_options(p)
-    p.set_defaults(func=cmd_all_in_one)
+    p.set_defaults(func=cmd_all_in_one, extensions=extensions)
 
     quota = sub.add_parser("quota", help="per-project quotas, images included (the stock "
                            "CLI's 'openstack quota' has no image options)").add_subparsers(
