@@ -84,3 +84,21 @@ def test_a_bare_cloud_compute_api_has_no_evacuation_records(services: Services) 
         assert bare.call("GET", "/os-evacuations").status_code == 404
     finally:
         bare.stop()
+
+
+def test_the_haven_command_mounts_it_where_it_serves_compute(services: Services) -> None:
+    """``haven serve compute`` (what the OCF agents start on cluster nodes), the
+    all-in-one and ``haven db upgrade``/``bootstrap`` carry the HA deployment's
+    extensions; the cloud's own commands alone carry none."""
+    from core import cli as core_cli
+    from ha.cli import build_parser
+
+    for argv in (["serve", "compute"], ["all-in-one"], ["db", "upgrade"], ["bootstrap"]):
+        args = build_parser().parse_args(argv)
+        assert core_cli.extensions_of(args) is HA_EXTENSIONS, argv
+    args = build_parser().parse_args(["serve", "compute"])
+    cfg = services.cfg
+    app = core_cli.app_factory(cfg, "compute", core_cli.extensions_of(args))()
+    assert "/v2.1/os-evacuations/<event_id>" in {route.rule for route in app.routes}
+    bare = core_cli.app_factory(cfg, "compute")()
+    assert "/v2.1/os-evacuations" not in {route.rule for route in bare.routes}
