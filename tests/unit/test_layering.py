@@ -3,7 +3,8 @@
 * ``core`` never imports ``ha``: the cloud runs without the cluster; the cluster
   plugs into the cloud through explicit extension points (core/common/extensions.py).
 * A service under ``core`` (identity, compute, image, network) never imports
-  another service's modules: what they share lives in ``core.common``. The
+  another service's modules: what they share lives in ``core.common``, which
+  itself knows no service (each hands its parts in: schemas, routes). The
   composition modules at the top of ``core`` (the CLI, the all-in-one, the list
   of schema parts) are where services meet, and may import them all.
 * Nobody imports a ``_private`` name from another package: what a package lends
@@ -106,6 +107,11 @@ def cross_service_imports(imports: list[Import]) -> list[str]:
     return bad
 
 
+def plumbing_imports_of_services(imports: list[Import]) -> list[str]:
+    return [where(i) for i in imports
+            if top(i.importer, 2) == "core.common" and service_of(i.module) is not None]
+
+
 def package_of(module: str, is_package: bool) -> str:
     """The package a module belongs to (a package belongs to itself)."""
     return module if is_package else module.rpartition(".")[0]
@@ -146,6 +152,11 @@ def test_services_never_import_each_other(imports: list[Import]) -> None:
     assert found == [], "\n".join(found)
 
 
+def test_the_shared_plumbing_knows_no_service(imports: list[Import]) -> None:
+    found = plumbing_imports_of_services(imports)
+    assert found == [], "\n".join(found)
+
+
 def test_no_private_name_is_imported_from_another_package(imports: list[Import]) -> None:
     found = private_imports(imports)
     assert found == [], "\n".join(found)
@@ -180,6 +191,10 @@ def test_the_checks_catch_what_they_forbid() -> None:
                                            "from core.common import db\nfrom . import models\n"))
     assert not cross_service_imports(parse("core/cli.py",
                                            "from core.identity import bootstrap\n"))
+    assert plumbing_imports_of_services(parse("core/common/migrations/env.py",
+                                              "import core.compute.models\n"))
+    assert not plumbing_imports_of_services(parse("core/common/x.py",
+                                                  "from core.common import db\n"))
     assert private_imports(parse("ha/evacuator/cli.py",
                                  "from core.cli import _common\n"))
     assert private_imports(parse("ha/x.py", "import core.compute._claims\n"))
