@@ -19,6 +19,7 @@ from core.common import migrate
 from core.common.clients import ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database
+from core.common.extensions import NO_EXTENSIONS, Extensions
 from core.common.files import write_private
 from core.common.logs import setup_logging
 from core.common.server import AppServers, Listener, wait_for_signal
@@ -119,22 +120,24 @@ def client_command() -> str:
 
 
 def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
-                   with_compute: bool = True) -> int:
+                   with_compute: bool = True, extensions: Extensions = NO_EXTENSIONS) -> int:
     from core.common.bus import make_bus
     from core.compute.api import create_app as compute_app
     from core.identity.app import create_app as identity_app
     from core.image.api import create_app as image_app
     from core.network.api import create_app as network_app
+    from core.schemas import CORE_SCHEMAS
 
     setup_logging(cfg.log.level, cfg.log.file)
     db = Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries)
-    migrate.upgrade(db)
+    migrate.upgrade(db, (*CORE_SCHEMAS, *extensions.schemas))
     created = bootstrap_cloud(cfg, db, password)
     bus = make_bus("local")
     clients = ServiceClients(cfg)
     servers = AppServers([
         Listener("identity", cfg.identity.listen, identity_app(cfg, db)),
-        Listener("compute", cfg.compute.listen, compute_app(cfg, db, bus, clients)),
+        Listener("compute", cfg.compute.listen, compute_app(cfg, db, bus, clients,
+                                                         extensions.compute_api)),
         Listener("image", cfg.image.listen, image_app(cfg, db)),
         Listener("network", cfg.network.listen, network_app(cfg, db)),
     ])

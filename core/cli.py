@@ -16,38 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from core.common.config import ConfigError, HavenConfig, defaults_yaml, load_config
-from core.common.db import Database
+from core.common.cliutil import UsageError, common_options, config_from_args, open_database
+from core.common.config import ConfigError, HavenConfig, defaults_yaml
+from core.common.extensions import NO_EXTENSIONS, Extensions
 from core.common.files import write_private
 from core.common.logs import setup_logging
+from core.common.migrate import Schema
 from core.common.private import private_dir
 
 LOG = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
-
-
-class UsageError(Exception):
-    """An operator mistake: printed as one line, exit code 2."""
-
-
-def config_from_args(args: argparse.Namespace) -> HavenConfig:
-    overrides: dict[str, Any] = {}
-    if getattr(args, "state_dir", None):
-        overrides["state_dir"] = args.state_dir
-    for dotted in getattr(args, "set", None) or []:
-        key, sep, value = dotted.partition("=")
-        if not sep:
-            raise UsageError(f"--set wants KEY=VALUE, got {dotted!r}")
-        overrides[key] = yaml.safe_load(value)
-    return load_config(args.config or os.environ.get("HAVEN_CONFIG"), overrides)
-
-
-def open_database(cfg: HavenConfig) -> Database:
-    private_dir(cfg.state_path)
-    return Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries,
-                    cfg.database.ssl_ca)
 
 
 def admin_password(cfg: HavenConfig) -> str:
@@ -63,13 +41,28 @@ def admin_password(cfg: HavenConfig) -> str:
     return password
 
 
+def extensions_of(args: argparse.Namespace) -> Extensions:
+    """The deployment's extensions, bound to the command by :func:`add_commands`."""
+    ext: Extensions = getattr(args, "extensions", NO_EXTENSIONS)
+    return ext
+
+
+def schemas_of(args: argparse.Namespace) -> tuple[Schema, ...]:
+    """The cloud's schema parts, then the deployment's."""
+    from core.schemas import CORE_SCHEMAS
+
+    return (*CORE_SCHEMAS, *extensions_of(args).schemas)
+
+
 # ---- commands ---------------------------------------------------------------------
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from core.common import migrate
 
     db = open_database(config_from_args(args))
-    migrate.upgrade(db)
-    print(f"database at revision {migrate.current_revision(db)}")
+    schemas = schemas_of(args)
+    migrate.upgrade(db, schemas)
+    revisions = migrate.current_revisions(db, schemas)
+    print("database at " + ", ".join(f"{name} {rev}" for name, rev in revisions.items()))
     return 0
 
 
@@ -77,7 +70,10 @@ def cmd_db_version(args: argparse.Namespace) -> int:
     from core.common import migrate
 
     db = open_database(config_from_args(args))
-    print(f"current: {migrate.current_revision(db)}  head: {migrate.head_revision()}")
+    schemas = schemas_of(args)
+    heads = migrate.head_revisions(schemas)
+    for name, rev in migrate.current_revisions(db, schemas).items():
+        print(f"{name:<10} current: {rev}  head: {heads[name]}")
     return 0
 
 
@@ -97,7 +93,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     db = open_database(cfg)
-    migrate.upgrade(db)
+    migrate.upgrade(db, schemas_of(args))
     created = bootstrap_cloud(cfg, db, admin_password(cfg))
     print(f"cloud bootstrapped (admin {'created' if created else 'existing'}): identity, "
           f"flavors, network '{cfg.network.provider_name}'")
@@ -119,7 +115,8 @@ def cmd_identity_rotate_keys(args: argparse.Namespace) -> int:
 SERVICES = ("identity", "compute", "image", "network")
 
 
-def app_factory(cfg: HavenConfig, service: str) -> Callable[[], Any]:
+def app_factory(cfg: HavenConfig, service: str,
+                extensions: Extensions = NO_EXTENSIONS) -> Callable[[], Any]:
     """A factory that builds ``service``'s WSGI app (called in each gunicorn worker,
     after the fork, so every worker has its own database pool and bus connection)."""
 
@@ -141,7 +138,8 @@ def app_factory(cfg: HavenConfig, service: str) -> Callable[[], Any]:
         from core.compute.api import create_app as compute_app
 
         return compute_app(cfg, db, make_bus(cfg.bus.driver, cfg.bus.urls, "compute-api",
-                                                 cfg.tls.ca_file))
+                                                 cfg.tls.ca_file),
+                           extensions=extensions.compute_api)
 
     return factory
 
@@ -160,8 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--workers and --threads must be at least 1")
     setup_logging(cfg.log.level, cfg.log.file)
     tls = (str(cfg.tls.cert_file), str(cfg.tls.key_file)) if cfg.tls.enabled else None
-    serve_gunicorn(app_factory(cfg, args.service), args.listen or listen_of(cfg, args.service),
-                   args.workers, args.threads, args.service, tls)
+    serve_gunicorn(app_factory(cfg, args.service, extensions_of(args)),
+                   args.listen or listen_of(cfg, args.service), args.workers, args.threads,
+                   args.service, tls)
     return 0
 
 
@@ -216,7 +215,7 @@ def cmd_all_in_one(args: argparse.Namespace) -> int:
                          "for cluster nodes (haven serve)")
     private_dir(cfg.state_path)
     return run_all_in_one(cfg, Path(args.clouds_yaml).expanduser(), admin_password(cfg),
-                          with_compute=not args.no_compute)
+                          with_compute=not args.no_compute, extensions=extensions_of(args))
 
 
 def _all_quotas(cfg: HavenConfig) -> list[Any]:
@@ -289,35 +288,29 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: $HAVEN_CONFIG or none)")
-    parser.add_argument("--state-dir", help="override state_dir")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set identity.listen=0.0.0.0:5000")
-
-
-def add_commands(sub: Any) -> None:
-    """Add the cloud's commands to an argparse sub-parser collection."""
+def add_commands(sub: Any, extensions: Extensions = NO_EXTENSIONS) -> None:
+    """Add the cloud's commands to an argparse sub-parser collection; the commands that
+    migrate or serve carry ``extensions`` (the deployment's additions) with them."""
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
     p = db.add_parser("upgrade", help="migrate the schema to the newest revision")
-    _common(p)
-    p.set_defaults(func=cmd_db_upgrade)
+    common_options(p)
+    p.set_defaults(func=cmd_db_upgrade, extensions=extensions)
     p = db.add_parser("version", help="show the schema revision")
-    _common(p)
-    p.set_defaults(func=cmd_db_version)
+    common_options(p)
+    p.set_defaults(func=cmd_db_version, extensions=extensions)
 
     p = sub.add_parser("bootstrap", help="migrate, then create the admin, roles, catalog, "
                        "flavors and the provider network (idempotent)")
-    _common(p)
-    p.set_defaults(func=cmd_bootstrap)
+    common_options(p)
+    p.set_defaults(func=cmd_bootstrap, extensions=extensions)
 
     ident = sub.add_parser("identity", help="identity service administration").add_subparsers(
         dest="identity_cmd", required=True)
     p = ident.add_parser("bootstrap", help="create the admin, the roles and the catalog")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_identity_bootstrap)
     p = ident.add_parser("rotate-keys", help="rotate the Fernet token keys")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_identity_rotate_keys)
 
     p = sub.add_parser("serve", help="run one API service under gunicorn")
@@ -325,11 +318,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--listen", help="HOST:PORT (default: from config)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=4)
-    _common(p)
-    p.set_defaults(func=cmd_serve)
+    common_options(p)
+    p.set_defaults(func=cmd_serve, extensions=extensions)
 
     p = sub.add_parser("compute-agent", help="run this hypervisor's compute agent")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_compute_agent)
 
     p = sub.add_parser("all-in-one", help="run the whole cloud in one process (make run)")
@@ -337,15 +330,15 @@ def add_commands(sub: Any) -> None:
                    help="API services only: no libvirt, no compute agent, no tiny image")
     p.add_argument("--clouds-yaml", default="~/.config/openstack/clouds.yaml",
                    help="clouds.yaml to add the 'haven' cloud to")
-    _common(p)
-    p.set_defaults(func=cmd_all_in_one)
+    common_options(p)
+    p.set_defaults(func=cmd_all_in_one, extensions=extensions)
 
     quota = sub.add_parser("quota", help="per-project quotas, images included (the stock "
                            "CLI's 'openstack quota' has no image options)").add_subparsers(
         dest="quota_cmd", required=True)
     p = quota.add_parser("show", help="every limit of a project, with its usage")
     p.add_argument("project", help="project id, or name in the default domain")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_quota_show)
     p = quota.add_parser("set", help="set limits of a project (-1: unlimited)")
     p.add_argument("project", help="project id, or name in the default domain")
@@ -357,7 +350,7 @@ def add_commands(sub: Any) -> None:
                        metavar="N", help=f"limit of {resource}{unit}")
     p.add_argument("--reset", action="store_true",
                    help="first forget every limit set for the project (defaults apply)")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_quota_set)
 
     cfg = sub.add_parser("config", help="configuration reference and checks").add_subparsers(
@@ -365,7 +358,7 @@ def add_commands(sub: Any) -> None:
     p = cfg.add_parser("defaults", help="print every setting with its default")
     p.set_defaults(func=cmd_config_defaults)
     p = cfg.add_parser("check", help="validate a config file")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=cmd_config_check)
 
 

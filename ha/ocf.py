@@ -15,10 +15,20 @@ authors feel at home, with two deliberate differences:
 Monitor depth: ``OCF_CHECK_LEVEL`` selects the depth; an agent registers one
 handler per depth it supports (``add_monitor(depth, handler)``), and the
 deepest registered depth not above the requested one runs.
+
+Logging (``Agent.log``) follows ``ocf_log`` of resource-agents' shell functions:
+syslog with the facility in ``HA_LOGFACILITY`` (empty or ``none``: no syslog),
+debug messages only when ``HA_debug=1``, ``HA_LOGFILE``/``HA_DEBUGLOG`` when
+set, stderr when it is a terminal; every line tagged
+``agent(resource-instance)[pid]``. An action that raises anything but
+:class:`OcfError` ends with OCF_ERR_GENERIC and an exit reason naming the
+error; the traceback goes to the debug log, never bare to Pacemaker.
 """
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import os
 import sys
 from collections.abc import Callable
@@ -53,8 +63,67 @@ class OcfError(Exception):
 
 
 def exit_reason(reason: str, stream: TextIO | None = None) -> None:
-    """Tell Pacemaker why (it shows this in ``crm_mon`` and ``pcs status``)."""
-    print(f"ocf-exit-reason:{reason}", file=stream or sys.stderr, flush=True)
+    """Tell Pacemaker why (it shows this in ``crm_mon`` and ``pcs status``): one line."""
+    line = " ".join(reason.split())
+    print(f"ocf-exit-reason:{line}", file=stream or sys.stderr, flush=True)
+
+
+SYSLOG_SOCKET = "/dev/log"
+
+
+def agent_logger(name: str, env: dict[str, str], syslog_address: str = SYSLOG_SOCKET,
+                 stderr: TextIO | None = None) -> logging.Logger:
+    """A logger set up as ``ocf_log`` would be from the environment Pacemaker passes.
+
+    * ``HA_LOGFACILITY``: syslog facility (daemon, local0, ...); empty or ``none``
+      means no syslog. An unknown name falls back to daemon (the HA default); a
+      missing syslog socket means no syslog rather than a failed action.
+    * ``HA_debug=1``: debug messages are written; otherwise they are dropped.
+    * ``HA_LOGFILE``: every message also to this file; ``HA_DEBUGLOG``: debug
+      messages (with HA_debug=1) to this one.
+    * A terminal on stderr (an operator running the agent by hand) gets them too.
+
+    Every line carries ``name(OCF_RESOURCE_INSTANCE)[pid]: LEVEL:``.
+    """
+    instance = env.get("OCF_RESOURCE_INSTANCE", "default")
+    logger = logging.getLogger(f"haven.ocf.{name}.{instance}")
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    logger.propagate = False
+    debug = env.get("HA_debug", "0") == "1"
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    tag = f"{name}({instance})[{os.getpid()}]"
+    facility = env.get("HA_LOGFACILITY", "").strip().lower()
+    if facility and facility != "none":
+        code = logging.handlers.SysLogHandler.facility_names.get(
+            facility, logging.handlers.SysLogHandler.LOG_DAEMON)
+        try:
+            syslog = logging.handlers.SysLogHandler(address=syslog_address, facility=code)
+        except OSError:
+            pass  # no syslog daemon here: the other destinations still get the message
+        else:
+            syslog.setFormatter(logging.Formatter(f"{tag}: %(levelname)s: %(message)s"))
+            logger.addHandler(syslog)
+    stamped = logging.Formatter(f"%(asctime)s {tag}: %(levelname)s: %(message)s")
+    files = [env.get("HA_LOGFILE", "")]
+    if debug and env.get("HA_DEBUGLOG", "") not in files:
+        files.append(env.get("HA_DEBUGLOG", ""))
+    for path in filter(None, files):
+        try:
+            handler = logging.FileHandler(path)
+        except OSError:
+            continue  # an unwritable log file must not fail the action
+        handler.setFormatter(stamped)
+        logger.addHandler(handler)
+    stream = stderr or sys.stderr
+    if stream.isatty():
+        console = logging.StreamHandler(stream)
+        console.setFormatter(logging.Formatter(f"{tag}: %(levelname)s: %(message)s"))
+        logger.addHandler(console)
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    return logger
 
 
 @dataclass
@@ -93,6 +162,8 @@ class Agent:
     actions: list[Action] = field(default_factory=list)
     monitors: dict[int, Callable[[], int]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    syslog_address: str = SYSLOG_SOCKET
+    _log: logging.Logger | None = field(default=None, init=False, repr=False)
 
     def add_parameter(self, name: str, shortdesc: str, longdesc: str = "",
                       content_type: str = "string", default: str | None = None,
@@ -112,6 +183,18 @@ class Agent:
         self.actions.append(Action("monitor", None, timeout, interval, depth))
 
     # ---- environment -----------------------------------------------------------------
+    @property
+    def log(self) -> logging.Logger:
+        """The agent's logger (:func:`agent_logger`), set up on first use."""
+        if self._log is None:
+            try:
+                self._log = agent_logger(self.name, self.env, self.syslog_address)
+            except Exception:  # logging must never be why an action fails
+                self._log = logging.getLogger(f"haven.ocf.{self.name}.unconfigured")
+                self._log.addHandler(logging.NullHandler())
+                self._log.propagate = False
+        return self._log
+
     def param(self, name: str) -> str | None:
         for p in self.parameters:
             if p.name == name:
@@ -175,7 +258,22 @@ class Agent:
         return None
 
     def dispatch(self, action: str) -> int:
-        """Run ``action`` and return its exit code (``run`` wraps this for argv)."""
+        """Run ``action`` and return its exit code (``run`` wraps this for argv).
+
+        Whatever the action raises ends as an exit code with a reason: OcfError
+        as it says, anything else as ERR_GENERIC naming the error (the traceback
+        to the debug log), so Pacemaker never reads a bare traceback.
+        """
+        try:
+            return self._dispatch(action)
+        except Exception as exc:
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.log.error("%s failed unexpectedly: %s", action, what)
+            self.log.debug("traceback of the failed %s", action, exc_info=True)
+            exit_reason(f"{action} failed unexpectedly: {what}"[:250])
+            return Exit.ERR_GENERIC
+
+    def _dispatch(self, action: str) -> int:
         if action == "meta-data":
             sys.stdout.write(self.metadata())
             return Exit.SUCCESS
@@ -189,10 +287,13 @@ class Agent:
             return Exit.ERR_CONFIGURED
         if missing and self.is_probe(action):
             return Exit.NOT_RUNNING  # misconfigured: certainly not running here
+        self.log.debug("%s (check level %d)", action, self.check_level)
         try:
             return int(handler())
         except OcfError as err:
             if err.reason:
+                level = logging.INFO if err.code == Exit.NOT_RUNNING else logging.ERROR
+                self.log.log(level, "%s: %s", action, err.reason)
                 exit_reason(err.reason)
             return int(err.code)
 

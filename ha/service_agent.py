@@ -180,6 +180,9 @@ class HavenServiceAgent:
                 child = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, start_new_session=True, close_fds=True)
             proc.pidfile.write_text(f"{child.pid}\n")
+            self.agent.log.info("started %s: pid %d", self.service, child.pid)
+        else:
+            self.agent.log.info("%s already runs: pid %s", self.service, proc.pid())
         deadline = time.monotonic() + max(5.0, self.timeout_s(60) - 5)
         while time.monotonic() < deadline:
             if not proc.alive():
@@ -201,6 +204,7 @@ class HavenServiceAgent:
             while time.monotonic() < deadline and proc.alive():
                 time.sleep(0.2)
             if proc.alive():
+                self.agent.log.warning("pid %d outlived SIGTERM by %.0f s: SIGKILL", pid, grace)
                 self._signal_group(pid, signal.SIGKILL)
                 for _ in range(50):
                     if not proc.alive():
@@ -209,6 +213,8 @@ class HavenServiceAgent:
         if proc.alive():
             raise OcfError(Exit.ERR_GENERIC, f"pid {pid} survived SIGKILL")
         proc.pidfile.unlink(missing_ok=True)
+        if pid is not None:
+            self.agent.log.info("stopped %s (pid %d)", self.service, pid)
         return Exit.SUCCESS
 
     @staticmethod

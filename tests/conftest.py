@@ -23,6 +23,7 @@ from core.common import migrate
 from core.common.config import HavenConfig, load_config
 from core.common.db import Database
 from core.common.server import AppServers, Listener
+from ha.extensions import HA_SCHEMAS
 from tests.rabbitmq import RabbitMQ, free_port
 
 
@@ -138,7 +139,7 @@ def haven_cfg(tmp_path: Path, db_url: str) -> HavenConfig:
 def database(haven_cfg: HavenConfig) -> Iterator[Database]:
     haven_cfg.state_path.mkdir(parents=True, exist_ok=True)
     db = Database(haven_cfg.database_url, pool_size=4, max_retries=5)
-    migrate.upgrade(db)
+    migrate.upgrade(db, HA_SCHEMAS)
     yield db
     db.dispose()
 
@@ -226,7 +227,7 @@ def services(tmp_path: Path, db_url: str) -> Iterator[Services]:
     cfg = load_config(overrides=overrides)
     cfg.state_path.mkdir(parents=True, exist_ok=True)
     db = Database(cfg.database_url, pool_size=8)
-    migrate.upgrade(db)
+    migrate.upgrade(db, HA_SCHEMAS)
     bootstrap_cloud(cfg, db, ADMIN_PASSWORD)
     servers = AppServers([
         Listener("identity", cfg.identity.listen, identity_app(cfg, db)),

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from core.common.db import Base
+from core.common.db import CommonTable
 from core.common.tokens import (
     MAX_TOKEN_LIFETIME_S,
     TokenCodec,
@@ -38,7 +38,7 @@ def expand_roles(names: set[str]) -> set[str]:
     return out
 
 
-class RevocationEvent(Base):
+class RevocationEvent(CommonTable):
     """Tokens issued at or before ``issued_before`` that match every set field are revoked."""
 
     __tablename__ = "revocation_events"

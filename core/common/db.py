@@ -46,9 +46,27 @@ Timestamp = Float(precision=53).with_variant(mysql.DOUBLE(asdecimal=False), "mys
 
 
 class Base(DeclarativeBase):
-    """Declarative base of every Haven table."""
+    """Declarative base of every Haven table (one registry, so any model may name another).
+
+    Each schema part (a service, the shared plumbing, the evacuator) derives an
+    abstract base from it with its own :func:`part_metadata`: that metadata is
+    what the part hands to its migrations (core.common.migrate.Schema), so no
+    part's history ever sees another's tables.
+    """
 
     metadata = MetaData(naming_convention=NAMING)
+
+
+def part_metadata() -> MetaData:
+    """A schema part's own table collection, with Haven's constraint naming."""
+    return MetaData(naming_convention=NAMING)
+
+
+class CommonTable(Base):
+    """Base of the shared plumbing's tables (revocations, settings, quotas)."""
+
+    __abstract__ = True
+    metadata = part_metadata()
 
 
 # MySQL/MariaDB error numbers that mean "run the transaction again".

@@ -38,7 +38,7 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.common.config import QuotaConfig
-from core.common.db import Base
+from core.common.db import CommonTable
 
 UNLIMITED = -1
 # Resource names, as the quota APIs spell them (Nova, Neutron's singulars are mapped
@@ -52,7 +52,7 @@ Counter = Callable[[Session, str], int]
 """How much of one resource a project uses now, read in the caller's transaction."""
 
 
-class QuotaLimit(Base):
+class QuotaLimit(CommonTable):
     """An administrator's limit for one resource of one project (overrides the default)."""
 
     __tablename__ = "quota_limits"
@@ -61,7 +61,7 @@ class QuotaLimit(Base):
     hard_limit: Mapped[int] = mapped_column(BigInteger)
 
 
-class QuotaLock(Base):
+class QuotaLock(CommonTable):
     """One row per project, written first by every enforcing transaction: the point
     where concurrent creations in one project queue up (see the module docstring)."""
 

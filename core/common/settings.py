@@ -15,10 +15,10 @@ from sqlalchemy import String, Text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from core.common.db import Base, Database
+from core.common.db import CommonTable, Database
 
 
-class Setting(Base):
+class Setting(CommonTable):
     __tablename__ = "haven_settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)

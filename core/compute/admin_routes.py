@@ -23,9 +23,6 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
     register_flavors(app)
     register_hypervisors(app, ctx)
     register_groups(app)
-    from core.compute import evacuation_routes
-
-    evacuation_routes.register(app, ctx.cfg.api.max_limit)
 
     @app.get("/v2.1/os-availability-zone")
     def zones() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from core.common.bus import Bus
 from core.common.clients import ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database
+from core.common.extensions import ComputeApiExtension
 from core.common.faults import BadRequest, Fault
 from core.common.health import add_healthcheck
 from core.common.tokens import KeyRepository, TokenCodec
@@ -110,7 +112,10 @@ class ComputeContext:
 
 
 def create_app(cfg: HavenConfig, db: Database, bus: Bus,
-               clients: ServiceClients | None = None) -> bottle.Bottle:
+               clients: ServiceClients | None = None,
+               extensions: Sequence[ComputeApiExtension] = ()) -> bottle.Bottle:
+    """The compute API app; each of ``extensions`` then mounts its own routes on it
+    (a deployment's additions: core.common.extensions)."""
     from core.compute import admin_routes, policies, quotas, servers
 
     policy.register(policies.RULES)
@@ -142,4 +147,6 @@ def create_app(cfg: HavenConfig, db: Database, bus: Bus,
     servers.register(app, ctx)
     admin_routes.register(app, ctx)
     quotas.register(app, ctx.quotas)
+    for extend in extensions:
+        extend(app, cfg)
     return app

@@ -8,14 +8,21 @@ import uuid
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.common.db import Base, Timestamp
+from core.common.db import Base, Timestamp, part_metadata
 
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
-class Flavor(Base):
+class ComputeTable(Base):
+    """Base of compute's tables: their metadata is the compute schema part's."""
+
+    __abstract__ = True
+    metadata = part_metadata()
+
+
+class Flavor(ComputeTable):
     __tablename__ = "flavors"
     id: Mapped[str] = mapped_column(String(255), primary_key=True, default=new_uuid)
     name: Mapped[str] = mapped_column(String(255), unique=True)
@@ -27,7 +34,7 @@ class Flavor(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-class ComputeService(Base):
+class ComputeService(ComputeTable):
     """One compute agent (hypervisor): liveness, admin state, and its resources.
 
     ``generation`` is bumped by every claim: a claim is an UPDATE that names the
@@ -61,7 +68,7 @@ class ComputeService(Base):
     updated_at: Mapped[float] = mapped_column(Timestamp, default=0.0)
 
 
-class ServerGroup(Base):
+class ServerGroup(ComputeTable):
     __tablename__ = "server_groups"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
     name: Mapped[str] = mapped_column(String(255))
@@ -73,7 +80,7 @@ class ServerGroup(Base):
     created_at: Mapped[float] = mapped_column(Timestamp, default=0.0)
 
 
-class Instance(Base):
+class Instance(ComputeTable):
     __tablename__ = "instances"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
     name: Mapped[str] = mapped_column(String(255))
@@ -106,7 +113,7 @@ class Instance(Base):
     spawn_started_at: Mapped[float | None] = mapped_column(Timestamp, nullable=True)
 
 
-class InstanceMetadata(Base):
+class InstanceMetadata(ComputeTable):
     __tablename__ = "instance_metadata"
     instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"),
                                              primary_key=True)
@@ -114,7 +121,7 @@ class InstanceMetadata(Base):
     value: Mapped[str] = mapped_column(String(255))
 
 
-class Migration(Base):
+class Migration(ComputeTable):
     """A record that an instance moved from ``source_host`` (an evacuation).
 
     The returning source host reads these as tombstones: a domain of an

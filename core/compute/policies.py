@@ -16,7 +16,6 @@ RULES: dict[str, Rule] = {
     "compute:servers:create": lambda ctx, _t: "member" in ctx.roles and ctx.project_id is not None,
     "compute:servers:all_tenants": admin,
     "compute:evacuate": admin,
-    "compute:evacuations": admin,
     "compute:flavors:manage": admin,
     "compute:flavors:private": admin,  # see and boot flavors that are not public
     "compute:servers:metadata:admin_keys": admin,  # ha:priority (metadata_rules.py)

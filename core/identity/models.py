@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.common.db import Base, Timestamp
+from core.common.db import Base, Timestamp, part_metadata
 
 DEFAULT_DOMAIN_ID = "default"
 
@@ -21,7 +21,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class Domain(Base):
+class IdentityTable(Base):
+    """Base of identity's tables: their metadata is the identity schema part's."""
+
+    __abstract__ = True
+    metadata = part_metadata()
+
+
+class Domain(IdentityTable):
     __tablename__ = "domains"
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(255), unique=True)
@@ -29,7 +36,7 @@ class Domain(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
-class Project(Base):
+class Project(IdentityTable):
     __tablename__ = "projects"
     __table_args__ = (UniqueConstraint("domain_id", "name", name="uq_projects_domain_name"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
@@ -39,7 +46,7 @@ class Project(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
-class User(Base):
+class User(IdentityTable):
     __tablename__ = "users"
     __table_args__ = (UniqueConstraint("domain_id", "name", name="uq_users_domain_name"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
@@ -53,14 +60,14 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class Role(Base):
+class Role(IdentityTable):
     __tablename__ = "roles"
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
 
 
-class RoleAssignment(Base):
+class RoleAssignment(IdentityTable):
     """A role granted to a user on a project or a domain (``target_type``)."""
 
     __tablename__ = "role_assignments"
@@ -74,13 +81,13 @@ class RoleAssignment(Base):
     )
 
 
-class Region(Base):
+class Region(IdentityTable):
     __tablename__ = "regions"
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     description: Mapped[str] = mapped_column(Text, default="")
 
 
-class Service(Base):
+class Service(IdentityTable):
     __tablename__ = "services"
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     type: Mapped[str] = mapped_column(String(255), unique=True)
@@ -89,7 +96,7 @@ class Service(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
-class Endpoint(Base):
+class Endpoint(IdentityTable):
     __tablename__ = "endpoints"
     __table_args__ = (
         UniqueConstraint("service_id", "interface", "region_id", name="uq_endpoints_service"),
@@ -102,7 +109,7 @@ class Endpoint(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
-class AuthFailure(Base):
+class AuthFailure(IdentityTable):
     """Failed password authentications of one subject: ``user:<id>`` or ``source:<address>``.
 
     Shared through the database so every API node of a cluster counts the same

@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.common.db import Base, Timestamp
+from core.common.db import Base, Timestamp, part_metadata
 
 STATUSES = ("queued", "saving", "active", "killed", "deleted", "deactivated")
 DISK_FORMATS = ("raw", "qcow2", "vmdk")
@@ -19,7 +19,14 @@ def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
-class Image(Base):
+class ImageTable(Base):
+    """Base of the image service's tables: their metadata is the image schema part's."""
+
+    __abstract__ = True
+    metadata = part_metadata()
+
+
+class Image(ImageTable):
     __tablename__ = "images"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
     name: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
@@ -40,7 +47,7 @@ class Image(Base):
     updated_at: Mapped[float] = mapped_column(Timestamp)
 
 
-class ImageProperty(Base):
+class ImageProperty(ImageTable):
     __tablename__ = "image_properties"
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"),
                                           primary_key=True)
@@ -48,7 +55,7 @@ class ImageProperty(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-class ImageTag(Base):
+class ImageTag(ImageTable):
     __tablename__ = "image_tags"
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"),
                                           primary_key=True)

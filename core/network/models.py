@@ -7,14 +7,21 @@ import uuid
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.common.db import Base, Timestamp
+from core.common.db import Base, Timestamp, part_metadata
 
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
-class Network(Base):
+class NetworkTable(Base):
+    """Base of network's tables: their metadata is the network schema part's."""
+
+    __abstract__ = True
+    metadata = part_metadata()
+
+
+class Network(NetworkTable):
     __tablename__ = "networks"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
     name: Mapped[str] = mapped_column(String(255), default="", index=True)
@@ -30,7 +37,7 @@ class Network(Base):
     updated_at: Mapped[float] = mapped_column(Timestamp)
 
 
-class Subnet(Base):
+class Subnet(NetworkTable):
     __tablename__ = "subnets"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
     name: Mapped[str] = mapped_column(String(255), default="")
@@ -47,7 +54,7 @@ class Subnet(Base):
     updated_at: Mapped[float] = mapped_column(Timestamp)
 
 
-class Port(Base):
+class Port(NetworkTable):
     __tablename__ = "ports"
     __table_args__ = (UniqueConstraint("network_id", "mac_address", name="uq_ports_mac"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
@@ -65,7 +72,7 @@ class Port(Base):
     updated_at: Mapped[float] = mapped_column(Timestamp)
 
 
-class IPAllocation(Base):
+class IPAllocation(NetworkTable):
     """One address of one subnet held by one port. The primary key is what makes
     handing out an address twice impossible, whichever API process or Galera
     node tries: the second insert fails (or loses certification) and retries."""

@@ -22,6 +22,7 @@ What the commands build, and why:
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,37 @@ class Fed:
 Step = Command | Fed
 
 
+# ---- constraints, each with an id -----------------------------------------------------
+# Every constraint is created with an explicit id, the one pcs itself would generate
+# for it (so a cluster loaded before ids were explicit has the same ones): a rerun of
+# the bootstrap finds it by id in the CIB and keeps it, instead of reading pcs's
+# "already exists" error text.
+_NOT_ID_CHAR = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def xml_id(text: str) -> str:
+    """``text`` as an XML id, as pcs sanitizes one (invalid characters dropped)."""
+    return _NOT_ID_CHAR.sub("", text).lstrip("-.0123456789")
+
+
+def avoid(resource: str, node: str) -> Command:
+    """``resource`` never runs on ``node`` (pcs's ``location ... avoids``, with its id)."""
+    return ["pcs", "constraint", "location", "add",
+            xml_id(f"location-{resource}-{node}--INFINITY"), resource, node, "--", "-INFINITY"]
+
+
+def order(first_action: str, first: str, then_action: str, then: str) -> Command:
+    return ["pcs", "constraint", "order", first_action, first, "then", then_action, then,
+            f"id={xml_id(f'order-{first}-{then}-mandatory')}"]
+
+
+def colocate(resource: str, with_resource: str, with_role: str | None = None) -> Command:
+    """``resource`` runs where ``with_resource`` runs (in ``with_role``), score INFINITY."""
+    role = [with_role] if with_role else []
+    return ["pcs", "constraint", "colocation", "add", resource, "with", *role, with_resource,
+            "INFINITY", f"id={xml_id(f'colocation-{resource}-{with_resource}-INFINITY')}"]
+
+
 def fence_password_file(node: str) -> str:
     return f"{FENCE_PASSWORD_DIR}/{node}.password"
 
@@ -111,7 +143,7 @@ def fencing(plan: ClusterPlan) -> list[Command]:
                          *options, f"pcmk_host_list={node}", "pcmk_host_check=static-list",
                          "op", "monitor", "interval=60s"])
         # a node never fences itself: keep its device on the others
-        commands.append(["pcs", "constraint", "location", f"fence-{node}", "avoids", node])
+        commands.append(avoid(f"fence-{node}", node))
     commands.append(["pcs", "property", "set", "stonith-enabled=true"])
     commands.append(["pcs", "property", "set", "no-quorum-policy=stop"])
     # A resource stays where it runs: a fenced node that comes back must not pull the
@@ -141,10 +173,8 @@ def database_and_bus(plan: ClusterPlan) -> list[Command]:
         # comes back a member of no quorum queue: this clone grows it back into all.
         ["pcs", "resource", "create", "bus-members", "ocf:haven:haven-bus-members",
          "op", "monitor", "interval=60s", "timeout=60s", "clone", "interleave=true"],
-        ["pcs", "constraint", "order", "start", "rabbitmq-clone", "then", "start",
-         "bus-members-clone"],
-        ["pcs", "constraint", "colocation", "add", "bus-members-clone", "with",
-         "rabbitmq-clone", "INFINITY"],
+        order("start", "rabbitmq-clone", "start", "bus-members-clone"),
+        colocate("bus-members-clone", "rabbitmq-clone"),
     ]
 
 
@@ -165,8 +195,7 @@ def haven_services(plan: ClusterPlan) -> list[Command]:
                          "clone", "interleave=true"])
         for node in plan.nodes:
             if node not in plan.hypervisors:
-                commands.append(["pcs", "constraint", "location", "haven-compute-clone",
-                                 "avoids", node])
+                commands.append(avoid("haven-compute-clone", node))
         # One evacuation controller for the cluster: a primitive, so Pacemaker moves it
         # (it resumes from its records) instead of running two.
         commands.append(["pcs", "resource", "create", "haven-evacuator",
@@ -195,21 +224,14 @@ def constraints(plan: ClusterPlan) -> list[Command]:
     for svc in services:
         # Each service uses its own node's Galera member: only where it is promoted
         # (synced, in the primary component), started after it.
-        commands.append(["pcs", "constraint", "order", "promote", "galera-clone", "then",
-                         "start", svc])
-        commands.append(["pcs", "constraint", "colocation", "add", svc, "with", "Promoted",
-                         "galera-clone", "INFINITY"])
-        commands.append(["pcs", "constraint", "order", "start", "rabbitmq-clone", "then",
-                         "start", svc])
+        commands.append(order("promote", "galera-clone", "start", svc))
+        commands.append(colocate(svc, "galera-clone", "Promoted"))
+        commands.append(order("start", "rabbitmq-clone", "start", svc))
     if plan.hypervisors:
-        commands.append(["pcs", "constraint", "order", "start", "haven-compute-api-clone",
-                         "then", "start", "haven-evacuator"])
-        commands.append(["pcs", "constraint", "colocation", "add", "haven-evacuator", "with",
-                         "Promoted", "galera-clone", "INFINITY"])
-    commands.append(["pcs", "constraint", "colocation", "add", "vip", "with",
-                     "haven-identity-clone", "INFINITY"])
-    commands.append(["pcs", "constraint", "order", "start", "haven-identity-clone", "then",
-                     "start", "vip"])
+        commands.append(order("start", "haven-compute-api-clone", "start", "haven-evacuator"))
+        commands.append(colocate("haven-evacuator", "galera-clone", "Promoted"))
+    commands.append(colocate("vip", "haven-identity-clone"))
+    commands.append(order("start", "haven-identity-clone", "start", "vip"))
     return commands
 
 
@@ -217,11 +239,37 @@ def all_commands(plan: ClusterPlan) -> list[Command]:
     return fencing(plan) + database_and_bus(plan) + haven_services(plan) + constraints(plan)
 
 
-def created_name(command: Command) -> str | None:
-    """The resource a ``pcs resource|stonith create`` command makes (None otherwise):
-    bootstrap skips commands whose resource exists, so it can be rerun."""
-    if command[:1] == ["pcs"] and command[2:3] == ["create"] and len(command) > 3:
-        return command[3]
+@dataclass(frozen=True)
+class CibObject:
+    """What a command creates in the CIB: the section it goes to and its id."""
+
+    section: str  # "resources", "constraints" or "alerts"
+    id: str
+
+
+def _id_option(command: Command) -> str | None:
+    return next((a.removeprefix("id=") for a in command if a.startswith("id=")), None)
+
+
+def created_object(command: Command) -> CibObject | None:
+    """The CIB object a ``pcs`` command creates (None for one that creates nothing, e.g.
+    ``property set``): bootstrap skips a command whose object's id is in the CIB, so it
+    can be rerun on a loaded cluster."""
+    if command[:1] != ["pcs"] or len(command) < 4:
+        return None
+    group, verb = command[1], command[2]
+    if group in ("resource", "stonith") and verb == "create":
+        return CibObject("resources", command[3])
+    if group == "constraint" and verb == "location" and command[3] == "add" and len(command) > 4:
+        return CibObject("constraints", command[4])
+    if group == "constraint" and verb in ("order", "colocation"):
+        ident = _id_option(command)
+        if ident is None:
+            raise ValueError(f"constraint without an id: {shlex.join(command)}")
+        return CibObject("constraints", ident)
+    if group == "alert" and verb == "create":
+        ident = _id_option(command)
+        return CibObject("alerts", ident) if ident else None
     return None
 
 

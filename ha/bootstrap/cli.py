@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from core.cli import UsageError
+from core.common.cliutil import UsageError
 from ha.bootstrap.cib import ClusterPlan, all_commands, render_script
 from ha.bootstrap.nodeconf import Secrets, write_node_files
 

@@ -10,9 +10,11 @@ Stages, each waited on through what ``crm_mon`` reports before the next begins:
 4. the Haven services, the VIP and the constraints; wait until all run.
 
 Every command run is also written, in order, to a script an operator can read
-and rerun (``create`` of an existing resource is skipped, an existing constraint
-is reported and kept). The script holds the database password (in the input of
-``mysql``, never in a command's arguments): mode 0600.
+and rerun. A rerun of the bootstrap keeps what the CIB already holds: a command
+whose resource, constraint or alert id is in the CIB (read with ``cibadmin
+--query``, by id, never by pcs's messages) is skipped. The script holds the
+database password (in the input of ``mysql``, never in a command's arguments):
+mode 0600.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from core.common.files import write_private
 from ha.bootstrap import cib
-from ha.bootstrap.cib import ClusterPlan, Fed, Step
+from ha.bootstrap.cib import CibObject, ClusterPlan, Fed, Step
 from ha.bootstrap.nodeconf import DB_NAME
 from ha.crm import ClusterView, parse_crm_mon
 
@@ -38,6 +41,12 @@ class Runner(Protocol):
 
     def __call__(self, argv: Sequence[str], stdin: str | None = None
                  ) -> subprocess.CompletedProcess[str]: ...
+
+
+# The elements of a CIB section whose ids a create command names.
+CIB_KINDS = {"resources": {"primitive", "clone", "group", "bundle", "master"},
+             "constraints": {"rsc_location", "rsc_order", "rsc_colocation", "rsc_ticket"},
+             "alerts": {"alert"}}
 
 
 class BootstrapError(Exception):
@@ -126,25 +135,38 @@ class Bootstrap:
         except Exception:  # a cluster still starting may print partial output
             return None
 
-    def exists(self, name: str) -> bool:
-        return self.run(["crm_resource", "--resource", name, "--query-xml"]).returncode == 0
+    def cib_ids(self, section: str) -> set[str]:
+        """The ids of the objects in a section of the CIB (resources with their clones,
+        constraints, alerts). A CIB that cannot be read stops the bootstrap: what
+        exists is not guessed."""
+        result = self.run(["cibadmin", "--query"])
+        if result.returncode != 0:
+            raise BootstrapError(f"cannot read the CIB (cibadmin --query: exit "
+                                 f"{result.returncode}): {result.stderr.strip()[:200]}")
+        try:
+            root = ET.fromstring(result.stdout)
+        except ET.ParseError as exc:
+            raise BootstrapError(f"cibadmin --query printed no CIB: {exc}") from None
+        found = root.find(f"configuration/{section}")
+        kinds = CIB_KINDS[section]
+        return set() if found is None else {
+            el.get("id", "") for el in found.iter() if el.tag in kinds}
+
+    def exists(self, obj: CibObject) -> bool:
+        return obj.id in self.cib_ids(obj.section)
 
     def execute(self, step: Step) -> None:
         command = step.argv if isinstance(step, Fed) else step
-        name = cib.created_name(command)
-        if name and self.exists(name):
-            self.progress(f"  {name} exists: kept")
+        obj = cib.created_object(command)
+        if obj is not None and self.exists(obj):
+            self.progress(f"  {obj.id} exists: kept")
             self.done.append(step)
             return
         result = self.run(command, step.stdin) if isinstance(step, Fed) else self.run(command)
         if result.returncode != 0:
-            output = result.stderr.strip() or result.stdout.strip()
-            lines = output.splitlines()
+            lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
             text = lines[0] if lines else f"exit {result.returncode}"
-            if "constraint" in command and "already exists" in output:
-                self.progress(f"  constraint exists: kept ({shlex.join(command[2:])})")
-            else:
-                raise BootstrapError(f"{shlex.join(command[:6])}...: {text}")
+            raise BootstrapError(f"{shlex.join(command[:6])}...: {text}")
         self.done.append(step)
 
     def wait(self, stage: Stage) -> None:

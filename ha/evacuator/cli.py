@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from core.cli import UsageError, _common, config_from_args, open_database
+from core.common.cliutil import UsageError, common_options, config_from_args, open_database
 from ha.evacuator.env import EventRecord, InstanceRecord
 
 PHASES = (("fenced_at", "fenced"), ("fence_confirmed_at", "fence confirmed"),
@@ -131,24 +131,24 @@ def add_commands(sub: Any) -> None:
         dest="evacuator_cmd", required=True)
     run = p.add_parser("run", help="run the controller in the foreground (Pacemaker runs "
                        "one, as ocf:haven:haven-evacuator)")
-    _common(run)
+    common_options(run)
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("evacuation", help="evacuation events: list, show, release, abort"
                         ).add_subparsers(dest="evacuation_cmd", required=True)
     q = ev.add_parser("list", help="events, newest first, with phase timings")
-    _common(q)
+    common_options(q)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_list)
     q = ev.add_parser("show", help="one event: phases and every instance")
-    _common(q)
+    common_options(q)
     q.add_argument("id")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_show)
     q = ev.add_parser("release", help="let a storm-held event go on")
-    _common(q)
+    common_options(q)
     q.add_argument("id")
     q.set_defaults(func=cmd_release)
     q = ev.add_parser("abort", help="stop an event")
-    _common(q)
+    common_options(q)
     q.add_argument("id")
     q.set_defaults(func=cmd_abort)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.common.db import Base, Timestamp
+from core.common.db import Base, Timestamp, part_metadata
 from ha.evacuator.env import (
     EVENT_TERMINAL,
     EventRecord,
@@ -28,7 +28,14 @@ from ha.evacuator.env import (
 )
 
 
-class EvacuationEvent(Base):
+class EvacuatorTable(Base):
+    """Base of the evacuator's tables: their metadata is the evacuator schema part's."""
+
+    __abstract__ = True
+    metadata = part_metadata()
+
+
+class EvacuationEvent(EvacuatorTable):
     __tablename__ = "evacuation_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     host: Mapped[str] = mapped_column(String(255), index=True)
@@ -50,7 +57,7 @@ class EvacuationEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-class EvacuationInstance(Base):
+class EvacuationInstance(EvacuatorTable):
     __tablename__ = "evacuation_instances"
     event_id: Mapped[int] = mapped_column(
         ForeignKey("evacuation_events.id", ondelete="CASCADE"), primary_key=True)

@@ -1,7 +1,7 @@
 """``haven lab ...``: build a lab cluster, look at it, break it, tear it down.
 
 Operator mistakes (no lab up, unknown node, a lab already up, not root) print one
-line and exit 2 via core.cli.UsageError; a lab operation that fails (a command
+line and exit 2 via core.common.cliutil.UsageError; a lab operation that fails (a command
 inside a node failed, a wait timed out) prints one line and exits 1.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from core.cli import UsageError
+from core.common.cliutil import UsageError
 from ha.lab import config, faults, lifecycle, node, power, state
 from ha.lab.commands import CLEAN_ENV, LabError
 

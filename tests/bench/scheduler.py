@@ -143,9 +143,10 @@ def sqlite_db(workdir: Path, work: Workload) -> Any:
     from core.common import migrate
     from core.common.db import Database
     from core.compute.models import ComputeService, Instance
+    from ha.extensions import HA_SCHEMAS
 
     db = Database(f"sqlite:///{workdir / 'haven.db'}", pool_size=2, max_retries=5)
-    migrate.upgrade(db)
+    migrate.upgrade(db, HA_SCHEMAS)
     ts = time.time()
     with db.session() as s:
         for h in work.hosts:

@@ -21,10 +21,10 @@ import requests
 from sqlalchemy import update
 
 from core.allinone import bootstrap_cloud
-from core.cli import open_database
 from core.common import migrate
 from core.common.bus import Bus, make_bus
 from core.common.clients import ServiceClients
+from core.common.cliutil import open_database
 from core.common.config import HavenConfig, load_config
 from core.common.db import Database
 from core.common.server import AppServers, Listener
@@ -32,6 +32,7 @@ from core.common.settings import cloud_id
 from core.compute.agent import ComputeAgent
 from core.compute.models import Instance
 from core.compute.virt.libvirt import DomainSpec, LibvirtDriver
+from ha.extensions import HA_SCHEMAS
 from tests.conftest import ADMIN_PASSWORD, free_port
 from tests.filemodes import assert_private_layout
 from tests.rabbitmq import RabbitMQ
@@ -87,7 +88,7 @@ def make_cloud(tmp_path: Path, bus_driver: str, urls: list[str]) -> Cloud:
         overrides[f"{service}.listen"] = f"127.0.0.1:{free_port()}"
     cfg = load_config(overrides=overrides)
     db = open_database(cfg)  # as the haven command makes the state directory and database
-    migrate.upgrade(db)
+    migrate.upgrade(db, HA_SCHEMAS)
     bootstrap_cloud(cfg, db, ADMIN_PASSWORD)
     bus = make_bus(bus_driver, urls, "agent-test")
     from core.compute.api import create_app as compute_app

@@ -202,38 +202,6 @@ def test_name_filter_is_a_regex_search_in_linear_time(compute: Compute) -> None:
             pattern, bad.text)
 
 
-def test_evacuation_records_are_listed_and_shown_to_admins_only(compute: Compute) -> None:
-    """The controller's records through the admin API: phases as seconds after detection,
-    every instance's outcome; members get 403, unknown ids 404, bad limits 400."""
-    from ha.evacuator.env import EventState, InstanceRecord, InstanceState
-    from ha.evacuator.models import EvacuationEvent, instance_row
-
-    def unit(s: Any) -> int:
-        ev = EvacuationEvent(host="hv9", open_host=None, state=EventState.DONE.value,
-                             detected_at=1000.0, alive_at=998.0, fenced_at=1004.5,
-                             fence_confirmed_at=1005.0, first_rebuild_at=1005.5,
-                             last_rebuild_at=1006.0, all_active_at=1009.25, alerts="",
-                             storm_override=False)
-        s.add(ev)
-        s.flush()
-        s.add(instance_row(InstanceRecord(event_id=ev.id, instance_id="i-1", name="pet",
-                                          state=InstanceState.DONE, source="hv9",
-                                          target="hv2", attempts=1)))
-        return ev.id
-    event_id = compute.services.db.run_in_transaction(unit)
-    listed = compute.call("GET", "/os-evacuations").json()["evacuations"]
-    assert [e["id"] for e in listed] == [event_id]
-    assert listed[0]["phases_s"]["all active"] == 9.25
-    shown = compute.call("GET", f"/os-evacuations/{event_id}").json()["evacuation"]
-    assert shown["state"] == "done" and shown["host"] == "hv9"
-    assert [(r["instance_id"], r["state"], r["target"]) for r in shown["instances"]] == [
-        ("i-1", "done", "hv2")]
-    member = compute.services.member("ep", "eu")
-    assert compute.call("GET", "/os-evacuations", member).status_code == 403
-    assert compute.call("GET", "/os-evacuations/999999").status_code == 404
-    assert compute.call("GET", "/os-evacuations?limit=0").status_code == 400
-
-
 def test_batch_evacuate_moves_what_fits_and_answers_per_server(compute: Compute) -> None:
     """``POST /os-hosts/<host>/evacuate`` (the controller's call): per server its new host
     or the error a single evacuate would give; a refused server is left as it was while

@@ -25,7 +25,8 @@ def test_fencing_is_on_and_no_node_fences_itself() -> None:
     assert "pcs property set stonith-enabled=true" in text
     assert "pcs property set no-quorum-policy=stop" in text
     for node in ("n1", "n2", "n3"):
-        assert f"pcs constraint location fence-{node} avoids {node}" in text
+        assert (f"pcs constraint location add location-fence-{node}-{node}--INFINITY "
+                f"fence-{node} {node} -- -INFINITY") in text
     assert any("pcmk_host_list=n1" in t for t in text)
 
 
@@ -40,23 +41,28 @@ def test_services_are_clones_with_two_monitor_depths_after_db_and_bus() -> None:
     identity = next(t for t in text if "ocf:haven:haven-identity" in t)
     assert "OCF_CHECK_LEVEL=0" in identity and "OCF_CHECK_LEVEL=10" in identity
     assert identity.endswith("clone interleave=true")
-    assert ("pcs constraint order promote galera-clone then start haven-identity-clone"
+    assert ("pcs constraint order promote galera-clone then start haven-identity-clone "
+            "id=order-galera-clone-haven-identity-clone-mandatory"
             in text)
-    assert "pcs constraint order start rabbitmq-clone then start haven-compute-api-clone" in text
+    assert ("pcs constraint order start rabbitmq-clone then start haven-compute-api-clone "
+            "id=order-rabbitmq-clone-haven-compute-api-clone-mandatory") in text
 
 
 def test_vip_follows_a_running_identity_api() -> None:
     text = lines(plan())
-    assert "pcs constraint colocation add vip with haven-identity-clone INFINITY" in text
-    assert "pcs constraint order start haven-identity-clone then start vip" in text
+    assert ("pcs constraint colocation add vip with haven-identity-clone INFINITY "
+            "id=colocation-vip-haven-identity-clone-INFINITY") in text
+    assert ("pcs constraint order start haven-identity-clone then start vip "
+            "id=order-haven-identity-clone-vip-mandatory") in text
     vip = next(t for t in text if "IPaddr2" in t)
     assert "ip=10.213.0.100" in vip and "cidr_netmask=24" in vip
 
 
 def test_compute_agents_run_only_on_hypervisors() -> None:
     text = lines(plan())
-    assert "pcs constraint location haven-compute-clone avoids n1" in text
-    assert not any("haven-compute-clone avoids n2" in t for t in text)
+    assert ("pcs constraint location add location-haven-compute-clone-n1--INFINITY "
+            "haven-compute-clone n1 -- -INFINITY") in text
+    assert not any("haven-compute-clone n2" in t for t in text)
     assert not any("ocf:haven:haven-compute " in t + " " for t in lines(plan(hypervisors=())))
 
 
@@ -105,9 +111,26 @@ def test_one_evacuation_controller_runs_with_hypervisors_and_after_the_compute_a
     commands = [" ".join(c) for c in all_commands(plan)]
     creates = [c for c in commands if c.startswith("pcs resource create haven-evacuator ")]
     assert len(creates) == 1 and " clone" not in creates[0]  # a primitive: never two
-    assert ("pcs constraint order start haven-compute-api-clone then start haven-evacuator"
-            in commands)
+    assert ("pcs constraint order start haven-compute-api-clone then start haven-evacuator "
+            "id=order-haven-compute-api-clone-haven-evacuator-mandatory" in commands)
     alerts = [c for c in commands if c.startswith("pcs alert create ")]
     assert len(alerts) == 1 and "path=/usr/lib/haven/alerts/haven-evacuator-wake" in alerts[0]
     plain = ClusterPlan(nodes=("a", "b"), vip="10.0.0.9/24", vip_nic="eth0")
     assert not any("haven-evacuator" in " ".join(c) for c in all_commands(plain))
+
+
+def test_every_created_object_is_named_by_id_and_no_id_is_used_twice() -> None:
+    """A rerun keeps objects by id (ha.bootstrap.run), so every resource, constraint and
+    alert command names one, and no two name the same."""
+    from ha.bootstrap.cib import created_object
+
+    commands = all_commands(plan())
+    objects = [created_object(c) for c in commands]
+    named = [o for o in objects if o is not None]
+    assert len({(o.section, o.id) for o in named}) == len(named)
+    assert {o.section for o in named} == {"resources", "constraints", "alerts"}
+    for command, obj in zip(commands, objects, strict=True):
+        if command[1] in ("constraint", "alert") or command[2] == "create":
+            assert obj is not None, command
+    with pytest.raises(ValueError, match="without an id"):
+        created_object(["pcs", "constraint", "order", "start", "a", "then", "start", "b"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import UsageError
+from core.common.cliutil import UsageError
 from ha.bootstrap import nodeconf
 from ha.bootstrap.cib import ClusterPlan
 from ha.bootstrap.cli import load_plan
@@ -60,8 +60,9 @@ class Recorder:
         self.calls.append((list(argv), stdin))
         if argv[0] == "crm_mon":
             return subprocess.CompletedProcess(list(argv), 0, settled_cluster(), "")
-        if argv[0] == "crm_resource":
-            return subprocess.CompletedProcess(list(argv), 6, "", "not found")
+        if argv[0] == "cibadmin":  # an empty CIB: every object is created
+            return subprocess.CompletedProcess(list(argv), 0, "<cib><configuration>"
+                                               "<resources/></configuration></cib>", "")
         return subprocess.CompletedProcess(list(argv), 0, "", "")
 
 

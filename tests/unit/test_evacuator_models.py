@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core.common import migrate
-from core.common.db import Base, Database, rowcount
+from core.common.db import Database, rowcount
 from ha.evacuator.env import EventRecord, EventState, InstanceRecord, InstanceState
+from ha.evacuator.migrations import SCHEMA
 from ha.evacuator.models import (
     EvacuationEvent,
     EvacuationInstance,
@@ -26,29 +25,35 @@ from ha.evacuator.models import (
     instance_row,
     instance_values,
 )
+from ha.extensions import HA_SCHEMAS
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(f"sqlite:///{tmp_path / 'haven.db'}")
-    migrate.upgrade(database)
+    migrate.upgrade(database, HA_SCHEMAS)
     yield database
     database.dispose()
 
 
 def test_the_migration_creates_the_tables_and_matches_the_models(db: Database) -> None:
-    assert migrate.current_revision(db) == migrate.head_revision()  # 0003 or a later one
+    assert migrate.current_revisions(db, [SCHEMA]) == migrate.head_revisions([SCHEMA])
     tables = set(inspect(db.engine).get_table_names())
-    assert {"evacuation_events", "evacuation_instances"} <= tables
-    with db.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    assert {"evacuation_events", "evacuation_instances", SCHEMA.version_table} <= tables
+    assert migrate.differences(db, SCHEMA) == []
 
 
-def test_the_migration_goes_down_and_up_again(db: Database) -> None:
-    command.downgrade(migrate.alembic_config(db), "0002")
+def test_the_migration_goes_down_and_up_again_alone(db: Database) -> None:
+    """The evacuator's history is its own: going down to nothing drops its tables and
+    leaves every other part's where it was."""
+    others = [s for s in HA_SCHEMAS if s is not SCHEMA]
+    before = migrate.current_revisions(db, others)
+    command.downgrade(migrate.alembic_config(db, SCHEMA), "base")
     assert "evacuation_events" not in inspect(db.engine).get_table_names()
-    migrate.upgrade(db)
-    assert migrate.current_revision(db) == migrate.head_revision()
+    assert migrate.current_revisions(db, [SCHEMA]) == {"evacuator": None}
+    assert migrate.current_revisions(db, others) == before
+    migrate.upgrade(db, HA_SCHEMAS)
+    assert migrate.current_revisions(db, [SCHEMA]) == migrate.head_revisions([SCHEMA])
 
 
 def new_event(host: str = "node3") -> EvacuationEvent:

@@ -36,6 +36,7 @@ from core.compute.scheduler import (
     host_state,
     release,
 )
+from ha.extensions import HA_SCHEMAS
 
 TINY = Request(vcpus=1, memory_mb=256, disk_gb=1)
 
@@ -285,7 +286,7 @@ def test_a_bigger_host_rescales_every_weight() -> None:
 def db(tmp_path: Path) -> Iterator[Database]:
     """A SQLite file migrated with the real migrations (what the all-in-one runs)."""
     database = Database(f"sqlite:///{tmp_path / 'haven.db'}", pool_size=2, max_retries=3)
-    migrate.upgrade(database)
+    migrate.upgrade(database, HA_SCHEMAS)
     yield database
     database.dispose()
 

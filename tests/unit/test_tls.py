@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from core.cli import UsageError
+from core.common.cliutil import UsageError
 from core.common.config import ConfigError, load_config
 from ha.bootstrap import nodeconf
 from ha.bootstrap.cib import ClusterPlan

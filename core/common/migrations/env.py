@@ -1,40 +1,24 @@
-"""Alembic environment: uses the engine handed over by core.common.migrate.
+"""Alembic environment: runs one schema part's history on the engine handed over by
+core.common.migrate.
 
-Haven's services share one database, so there is one schema history; each
-model module below registers its tables on the shared metadata.
+It knows no part: the part (its metadata, its version table) comes in through
+``config.attributes["schema"]``, so every service and extension owns its
+revisions and only its own tables are compared with its models.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-import core.common.auth
-import core.common.quota
-import core.common.settings
-import core.compute.models
-import core.identity.models
-import core.image.models
-import core.network.models
-import ha.evacuator.models
-from core.common.db import Base
-
-MODEL_MODULES = (
-    core.common.auth,
-    core.common.quota,
-    core.compute.models,
-    core.identity.models,
-    core.image.models,
-    core.network.models,
-    ha.evacuator.models,
-)
-
 config = context.config
 engine = config.attributes["engine"]
+schema = config.attributes["schema"]
 
 with engine.begin() as connection:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=schema.metadata(),
+        version_table=schema.version_table,
         render_as_batch=True,
         compare_type=True,
     )

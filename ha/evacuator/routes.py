@@ -3,6 +3,8 @@ and ``GET /v2.1/os-evacuations/<id>`` (Haven's own extension, admin only).
 
 The records are written by the controller (``ha/evacuator``); this only reads
 them, with each event's phase timings as seconds after the failure was detected.
+It is the HA deployment's, not the cloud's: :func:`mount` is a compute API
+extension (core.common.extensions), mounted by ``ha.extensions.HA_EXTENSIONS``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,20 @@ import bottle
 from sqlalchemy import select
 
 from core.common import policy
+from core.common.config import HavenConfig
 from core.common.faults import BadRequest, NotFound
 from core.common.paging import page_limit
 from core.common.wsgi import auth, session
 from ha.evacuator.cli import event_doc
 from ha.evacuator.models import EvacuationEvent, EvacuationInstance, event_record, instance_record
+
+RULES: dict[str, policy.Rule] = {"compute:evacuations": policy.admin}
+
+
+def mount(app: bottle.Bottle, cfg: HavenConfig) -> None:
+    """Add the records API (and its policy rule) to a compute API app."""
+    policy.register(RULES)
+    register(app, cfg.api.max_limit)
 
 
 def register(app: bottle.Bottle, max_limit: int) -> None:

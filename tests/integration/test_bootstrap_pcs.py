@@ -1,0 +1,127 @@
+"""The bootstrap's CIB commands through the real ``pcs`` and ``cibadmin``, on a CIB file
+(``pcs -f``, ``CIB_file``: Pacemaker's own offline mode, no cluster touched).
+
+A rerun keeps what the CIB holds by reading the objects' ids, never by matching
+pcs's error messages: every resource, constraint and alert is found by id, and a
+CIB loaded by the commands of before (constraints without explicit ids) is
+recognised too, because the ids are the ones pcs generated for them.
+
+pcs reads the agents' meta-data, Haven's included: run under the lab lock after
+appliance/setup.sh (the OCF wrappers must be this checkout's).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from ha.bootstrap import cib
+from ha.bootstrap.run import Bootstrap, BootstrapError
+
+PLAN = cib.ClusterPlan(nodes=("n1", "n2"), vip="10.213.0.100/24", vip_nic="eth0",
+                       hypervisors=("n2",), fence_agent="fence_ipmilan")
+
+
+class FileCluster:
+    """Runs commands as Pacemaker's tools do against a CIB file; records pcs calls."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pcs: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str], stdin: str | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        if argv[0] == "pcs":
+            self.pcs.append(argv)
+            argv = ["pcs", "-f", str(self.path), *argv[1:]]
+        return subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=120,
+                              env={**os.environ, "CIB_file": str(self.path)})
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> FileCluster:
+    for tool in ("pcs", "cibadmin", "fence_ipmilan"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed (Debian: pcs, pacemaker, fence-agents)")
+    if not Path("/usr/lib/ocf/resource.d/haven/haven-identity").exists():
+        pytest.fail("Haven's OCF agents are not installed: run appliance/setup.sh test")
+    path = tmp_path / "cib.xml"
+    path.write_text(subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True,
+                                   check=True).stdout)
+    return FileCluster(path)
+
+
+def load(cluster: FileCluster) -> Bootstrap:
+    boot = Bootstrap(PLAN, runner=cluster)
+    for command in cib.all_commands(PLAN):
+        boot.execute(command)
+    return boot
+
+
+def test_a_rerun_finds_every_object_by_id_and_runs_nothing_again(
+        cluster: FileCluster) -> None:
+    first = load(cluster)
+    created = [c for c in cluster.pcs if cib.created_object(c) is not None]
+    assert len(created) == len([c for c in cib.all_commands(PLAN)
+                                if cib.created_object(c) is not None])
+    ids = {obj.id for c in created if (obj := cib.created_object(c)) is not None}
+    for section in ("resources", "constraints", "alerts"):
+        assert {o.id for c in created if (o := cib.created_object(c)) and
+                o.section == section} <= first.cib_ids(section), section
+    assert "order-galera-clone-haven-identity-clone-mandatory" in ids
+    cluster.pcs.clear()
+    again = load(cluster)
+    # only what creates nothing is run again (properties, defaults)
+    assert [c for c in cluster.pcs if cib.created_object(c) is not None] == []
+    assert len(again.done) == len(first.done)
+
+
+def test_constraints_loaded_without_explicit_ids_are_recognised(
+        cluster: FileCluster) -> None:
+    """A cluster bootstrapped before the ids were explicit: pcs named its constraints;
+    the rerun finds them under those names and keeps them."""
+    old_style = {  # the commands of before, and the id pcs gives each
+        "location-fence-n1-n1--INFINITY":
+            ["pcs", "constraint", "location", "fence-n1", "avoids", "n1"],
+        "order-galera-clone-haven-identity-clone-mandatory":
+            ["pcs", "constraint", "order", "promote", "galera-clone", "then", "start",
+             "haven-identity-clone"],
+        "colocation-haven-identity-clone-galera-clone-INFINITY":
+            ["pcs", "constraint", "colocation", "add", "haven-identity-clone", "with",
+             "Promoted", "galera-clone", "INFINITY"],
+    }
+    boot = Bootstrap(PLAN, runner=cluster)
+    for command in cib.all_commands(PLAN):
+        obj = cib.created_object(command)
+        if obj is None or obj.section != "constraints":
+            boot.execute(command)
+    for command in old_style.values():
+        done = cluster(command)
+        assert done.returncode == 0, done.stderr
+    assert set(old_style) <= boot.cib_ids("constraints")
+    cluster.pcs.clear()
+    load(cluster)
+    rerun = {obj.id for c in cluster.pcs if (obj := cib.created_object(c)) is not None}
+    assert rerun & set(old_style) == set()
+    assert rerun  # the constraints the old commands did not make were made
+
+
+def test_an_unreadable_cib_stops_the_bootstrap(tmp_path: Path) -> None:
+    """What exists is not guessed: without the CIB, nothing is created."""
+    cluster = FileCluster(tmp_path / "missing.xml")
+    with pytest.raises(BootstrapError, match="cannot read the CIB"):
+        Bootstrap(PLAN, runner=cluster).execute(cib.fencing(PLAN)[0])
+    assert cluster.pcs == []
+
+
+def test_a_failing_pcs_command_stops_the_bootstrap_with_pcs_own_words(
+        cluster: FileCluster) -> None:
+    with pytest.raises(BootstrapError, match="does not exist"):
+        Bootstrap(PLAN, runner=cluster).execute(cib.order("start", "nothing-clone", "start",
+                                                          "vip"))
