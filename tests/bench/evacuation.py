@@ -129,7 +129,7 @@ class ProfileWindow:
 
 def kill_and_watch(victim: str, consoles: dict[str, Path],
                    running_now: Callable[[], set[str]], timeout: float, profile: bool,
-                   reboot: Callable[[str], None] | None = None,
+                   reboot: Callable[[str], object] | None = None,
                    recorded_now: Callable[[], dict[str, float]] | None = None,
                    ) -> dict[str, Any]:
     """Once every guest has printed its first boot marker, cut the victim's power and
