@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from ha import crm  # noqa: E402
 from ha.bootstrap.cib import API_SERVICES  # noqa: E402
+from ha.evacuator.fence_history import fence_time  # noqa: E402
 from ha.lab import cluster, faults, lifecycle, node, stack, state  # noqa: E402
 from ha.lab.commands import wait_until  # noqa: E402
 from tests.bench.benchlib import (  # noqa: E402
@@ -119,9 +120,23 @@ def one_run(lab_dir: Path, work: Path, i: int) -> dict[str, float]:
     finally:
         probe.kill()
     found = probe_times(out.read_text().splitlines())
+    fenced = fence_completed(st, victim, t0)
     return {"victim": float(NODES.index(victim) + 1), "kill_s": t_kill_done - t0,
+            "victim_was_dc": float(v.dc == victim),
+            "fence_s": -1.0 if fenced is None else fenced - t0,
             "dummy_s": t_dummy - t0, "read_s": found["ok_read"] - t0,
             "write_s": found["ok_write"] - t0}
+
+
+def fence_completed(st: state.LabState, victim: str, t0: float) -> float | None:
+    """When the fence of ``victim`` after ``t0`` completed, as a survivor's fence
+    history has it (to the second where Pacemaker prints whole seconds: then the end
+    of that second): where a slow run's time went, detection and fencing or after."""
+    observer = next(nd for nd in st.nodes.values() if nd.name != victim and node.running(nd))
+    times = [fence_time(e.completed) for e in cluster.fence_history(observer)
+             if e.target == victim and e.succeeded and e.completed]
+    after = [t for t in times if t is not None and t >= t0 - 1]
+    return min(after) if after else None
 
 
 def token_doc(token_ms: int, running_ms: int, runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -132,6 +147,7 @@ def token_doc(token_ms: int, running_ms: int, runs: list[dict[str, float]]) -> d
         "dummy_floor_s": summary([r["dummy_s"] for r in runs]),
         "read_s": summary([r["read_s"] for r in runs]),
         "write_s": summary([r["write_s"] for r in runs]),
+        "fence_s": summary([r["fence_s"] for r in runs if r["fence_s"] >= 0]),
         "read_minus_dummy_s": summary([r["read_s"] - r["dummy_s"] for r in runs]),
         "write_minus_read_s": summary([r["write_s"] - r["read_s"] for r in runs]),
         "per_run": runs,
@@ -183,7 +199,9 @@ def bench_token(lab_dir: Path, work: Path, token_ms: int, n_runs: int) -> dict[s
         for i in range(n_runs):
             result = one_run(lab_dir, token_work, i)
             runs.append(result)
-            print(f"token {token_ms} ms, run {i + 1}: node{int(result['victim'])} killed; Dummy "
+            dc = " (the DC)" if result["victim_was_dc"] else ""
+            print(f"token {token_ms} ms, run {i + 1}: node{int(result['victim'])}{dc} killed; "
+                  f"fenced {result['fence_s']:.2f} s, Dummy "
                   f"on a survivor {result['dummy_s']:.2f} s, first read "
                   f"{result['read_s']:.2f} s, first acknowledged write {result['write_s']:.2f} s",
                   file=sys.stderr, flush=True)

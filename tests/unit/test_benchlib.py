@@ -89,10 +89,15 @@ def test_probe_times_need_a_read_and_a_confirmed_write() -> None:
 
 
 def test_failover_doc_records_the_token_and_both_figures() -> None:
-    runs = [{"victim": 1.0, "kill_s": 0.1, "dummy_s": 6.0, "read_s": 7.0, "write_s": 7.5},
-            {"victim": 2.0, "kill_s": 0.1, "dummy_s": 7.0, "read_s": 8.0, "write_s": 9.0},
-            {"victim": 3.0, "kill_s": 0.1, "dummy_s": 8.0, "read_s": 9.0, "write_s": 9.2}]
+    base = {"kill_s": 0.1, "victim_was_dc": 0.0}
+    runs = [{**base, "victim": 1.0, "fence_s": 5.0, "dummy_s": 6.0, "read_s": 7.0,
+             "write_s": 7.5},
+            {**base, "victim": 2.0, "fence_s": -1.0, "dummy_s": 7.0, "read_s": 8.0,
+             "write_s": 9.0},
+            {**base, "victim": 3.0, "fence_s": 7.0, "dummy_s": 8.0, "read_s": 9.0,
+             "write_s": 9.2}]
     doc = failover.token_doc(1500, 1500, runs)
+    assert doc["fence_s"] == {"p50": 6.0, "min": 5.0, "max": 7.0}  # -1: not in the history
     assert doc["corosync_token_ms"] == doc["corosync_token_running_ms"] == 1500
     assert doc["read_s"]["p50"] == 8.0 and doc["write_s"]["p50"] == 9.0
     assert doc["write_minus_read_s"] == {"p50": 0.5, "min": 0.2, "max": 1.0}
