@@ -20,9 +20,10 @@ import ipaddress
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -91,9 +92,12 @@ def vip_address(st: state.LabState) -> str:
     return host_address(st.subnet, VIP_HOST)
 
 
-def lab_plan(st: state.LabState, shared_dir: Path) -> ClusterPlan:
+def lab_plan(st: state.LabState, shared_dir: Path,
+             compute_overrides: Mapping[str, Any] | None = None) -> ClusterPlan:
     """Every node is a controller; with libvirt, every node is a hypervisor too.
-    Lean settings: one gunicorn worker per API, a small InnoDB buffer pool."""
+    Lean settings: one gunicorn worker per API, a small InnoDB buffer pool.
+    ``compute_overrides`` replace the lab's compute settings below (a benchmark that
+    must treat Haven's guests as it treats another's sets ``guest_nice``)."""
     names = tuple(st.nodes)
     prefix = config.prefix_length(st.subnet)
     return ClusterPlan(
@@ -112,7 +116,8 @@ def lab_plan(st: state.LabState, shared_dir: Path) -> ClusterPlan:
         # twice libvirtd's; at 19 to a third.
         compute_overrides={"vcpus": 8, "memory_mb": 8192, "reserved_host_memory_mb": 0,
                            "heartbeat_interval": 2, "service_down_time": 10,
-                           "reconcile_interval": 10, "guest_nice": 19})
+                           "reconcile_interval": 10, "guest_nice": 19,
+                           **(compute_overrides or {})})
 
 
 def plan_yaml(plan: ClusterPlan) -> str:
@@ -159,8 +164,10 @@ def _fernet_keys(target: Path) -> None:
 
 
 def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
-             timeout: float = 900.0) -> float:
-    """Configure every node and bootstrap the cluster from the first; returns seconds."""
+             timeout: float = 900.0, compute_overrides: Mapping[str, Any] | None = None,
+             ) -> float:
+    """Configure every node and bootstrap the cluster from the first; returns seconds.
+    ``compute_overrides``: see ``lab_plan``."""
     t0 = time.monotonic()
     st = state.load(lab_dir)
     if st is None:
@@ -171,7 +178,7 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     p.root.mkdir(exist_ok=True)
     for sub in ("images", "instances"):
         (p.shared / sub).mkdir(parents=True, exist_ok=True)
-    plan = lab_plan(st, p.shared)
+    plan = lab_plan(st, p.shared, compute_overrides)
     p.plan.write_text(plan_yaml(plan))
     if not p.secrets.exists():
         write_private(p.secrets, Secrets.generate().to_yaml())
