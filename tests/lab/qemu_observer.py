@@ -117,6 +117,7 @@ class Record:
     longest_gap: float = 0.0  # the longest time between two samples (reported, not judged)
     lives: dict[tuple[int, int], Life] = field(default_factory=dict)
     doubles: list[Double] = field(default_factory=list)
+    last: Sample | None = None  # the newest sample
 
     def add(self, sample: Sample) -> list[Double]:
         """Take one sample in; return the double runs it shows."""
@@ -124,7 +125,7 @@ class Record:
             self.longest_gap = max(self.longest_gap, sample.at - self.last_at)
         if self.first_at is None:
             self.first_at = sample.at
-        self.last_at = sample.at
+        self.last_at, self.last = sample.at, sample
         self.samples += 1
         by_instance: dict[str, dict[tuple[int, int], Qemu]] = {}
         for q in sample.qemus:
@@ -145,6 +146,15 @@ class Record:
         """The QEMU processes that ran ``instance``, in the order they appeared."""
         return sorted((life for life in self.lives.values() if instance in life.instances),
                       key=lambda life: (life.first_seen, life.pid))
+
+    def running(self, node: str | None = None) -> dict[str, list[Qemu]]:
+        """Instance -> its QEMUs in the newest sample (on ``node`` only, if given)."""
+        found: dict[str, list[Qemu]] = {}
+        for q in self.last.qemus if self.last else ():
+            if node is None or q.node == node:
+                for instance in q.instances:
+                    found.setdefault(instance, []).append(q)
+        return found
 
     def assert_no_double(self) -> None:
         assert self.samples > 0, "the QEMU observer took no sample"
@@ -271,7 +281,7 @@ class QemuObserver(threading.Thread):
             return Record(self.record.samples, self.record.first_at, self.record.last_at,
                           self.record.longest_gap,
                           {k: Life(**vars(v)) for k, v in self.record.lives.items()},
-                          list(self.record.doubles))
+                          list(self.record.doubles), self.record.last)
 
     def wait_sample(self, after: float, timeout: float = 30.0) -> None:
         """Until a sample begun after ``after`` (wall clock) is in the record."""
