@@ -118,6 +118,10 @@ class Record:
     lives: dict[tuple[int, int], Life] = field(default_factory=dict)
     doubles: list[Double] = field(default_factory=list)
     last: Sample | None = None  # the newest sample
+    # Instances a test runs twice on purpose, to see the observer catch it: their
+    # doubles are kept apart (``planted_doubles``) instead of failing the run.
+    planted: set[str] = field(default_factory=set)
+    planted_doubles: list[Double] = field(default_factory=list)
 
     def add(self, sample: Sample) -> list[Double]:
         """Take one sample in; return the double runs it shows."""
@@ -139,7 +143,8 @@ class Record:
                 by_instance.setdefault(instance, {})[q.ident] = q
         found = [Double(sample.at, instance, tuple(sorted(qs.values(), key=lambda q: q.pid)))
                  for instance, qs in sorted(by_instance.items()) if len(qs) > 1]
-        self.doubles += found
+        self.doubles += [d for d in found if d.instance not in self.planted]
+        self.planted_doubles += [d for d in found if d.instance in self.planted]
         return found
 
     def of(self, instance: str) -> list[Life]:
@@ -281,7 +286,13 @@ class QemuObserver(threading.Thread):
             return Record(self.record.samples, self.record.first_at, self.record.last_at,
                           self.record.longest_gap,
                           {k: Life(**vars(v)) for k, v in self.record.lives.items()},
-                          list(self.record.doubles), self.record.last)
+                          list(self.record.doubles), self.record.last,
+                          set(self.record.planted), list(self.record.planted_doubles))
+
+    def plant(self, instance: str) -> None:
+        """Judge ``instance`` apart: a test is about to run it twice on purpose."""
+        with self._lock:
+            self.record.planted.add(instance)
 
     def wait_sample(self, after: float, timeout: float = 30.0) -> None:
         """Until a sample begun after ``after`` (wall clock) is in the record."""

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -103,6 +104,43 @@ def no_double_run(lab: EvacLab) -> Iterator[None]:
     record = lab.qemus.snapshot()
     assert record.doubles[before:] == [], (
         f"an instance ran twice during the test; first: {record.doubles[before]}")
+
+
+def test_the_observer_catches_a_second_qemu_of_one_instance_on_another_node(
+        lab: EvacLab) -> None:
+    """The observer's own proof, in the lab: one instance id given to two QEMU processes
+    started inside two nodes (QEMU with no machine: it runs no guest, but has a guest's
+    command line), one of them SIGSTOPped as on a frozen node. The module's observer
+    must report that double run, each process on its node, the stopped one as such.
+    (The instance is planted: its double is judged here, not as a failure.)"""
+    instance = str(uuid.uuid4())
+    lab.qemus.plant(instance)
+    argv = ["qemu-system-x86_64", "-machine", "none", "-S", "-nodefaults", "-display", "none",
+            "-name", f"guest=haven-{instance}", "-uuid", instance]
+    st = lab.state()
+    for name in ("node1", "node2"):
+        node.spawn_in(LAB_DIR, st.nodes[name], argv, "planted-qemu.out")
+    try:
+        def both() -> list[Qemu] | None:
+            found = lab.qemus.snapshot().running().get(instance, [])
+            return found if len(found) == 2 else None
+        planted = wait_until(both, 60, "the two planted QEMUs seen")
+        stopped = next(q for q in planted if q.node == "node2")
+        os.kill(stopped.pid, signal.SIGSTOP)
+
+        def caught() -> list[Qemu] | None:
+            doubles = [d for d in lab.qemus.snapshot().planted_doubles
+                       if d.instance == instance and any(q.stopped for q in d.qemus)]
+            return list(doubles[-1].qemus) if doubles else None
+        qemus = wait_until(caught, 30, "the observer reporting the planted double")
+        assert sorted((q.node, q.stopped) for q in qemus) == [("node1", False), ("node2", True)]
+    finally:
+        for q in lab.qemus.snapshot().running().get(instance, []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(q.pid, signal.SIGKILL)
+                os.kill(q.pid, signal.SIGCONT)
+    wait_until(lambda: instance not in lab.running_on("node1") | lab.running_on("node2"), 30,
+               "the planted QEMUs gone")
 
 
 def boot_on(lab: EvacLab, host: str, names: list[str]) -> None:
@@ -382,6 +420,8 @@ def assert_evacuated_once(lab: EvacLab, victim: str, old: dict[str, Qemu],
 
     def all_back() -> dict[str, str] | None:
         servers = {s["ID"]: s for s in lab.servers()}
+        broken = {i: servers[i] for i in ids if servers[i]["Status"] == "ERROR"}
+        assert not broken, f"guests of {victim} in ERROR: {broken}"
         if all(servers[i]["Status"] == "ACTIVE" and servers[i]["Host"] not in (victim, "")
                for i in ids):
             return {i: servers[i]["Host"] for i in ids}

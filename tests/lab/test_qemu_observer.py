@@ -115,6 +115,15 @@ def test_one_process_seen_many_times_is_one_life_and_no_double() -> None:
     assert len(record.of(A)) == 1 and record.of(A)[0].last_seen == 9.0
 
 
+def test_a_planted_double_is_kept_apart_and_any_other_still_fails() -> None:
+    record = Record(planted={B})
+    record.add(Sample(1.0, (q(100, B), q(101, B, node="node2"))))
+    record.assert_no_double()
+    assert [d.instance for d in record.planted_doubles] == [B]
+    record.add(Sample(1.1, (q(100, B), q(101, B, node="node2"), q(102, A), q(103, A))))
+    assert [d.instance for d in record.doubles] == [A]
+
+
 def test_no_sample_is_no_proof() -> None:
     with pytest.raises(AssertionError, match="no sample"):
         Record().assert_no_double()
