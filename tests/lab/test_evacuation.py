@@ -577,3 +577,107 @@ def test_a_failing_fence_evacuates_nothing_until_a_later_fence_succeeds(lab: Eva
     assert_evacuated_once(lab, victim, old, earlier, since, "fence failed, then succeeded",
                           one_fence=False)
     delete_guests(lab, names)
+
+
+def test_the_controllers_node_lost_mid_evacuation_the_next_controller_finishes_it_once(
+        lab: EvacLab) -> None:
+    """The node running the evacuation controller dies while the guests of a lost
+    hypervisor are being rebuilt. The next controller (Pacemaker starts it on a
+    survivor) must finish that evacuation from the records, calling nothing twice:
+    each guest rebuilt once, on one host, and never running twice.
+
+    Three nodes keep quorum (and Galera its primary component) through one loss at a
+    time only, so the hypervisor H is powered back on before the controller's node C
+    dies; and the evacuation is held in its middle by stopping (SIGSTOP) libvirtd on
+    the target T, so that the rebuilds the first controller started are still
+    running when C dies. C's hypervisor is disabled by the operator: T is the only
+    target. Its libvirtd resumes once the second controller runs."""
+    recovered(lab)
+    view = lab.view()
+    assert view is not None
+    [controller] = view.running_on("haven-evacuator")
+    victim = quiet_victim(lab)
+    target = next(n for n in NODES if n not in (victim, controller))
+    names = ["mid0", "mid1"]
+    old = guests_on(lab, victim, names)
+    earlier = {(e.action, e.completed) for e in kills(lab, victim)}
+    st = lab.state()
+    libvirtd = faults.matching(node.pids(st.nodes[target]), "libvirtd")
+    assert libvirtd, f"no libvirtd on {target}"
+    lab.openstack("compute", "service", "set", "--disable", "--disable-reason",
+                  "test: not a target", controller, "nova-compute")
+    try:
+        for pid in libvirtd:
+            os.kill(pid, signal.SIGSTOP)
+        since = time.time()
+        faults.kill(LAB_DIR, victim)
+
+        def rebuilding() -> dict[str, Any] | None:
+            ev = newest_event(lab, target, victim)
+            if ev is None or ev["detected_at"] <= since:
+                return None
+            shown = json.loads(lab.haven(target, "evacuation", "show", str(ev["id"]),
+                                         "--json"))
+            records = shown["instances"]
+            return shown if len(records) == len(old) and all(
+                r["state"] == "rebuilding" and r["target"] == target for r in records) else None
+        shown = wait_until(rebuilding, 180, f"every guest of {victim} rebuilding on {target}",
+                           interval=1)
+        assert shown["state"] == "evacuating", shown
+        assert all(r["attempts"] == 1 for r in shown["instances"]), shown["instances"]
+
+        # H comes back (quorum for the next loss); the rebuilds are still held.
+        lab.power_on_all(180)
+        lab.wait_stack(NODES, 400)
+        now = json.loads(lab.haven(target, "evacuation", "show", str(shown["id"]), "--json"))
+        assert [r["state"] for r in now["instances"]] == ["rebuilding"] * len(old), now
+
+        # The controller's node dies in the middle of the evacuation.
+        lost_at = time.time()
+        faults.kill(LAB_DIR, controller)
+        lab.wait_view(lambda v: bool(v.running_on("haven-evacuator"))
+                      and controller not in v.running_on("haven-evacuator")
+                      and controller not in v.online, 180,
+                      "the next controller running on a survivor", excluding=(controller,))
+    finally:
+        for pid in libvirtd:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def finished() -> dict[str, Any] | None:
+        try:
+            doc = json.loads(lab.haven(target, "evacuation", "show", str(shown["id"]),
+                                       "--json"))
+        except LabError:
+            return None  # the database is failing over with the controller's node
+        return doc if doc["state"] == "done" else None
+    done = wait_until(finished, 240, f"the evacuation of {victim} finished", interval=2)
+    assert done["finished_at"] > lost_at, done
+    # The stonith history: H fenced once, after the kill, before any rebuild; C fenced
+    # after it was lost.
+    fences = [e for e in kills(lab, victim) if (e.action, e.completed) not in earlier]
+    assert len(fences) == 1, fences
+    fenced = completed_at(fences[0].completed)
+    assert since < fenced <= done["first_rebuild_at"], (since, fenced, done)
+    assert done["alive_at"] < done["fenced_at"]
+    assert any(completed_at(e.completed) > lost_at for e in kills(lab, controller)), \
+        f"no fence of {controller} after it was lost"
+    for r in done["instances"]:
+        assert (r["state"], r["attempts"], r["target"]) == ("done", 1, target), r
+    # Each guest rebuilt once, on one host: one migration each, and one new QEMU, on T.
+    moved = migrations_from(lab, target, victim, since)
+    assert sorted(i for i, _, _ in moved) == sorted(old), moved
+    assert {dest for _, dest, _ in moved} == {target}, moved
+    lab.qemus.wait_sample(time.time())
+    record = lab.qemus.snapshot()
+    for instance, before in old.items():
+        lives = record.of(instance)
+        assert (lives[0].ident, lives[0].node) == (before.ident, victim), lives
+        assert [life.node for life in lives[1:]] == [target], lives
+        assert lives[0].last_seen < lives[1].first_seen, lives
+    servers = {s["ID"]: s for s in lab.servers()}
+    assert {servers[i]["Host"] for i in old} == {target}
+    assert all(servers[i]["Status"] == "ACTIVE" for i in old), servers
+    TIMINGS["controller's node lost mid-evacuation: finished after the loss"] = \
+        f"{done['finished_at'] - lost_at:.1f} s"
+    lab.openstack("compute", "service", "set", "--enable", controller, "nova-compute")
