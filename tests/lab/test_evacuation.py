@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from ha import crm
-from ha.lab import cluster, faults, lifecycle, node, stack, state
+from ha.lab import cluster, faults, lifecycle, network, node, stack, state
 from ha.lab.commands import LabError, wait_until
 from tests.lab.conftest import lab_unavailable
 from tests.lab.labtools import StackLab, lab_session, tiny_image
@@ -369,7 +369,14 @@ def test_the_nodes_keep_their_clocks_at_the_offset_the_fence_times_are_read_with
 # rejoined), boots two guests on a victim that runs neither the VIP nor the controller,
 # and ends with the guests deleted (TCG guests are the machine's heaviest load).
 def recovered(lab: EvacLab) -> None:
-    """Every node on and running the stack, every hypervisor enabled and up again."""
+    """Every node on and running the stack, every hypervisor enabled and up again (a
+    node an earlier, failed test left frozen or cut is thawed and plugged back in)."""
+    st = lab.state()
+    for nd in st.nodes.values():
+        if node.frozen(nd):
+            faults.thaw(LAB_DIR, nd.name)
+        if node.running(nd) and not network.link_is_up(st.switch_ns, nd.veth):
+            faults.heal(LAB_DIR, nd.name)
     lab.power_on_all(180)
     lab.wait_stack(NODES, 400)
 
