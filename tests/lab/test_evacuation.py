@@ -10,6 +10,20 @@ real time, and never on the strength of an old one.
 The guests write a random token to their own disk at first boot and print it
 again, read back from the disk, at every later boot: a guest that comes back with
 its own token came back with its own disk, intact.
+
+No guest may ever run twice. A QEMU observer (``tests/lab/qemu_observer.py``)
+samples the host's /proc every 0.1 s for the whole module -- all nodes share this
+kernel, so it sees every node's QEMUs, frozen or cut ones included -- and any
+sample with two QEMU processes of one instance fails the test it falls in. The
+hard cases (a hypervisor frozen, cut from the network, one whose fence fails, the
+controller's own node lost mid-evacuation) check the stonith history, the
+controller's records, the database's migrations and the observer's record of
+every QEMU process: fenced once after the last sign of life, every rebuild after
+the fence, each guest's old QEMU gone by the fence and one new QEMU after it.
+
+Durability: the nodes share this machine's page cache, so a guest disk write the
+power cut "loses" is never lost here; the disk-token check proves the disk is the
+guest's own, not that an unflushed write survives a real power loss.
 """
 
 from __future__ import annotations
