@@ -153,8 +153,8 @@ def test_the_observer_catches_a_second_qemu_of_one_instance_on_another_node(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(q.pid, signal.SIGKILL)
                 os.kill(q.pid, signal.SIGCONT)
-    wait_until(lambda: instance not in lab.running_on("node1") | lab.running_on("node2"), 30,
-               "the planted QEMUs gone")
+    wait_until(lambda: instance not in lab.running_on("node1")
+               and instance not in lab.running_on("node2"), 30, "the planted QEMUs gone")
 
 
 def boot_on(lab: EvacLab, host: str, names: list[str]) -> None:
@@ -216,12 +216,19 @@ def test_a_second_qemu_cannot_open_a_running_guests_disk(lab: EvacLab) -> None:
     copy = re.sub(r"<uuid>[^<]+</uuid>", "", xml)
     copy = re.sub(r"<name>[^<]+</name>", "<name>intruder</name>", copy)
     other = lab.state().nodes["node2"]
+    # The intruder's QEMU does start (and names the guest's disk) before its image lock
+    # refuses it: a second start on purpose, judged here rather than by the observer.
+    lab.qemus.plant(server["ID"])
     node.exec_in(other, ["sh", "-c", "cat > /tmp/intruder.xml"], input_text=copy)
     node.exec_in(other, ["virsh", "define", "/tmp/intruder.xml"])
     try:
         result = node.exec_in(other, ["virsh", "start", "intruder"], check=False, timeout=60)
         assert result.returncode != 0, "a second QEMU started on a disk a live guest holds"
         assert "lock" in result.stderr.lower(), result.stderr
+        # In the processes: the guest's own QEMU runs on; the intruder's is gone.
+        lab.qemus.wait_sample(time.time())
+        now = lab.qemus.snapshot().running()
+        assert [q.node for q in now.get(server["ID"], [])] == ["node1"], now
         TIMINGS["second start refused with"] = result.stderr.strip().splitlines()[-1][:160]
     finally:
         node.exec_in(other, ["virsh", "destroy", "intruder"], check=False)
