@@ -106,6 +106,10 @@ class Life:
     last_seen: float
     seen_stopped: bool = False
 
+    @property
+    def ident(self) -> tuple[int, int]:
+        return (self.pid, self.start)
+
 
 @dataclass
 class Record:
@@ -242,8 +246,8 @@ class Scanner:
                     continue
                 start, instances, node = known
             found.append(Qemu(pid, start, instances, node, stopped=st[0] in ("T", "t")))
-        for key in [k for k in self._known if k[0] not in live]:
-            del self._known[key]
+        for gone in [k for k in self._known if k[0] not in live]:
+            del self._known[gone]
         return Sample(at, tuple(found))
 
     def _classify(self, pid: int) -> tuple[int, frozenset[str], str] | None:
