@@ -6,6 +6,8 @@
   which must be fenced rather than waited on.
 - cut / heal: the node's link down / up; the node itself keeps running.
 - kill-service: SIGKILL one daemon by name (corosync, pacemaker-controld...).
+- jam-fence / mend-fence: the node's outlet on the power switch refuses "off", so
+  every fence of it fails (the fence agent answers failure) until mended.
 """
 
 from __future__ import annotations
@@ -103,3 +105,12 @@ def kill_service(lab_dir: Path, name: str, service: str) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return victims
+
+
+def jam_fence(lab_dir: Path, name: str, jam: bool = True) -> None:
+    """Make every fence of ``name`` fail (``jam=False``: succeed again)."""
+    st, _ = _node(lab_dir, name)
+    reply = power.request(st.socket_path, "jam" if jam else "unjam", name)
+    if not reply.get("ok"):
+        raise LabError(f"the power switch refused to {'jam' if jam else 'mend'} the outlet "
+                       f"of {name}: {reply.get('error')}")

@@ -12,6 +12,9 @@ fence agent ``fence_haven_lab`` sends it one JSON line, ``{"action": "off",
 - on: the outlet is on at once; the node boots (init and its mounts, corosync,
   pacemakerd, libvirtd) no sooner than the lab's boot delay after it went off
   (see ``Switch``). Its disk, the node's private directories, is kept.
+- jam / unjam (from the host only): a broken outlet. While a node's outlet is
+  jammed every "off" of it fails (the agent reports the failure to Pacemaker,
+  the node keeps running), which is how tests make a fence fail.
 
 Run as ``python -m ha.lab.power --lab-dir DIR`` (``haven lab up`` starts it).
 """
@@ -40,7 +43,7 @@ from ha.lab import cluster, config, libvirt, network, node, proc, state
 from ha.lab.commands import CLEAN_ENV, LabError, wait_until
 
 LOG = logging.getLogger("haven.lab.power")
-ACTIONS = ("ping", "list", "status", "on", "off")
+ACTIONS = ("ping", "list", "status", "on", "off", "jam", "unjam")
 MODULE = "ha.lab.power"  # in the daemon's argv: how down finds a stray daemon
 
 
@@ -123,6 +126,7 @@ class Switch:
         self._boot_delay = boot_delay  # None: the lab's own (state.boot_delay)
         self._locks: dict[str, threading.Lock] = {}
         self._posting: dict[str, threading.Event] = {}  # node -> cancels its boot
+        self._jammed: set[str] = set()  # outlets that refuse "off" (see jam)
         self._guard = threading.Lock()
 
     def _lock(self, name: str) -> threading.Lock:
@@ -147,11 +151,29 @@ class Switch:
                 if action == "status":
                     return {"ok": True, "status": self._current(name)}
                 LOG.info("%s %s (requested by %s)", action, name, requester)
+                if action in ("jam", "unjam"):
+                    return self._jam(name, action, requester)
+                if action == "off" and name in self._jammed:
+                    LOG.error("off %s failed: its outlet is jammed", name)
+                    return {"ok": False, "error": f"the outlet of {name} is jammed"}
                 changed = self._power_off(name) if action == "off" else self._power_on(name)
                 return {"ok": True, "status": action, "changed": changed}
         except (LabError, LookupError, OSError) as exc:
             LOG.error("%s %s failed: %s", action, name, exc)
             return {"ok": False, "error": str(exc)}
+
+    def _jam(self, name: str, action: str, requester: str) -> dict[str, Any]:
+        """Break ("jam") or mend ("unjam") the node's outlet: a fault a test injects
+        from the host, never something a node may ask for."""
+        if not requester.endswith(" on host"):
+            return {"ok": False, "error": f"{action} is for the host only"}
+        jam = action == "jam"
+        changed = (name in self._jammed) != jam
+        if jam:
+            self._jammed.add(name)
+        else:
+            self._jammed.discard(name)
+        return {"ok": True, "jammed": jam, "changed": changed}
 
     def _current(self, name: str) -> str:
         return "on" if name in self._posting else self._status(self.lab_dir, name)

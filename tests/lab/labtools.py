@@ -6,6 +6,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,21 @@ from ha.bootstrap.cib import API_SERVICES
 from ha.lab import cluster, network, node, power, stack, state
 from ha.lab.commands import CLEAN_ENV, wait_until
 from ha.lab.state import LabState, NodeState
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_DIR = REPO / ".haven-bench" / "tiny"
+
+
+def tiny_image(out: Path = TINY_DIR) -> Path:
+    """The tiny guest's disk, built here by images/tiny/build.py (``--out DIR``). Run
+    every time, not only when the file is missing: the script rebuilds an image whose
+    inputs changed and returns at once when it is up to date, so a lab never boots a
+    stale or half-written image left by an earlier run."""
+    subprocess.run([sys.executable, str(REPO / "images" / "tiny" / "build.py"), "--out",
+                    str(out)], check=True, timeout=900)
+    image = out / "tiny.qcow2"
+    assert image.is_file(), f"images/tiny/build.py --out {out} made no {image.name}"
+    return image
 
 
 class Lab:

@@ -187,3 +187,28 @@ def test_switch_answers_ping_and_refuses_nonsense(rig: Rig) -> None:
     assert power.request(rig.socket, "ping")["ok"]
     assert not power.request(rig.socket, "explode", "node1")["ok"]
     assert power.request(rig.socket, "list")["nodes"] == ["node1", "node2"]
+
+
+def test_a_jammed_outlet_makes_the_fence_fail_until_it_is_mended(rig: Rig) -> None:
+    """How a test makes a fence fail: the agent answers failure, nothing is powered
+    off; once mended, the same fence succeeds."""
+    assert power.request(rig.socket, "jam", "node2") == {"ok": True, "jammed": True,
+                                                          "changed": True}
+    failed = rig.stdin(action="off", plug="node2")
+    assert failed.returncode == 1 and "jammed" in failed.stderr
+    assert rig.stdin(action="reboot", plug="node2").returncode == 1
+    assert rig.power.calls == [] and rig.power.on["node2"]
+    assert rig.stdin(action="status", plug="node2").returncode == 0  # still reads: on
+    assert rig.stdin(action="off", plug="node1").returncode == 0  # only node2's outlet
+    assert power.request(rig.socket, "unjam", "node2")["changed"]
+    assert rig.stdin(action="off", plug="node2").returncode == 0
+    assert rig.power.calls == [("off", "node1"), ("off", "node2")]
+
+
+def test_only_the_host_jams_an_outlet(tmp_path: Path) -> None:
+    save_state(tmp_path)
+    switch = power.Switch(tmp_path, off=FakePower().power_off)
+    refused = switch.handle({"action": "jam", "node": "node1"}, "pid 42 on node2")
+    assert refused == {"ok": False, "error": "jam is for the host only"}
+    assert switch.handle({"action": "jam", "node": "node1"}, "pid 42 on host")["ok"]
+    assert not switch.handle({"action": "off", "node": "node1"}, "pid 43 on node2")["ok"]
