@@ -135,14 +135,15 @@ def kinds(urls: dict[str, str], auth_url: str, parent_network: str, image: str,
 class Client:
     """One token, plain requests; every answer is a status (0: none came)."""
 
-    def __init__(self, tok: str) -> None:
+    def __init__(self, tok: str, timeout: tuple[float, float] = TIMEOUT) -> None:
         self.session = requests.Session()
         self.session.headers["X-Auth-Token"] = tok
+        self.timeout = timeout
 
     def call(self, method: str, url: str, body: Any = None,
              headers: dict[str, str] | None = None) -> tuple[int, Any]:
         try:
-            kwargs: dict[str, Any] = {"headers": headers or {}, "timeout": TIMEOUT}
+            kwargs: dict[str, Any] = {"headers": headers or {}, "timeout": self.timeout}
             if body is not None:
                 if headers and "Content-Type" in headers:
                     kwargs["data"] = json.dumps(body)
@@ -183,9 +184,15 @@ class Ledger:
 
 
 def churn(auth_url: str, password: str, path: Path, seconds: float, image: str,
-          flavor: str) -> None:
+          flavor: str, until: Callable[[], bool] | None = None,
+          timeout: tuple[float, float] = TIMEOUT) -> None:
+    """Write through ``auth_url``'s catalog into the ledger at ``path`` for ``seconds``
+    (or until the ``.stop`` file appears). With ``until``, stop as soon as it holds,
+    ``seconds`` being only a ceiling: a test that needs some writes done waits for
+    them, not for a time a slow machine might not reach them in. ``timeout``: the
+    client's (connect, read) timeouts; a timeout is an unknown outcome."""
     tok, urls = token(auth_url, password)
-    client = Client(tok)
+    client = Client(tok, timeout)
     ledger = Ledger(path)
     tag = uuid.uuid4().hex[:6]
     counter = itertools.count()
@@ -207,7 +214,7 @@ def churn(auth_url: str, password: str, path: Path, seconds: float, image: str,
     deadline = time.monotonic() + seconds
     stop = path.with_suffix(".stop")
     for kind in itertools.cycle(all_kinds):
-        if time.monotonic() >= deadline or stop.exists():
+        if time.monotonic() >= deadline or stop.exists() or (until is not None and until()):
             break
         objects = live[kind.name]
         value = f"v{next(counter)}"
