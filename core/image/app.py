@@ -47,7 +47,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
         return {"versions": [{"id": "v2.16", "status": "CURRENT",
                               "links": [{"rel": "self", "href": f"{base_url()}/v2/"}]}]}
 
-    images.register(app, cfg.api.max_limit, quotas, store)
+    images.register(app, cfg.api, quotas, store)
     tags.register(app)
     data.register(app, db, max_bytes, quotas, store)
     return app

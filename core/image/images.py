@@ -16,6 +16,7 @@ import bottle
 from sqlalchemy import false, or_, select, update
 
 from core.common import policy
+from core.common.config import ApiConfig
 from core.common.db import rowcount
 from core.common.faults import BadRequest, Conflict, Forbidden, NotFound
 from core.common.paging import paginate
@@ -141,7 +142,7 @@ def set_attr(img: Image, key: str, value: Any) -> None:
         prop.value = value
 
 
-def register(app: bottle.Bottle, max_limit: int, quotas: Quotas,
+def register(app: bottle.Bottle, api: ApiConfig, quotas: Quotas,
              store: ImageStore) -> None:
     @app.get("/v2/images")
     def list_images() -> dict[str, Any]:
@@ -159,7 +160,7 @@ def register(app: bottle.Bottle, max_limit: int, quotas: Quotas,
             if key in q:
                 query = query.where(getattr(Image, key) == q[key])
         rows = list(session().scalars(query.order_by(Image.id)))
-        page, limit = paginate(rows, [i.id for i in rows], q, max_limit)
+        page, limit = paginate(rows, [i.id for i in rows], q, api.max_limit)
         body = {"images": [render(i) for i in page], "first": "/v2/images",
                 "schema": "/v2/schemas/images"}
         if limit and len(page) == limit:  # Glance's "next": the rest is one link away

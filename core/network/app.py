@@ -36,9 +36,9 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     policy.register(RULES)
     register_version_routes(app)
-    networks.register(app, quotas, cfg.api.max_limit)
-    subnets.register(app, cfg.api.max_limit)
-    ports.register(app, quotas, cfg.api.max_limit)
+    networks.register(app, quotas, cfg.api)
+    subnets.register(app, cfg.api)
+    ports.register(app, quotas, cfg.api)
     return app
 
 

@@ -8,6 +8,7 @@ import bottle
 from sqlalchemy import delete, or_, select
 
 from core.common import policy
+from core.common.config import ApiConfig
 from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
@@ -50,7 +51,7 @@ def writable_network(network_id: str, action: str) -> Network:
     return n
 
 
-def register(app: bottle.Bottle, quotas: Quotas, max_limit: int) -> None:
+def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
     @app.get("/v2.0/networks")
     def list_networks() -> dict[str, Any]:
         ctx = reader()
@@ -64,7 +65,7 @@ def register(app: bottle.Bottle, quotas: Quotas, max_limit: int) -> None:
             query = query.where(Network.shared.is_(q["shared"].lower() == "true"))
         if "router:external" in q:
             query = query.where(Network.external.is_(q["router:external"].lower() == "true"))
-        rows, links = paged("networks", query.order_by(Network.id), max_limit)
+        rows, links = paged("networks", query.order_by(Network.id), api.max_limit)
         return {"networks": [network_view(n, subnet_ids(n.id)) for n in rows], **links}
 
     @app.post("/v2.0/networks")

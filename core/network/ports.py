@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from core.common import policy
+from core.common.config import ApiConfig
 from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
@@ -99,7 +100,7 @@ def writable_port(port_id: str, action: str) -> tuple[Port, dict[str, Any]]:
     return p, target
 
 
-def register(app: bottle.Bottle, quotas: Quotas, max_limit: int) -> None:
+def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
     @app.get("/v2.0/ports")
     def list_ports() -> dict[str, Any]:
         ctx = reader()
@@ -108,7 +109,7 @@ def register(app: bottle.Bottle, quotas: Quotas, max_limit: int) -> None:
             query = query.where(Port.project_id == ctx.project_id)
         query = filtered(query, Port, ("id", "name", "network_id", "device_id", "device_owner",
                                        "tenant_id", "project_id", "mac_address"))
-        rows, links = paged("ports", query.order_by(Port.id), max_limit)
+        rows, links = paged("ports", query.order_by(Port.id), api.max_limit)
         return {"ports": [port_view(p, fixed_ips(p.id)) for p in rows], **links}
 
     @app.post("/v2.0/ports")

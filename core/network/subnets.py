@@ -9,6 +9,7 @@ import bottle
 from sqlalchemy import or_, select
 
 from core.common import policy
+from core.common.config import ApiConfig
 from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.timeutil import now
 from core.common.wsgi import field, json_body, session
@@ -47,7 +48,7 @@ def load_subnet(subnet_id: str) -> tuple[Subnet, dict[str, Any]]:
     return s, target
 
 
-def register(app: bottle.Bottle, max_limit: int) -> None:
+def register(app: bottle.Bottle, api: ApiConfig) -> None:
     @app.get("/v2.0/subnets")
     def list_subnets() -> dict[str, Any]:
         ctx = reader()
@@ -60,7 +61,7 @@ def register(app: bottle.Bottle, max_limit: int) -> None:
                                     Subnet.network_id.in_(visible)))
         query = filtered(query, Subnet, ("id", "name", "network_id", "tenant_id", "project_id",
                                          "cidr"))
-        rows, links = paged("subnets", query.order_by(Subnet.id), max_limit)
+        rows, links = paged("subnets", query.order_by(Subnet.id), api.max_limit)
         return {"subnets": [subnet_view(s) for s in rows], **links}
 
     @app.post("/v2.0/subnets")
