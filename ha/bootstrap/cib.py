@@ -116,9 +116,20 @@ def avoid(resource: str, node: str) -> Command:
             xml_id(f"location-{resource}-{node}--INFINITY"), resource, node, "--", "-INFINITY"]
 
 
-def order(first_action: str, first: str, then_action: str, then: str) -> Command:
+def order(first_action: str, first: str, then_action: str, then: str,
+          kind: str = "Mandatory") -> Command:
+    """``then`` starts after ``first``. Mandatory (pcs's default) also stops and
+    restarts ``then`` whenever ``first`` stops; Optional only orders the two when they
+    start in the same transition, and a restart of ``first`` leaves ``then`` alone."""
+    if kind == "Mandatory":
+        return ["pcs", "constraint", "order", first_action, first, "then", then_action, then,
+                f"id={xml_id(f'order-{first}-{then}-mandatory')}"]
     return ["pcs", "constraint", "order", first_action, first, "then", then_action, then,
-            f"id={xml_id(f'order-{first}-{then}-mandatory')}"]
+            f"kind={kind}", f"id={xml_id(f'order-{first}-{then}-{kind}')}"]
+
+
+def delete_constraint(ident: str) -> Command:
+    return ["pcs", "constraint", "delete", ident]
 
 
 def colocate(resource: str, with_resource: str, with_role: str | None = None) -> Command:
@@ -226,7 +237,10 @@ def constraints(plan: ClusterPlan) -> list[Command]:
         # (synced, in the primary component), started after it.
         commands.append(order("promote", "galera-clone", "start", svc))
         commands.append(colocate(svc, "galera-clone", "Promoted"))
-        commands.append(order("start", "rabbitmq-clone", "start", svc))
+        # The bus only orders the start: Haven's clients move to another broker on their
+        # own, so a broker restart (rabbitmq-cluster's monitor fails now and then on a
+        # loaded node) must not restart every API of that node and move the VIP with it.
+        commands.append(order("start", "rabbitmq-clone", "start", svc, kind="Optional"))
     if plan.hypervisors:
         commands.append(order("start", "haven-compute-api-clone", "start", "haven-evacuator"))
         commands.append(colocate("haven-evacuator", "galera-clone", "Promoted"))
@@ -235,7 +249,20 @@ def constraints(plan: ClusterPlan) -> list[Command]:
     return commands
 
 
+def retired_constraints(plan: ClusterPlan) -> list[Command]:
+    """Deletes of the constraints earlier releases created and this one does not: a
+    rerun of the bootstrap on an older cluster removes them (it skips a delete whose id
+    is not in the CIB). The mandatory orders after the bus restarted every API with it."""
+    services = [f"haven-{s}-clone" for s in API_SERVICES]
+    if plan.hypervisors:
+        services.append("haven-compute-clone")
+    return [delete_constraint(xml_id(f"order-rabbitmq-clone-{svc}-mandatory"))
+            for svc in services]
+
+
 def all_commands(plan: ClusterPlan) -> list[Command]:
+    """What loads an empty CIB (the script); a rerun of the bootstrap on an existing
+    cluster also runs :func:`retired_constraints`."""
     return fencing(plan) + database_and_bus(plan) + haven_services(plan) + constraints(plan)
 
 
@@ -270,6 +297,14 @@ def created_object(command: Command) -> CibObject | None:
     if group == "alert" and verb == "create":
         ident = _id_option(command)
         return CibObject("alerts", ident) if ident else None
+    return None
+
+
+def deleted_object(command: Command) -> CibObject | None:
+    """The CIB object a ``pcs constraint delete`` removes: bootstrap runs it only while
+    that id is in the CIB (so a rerun, or a new cluster, skips it)."""
+    if command[:3] == ["pcs", "constraint", "delete"] and len(command) == 4:
+        return CibObject("constraints", command[3])
     return None
 
 

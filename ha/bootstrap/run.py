@@ -114,7 +114,8 @@ def stages(plan: ClusterPlan, haven_binary: str, db_url: str) -> list[Stage]:
         Stage("fencing", cib.fencing(plan), None, 60),
         Stage("database and bus", cib.database_and_bus(plan), data_layer, 400),
         Stage("schema and cloud", database_commands(plan, haven_binary, db_url), None, 0),
-        Stage("services", cib.haven_services(plan) + cib.constraints(plan), services, 300),
+        Stage("services", cib.haven_services(plan) + cib.retired_constraints(plan)
+              + cib.constraints(plan), services, 300),
     ]
 
 
@@ -162,6 +163,9 @@ class Bootstrap:
             self.progress(f"  {obj.id} exists: kept")
             self.done.append(step)
             return
+        gone = cib.deleted_object(command)
+        if gone is not None and not self.exists(gone):
+            return  # nothing to retire: the script holds no delete of a missing id
         result = self.run(command, step.stdin) if isinstance(step, Fed) else self.run(command)
         if result.returncode != 0:
             lines = (result.stderr.strip() or result.stdout.strip()).splitlines()

@@ -125,3 +125,35 @@ def test_a_failing_pcs_command_stops_the_bootstrap_with_pcs_own_words(
     with pytest.raises(BootstrapError, match="does not exist"):
         Bootstrap(PLAN, runner=cluster).execute(cib.order("start", "nothing-clone", "start",
                                                           "vip"))
+
+
+def test_a_rerun_retires_the_mandatory_bus_orders_of_an_older_cluster(
+        cluster: FileCluster) -> None:
+    """Before, every service was ordered after the bus as Mandatory, so a broker restart
+    restarted the node's APIs and moved the VIP. A rerun of the bootstrap deletes those
+    constraints (by id) and creates the Optional ones; a second rerun deletes nothing."""
+    old = Bootstrap(PLAN, runner=cluster)
+    for command in cib.all_commands(PLAN):
+        if "kind=Optional" not in command:
+            old.execute(command)
+    for svc in ("haven-identity-clone", "haven-compute-clone"):
+        done = cluster(["pcs", "constraint", "order", "start", "rabbitmq-clone", "then",
+                        "start", svc])  # the old command: pcs names it ...-mandatory
+        assert done.returncode == 0, done.stderr
+    before = old.cib_ids("constraints")
+    assert "order-rabbitmq-clone-haven-identity-clone-mandatory" in before
+    cluster.pcs.clear()
+    rerun = Bootstrap(PLAN, runner=cluster)
+    for command in cib.retired_constraints(PLAN) + cib.all_commands(PLAN):
+        rerun.execute(command)
+    after = rerun.cib_ids("constraints")
+    assert not {i for i in after if i.startswith("order-rabbitmq-clone-haven-")
+                and i.endswith("-mandatory")}
+    assert "order-rabbitmq-clone-haven-identity-clone-Optional" in after
+    deletes = [c for c in cluster.pcs if cib.deleted_object(c) is not None]
+    assert len(deletes) == 2  # only the two that existed
+    cluster.pcs.clear()
+    again = Bootstrap(PLAN, runner=cluster)
+    for command in cib.retired_constraints(PLAN) + cib.all_commands(PLAN):
+        again.execute(command)
+    assert [c for c in cluster.pcs if cib.deleted_object(c) is not None] == []

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from ha.bootstrap import nodeconf
+from ha import crm
+from ha.bootstrap import cib, nodeconf
 from ha.lab import faults, lifecycle, node, proc, stack, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
@@ -210,6 +211,38 @@ def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> No
     status = node.exec_in(nd, ["crm_mon", "-1"]).stdout
     assert "haven-identity" in status and "Failed Resource Actions" in status
     node.exec_in(nd, ["pcs", "resource", "cleanup", "haven-identity"])
+
+
+def test_a_broker_restart_leaves_the_apis_and_the_vip_where_they_are(lab: StackLab) -> None:
+    """The bus only orders the services' start: when Pacemaker restarts the broker of
+    the VIP's node (its monitor fails: here the broker is killed), no API of that node
+    is stopped and the VIP stays. A mandatory order made every such restart an API
+    outage and a VIP move."""
+    view = lab.wait_stack(NODES, 120)
+    (vip_node,) = view.running_on("vip")
+    nd = lab.state().nodes[vip_node]
+    apis = {svc: set(faults.matching(node.pids(nd), f"serve {svc}"))
+            for svc in cib.API_SERVICES}
+    assert all(apis.values()), apis
+    brokers = set(faults.kill_service(LAB_DIR, vip_node, "beam.smp"))
+
+    def broker_restarted(v: crm.ClusterView) -> bool:
+        restarted = set(faults.matching(node.pids(nd), "beam.smp")) - brokers
+        return (any(f.resource == "rabbitmq" and f.node == vip_node for f in v.failures)
+                and vip_node in v.running_on("rabbitmq") and bool(restarted))
+
+    view = lab.wait_view(broker_restarted, 300,
+                         f"Pacemaker to notice and restart the broker of {vip_node}")
+    assert view.running_on("vip") == (vip_node,)
+    after = {svc: set(faults.matching(node.pids(nd), f"serve {svc}"))
+             for svc in cib.API_SERVICES}
+    assert after == apis, "an API of the VIP's node was restarted with its broker"
+    assert not [f for f in view.failures if f.resource.startswith("haven-")], view.failures
+    assert len(lab.openstack("token", "issue", "-f", "value", "-c", "id").strip()) > 20
+    node.exec_in(nd, ["pcs", "resource", "cleanup", "rabbitmq"])
+    lab.wait_view(lambda v: set(v.running_on("bus-members")) == set(NODES)
+                  and set(v.running_on("rabbitmq")) == set(NODES), 180,
+                  "the bus whole again")
 
 
 DURABILITY_DB = "durability"

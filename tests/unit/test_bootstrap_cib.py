@@ -45,7 +45,7 @@ def test_services_are_clones_with_two_monitor_depths_after_db_and_bus() -> None:
             "id=order-galera-clone-haven-identity-clone-mandatory"
             in text)
     assert ("pcs constraint order start rabbitmq-clone then start haven-compute-api-clone "
-            "id=order-rabbitmq-clone-haven-compute-api-clone-mandatory") in text
+            "kind=Optional id=order-rabbitmq-clone-haven-compute-api-clone-Optional") in text
 
 
 def test_vip_follows_a_running_identity_api() -> None:
@@ -134,3 +134,26 @@ def test_every_created_object_is_named_by_id_and_no_id_is_used_twice() -> None:
             assert obj is not None, command
     with pytest.raises(ValueError, match="without an id"):
         created_object(["pcs", "constraint", "order", "start", "a", "then", "start", "b"])
+
+
+def test_no_service_is_stopped_by_a_broker_restart() -> None:
+    """A broker restart (rabbitmq-cluster's monitor fails now and then under load) must
+    not restart the APIs of that node and move the VIP with them: the bus only orders
+    their start (Optional); a mandatory order after rabbitmq-clone is only the bus's own
+    membership helper's."""
+    commands = all_commands(plan())
+    after_bus = [c for c in commands if c[:5] == ["pcs", "constraint", "order", "start",
+                                                   "rabbitmq-clone"]]
+    assert after_bus
+    mandatory = [c[7] for c in after_bus if "kind=Optional" not in c]
+    assert mandatory == ["bus-members-clone"]
+
+
+def test_a_rerun_retires_the_mandatory_bus_orders_of_before() -> None:
+    from ha.bootstrap.cib import created_object, deleted_object, retired_constraints
+    retired = retired_constraints(plan())
+    ids = {obj.id for c in retired if (obj := deleted_object(c)) is not None}
+    assert "order-rabbitmq-clone-haven-identity-clone-mandatory" in ids
+    assert "order-rabbitmq-clone-haven-compute-clone-mandatory" in ids
+    created = {obj.id for c in all_commands(plan()) if (obj := created_object(c))}
+    assert ids.isdisjoint(created)
