@@ -9,8 +9,6 @@ process read rows one generation behind, exactly what a concurrent writer does t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,20 +24,11 @@ from core.compute.evacuate import evacuate_instance
 from core.compute.models import ComputeService, Instance, ServerGroup
 from ha.evacuator.env import Conflict, NoValidHost, TransientError
 from ha.evacuator.real import call_error
-from tests.conftest import Services
-from tests.integration.test_compute_api import Compute
+from tests.integration.computeapi import Compute
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 FORCE_DOWN = {"OpenStack-API-Version": "compute 2.11"}
 MISSING = "00000000-0000-0000-0000-000000000000"
-
-
-@pytest.fixture
-def compute(services: Services, tmp_path: Path) -> Iterator[Compute]:
-    c = Compute(services, tmp_path)
-    yield c
-    c.servers.stop()
-    c.bus.close()
 
 
 def activate(compute: Compute, ids: list[str]) -> None:

@@ -27,18 +27,16 @@ from sqlalchemy import update
 from core.common.timeutil import now
 from core.compute.models import ComputeService, Instance
 from tests.conftest import ADMIN_PASSWORD, Services
-from tests.integration.test_compute_api import Compute
+from tests.integration.computeapi import Compute
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def compute(services: Services, tmp_path: Path) -> Iterator[Compute]:
-    c = Compute(services, tmp_path)
-    c.add_host("h1", slots=40)
-    yield c
-    c.servers.stop()
-    c.bus.close()
+def compute(compute: Compute) -> Compute:
+    """The shared compute API, with one host of room for 40 m1.tiny."""
+    compute.add_host("h1", slots=40)
+    return compute
 
 
 def project_id(services: Services, name: str) -> str:

@@ -23,7 +23,7 @@ something wrong without this test saying so.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,7 @@ from ha.evacuator.env import EvacuateError, FenceEvent, FenceResult, NodeState
 from ha.evacuator.real import call_error
 from ha.evacuator.sim import Host, SimEnv, Timing, World
 from ha.evacuator.sim import Instance as SimInstance
-from tests.conftest import Services
-from tests.integration.test_compute_api import Compute
+from tests.integration.computeapi import Compute
 
 TINY_MB = 256  # m1.tiny, the flavor every server here is booted with (1 vCPU, 1 GB disk)
 
@@ -288,14 +287,6 @@ def db_url(tmp_path: Path) -> str:
     depend on the backend; tests/integration/test_scheduling_race.py races the same
     placement on MariaDB."""
     return f"sqlite:///{tmp_path / 'haven.db'}"
-
-
-@pytest.fixture
-def compute(services: Services, tmp_path: Path) -> Iterator[Compute]:
-    c = Compute(services, tmp_path)
-    yield c
-    c.servers.stop()
-    c.bus.close()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -9,25 +9,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from tests.conftest import ADMIN_PASSWORD, Services
-from tests.integration.test_compute_api import Compute
+from tests.integration.computeapi import Compute
 from tests.lab import writes
 from tests.lab.ledger import Outcome, Seen, Verdict, Write, judge, outcome, read_ledger
-
-
-@pytest.fixture
-def compute(services: Services, tmp_path: Path) -> Iterator[Compute]:
-    c = Compute(services, tmp_path)  # no hypervisor: every server goes to ERROR
-    yield c
-    c.servers.stop()
-    c.bus.close()
-
 
 # The churns here stop on what they must have done, never on a time (a loaded CI
 # machine is slow); the ceiling only ends a churn that can never get there, and the
