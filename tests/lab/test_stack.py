@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from ha import crm
-from ha.bootstrap import cib, nodeconf
+from ha import crm, service_agent
+from ha.bootstrap import nodeconf
 from ha.lab import faults, lifecycle, node, proc, stack, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
@@ -213,6 +213,14 @@ def test_a_killed_service_process_is_restarted_by_pacemaker(lab: StackLab) -> No
     node.exec_in(nd, ["pcs", "resource", "cleanup", "haven-identity"])
 
 
+def haven_processes(nd: state.NodeState) -> dict[str, set[int]]:
+    """The PIDs of each Haven service on a node (the APIs' and the compute agent's:
+    every one the bus orders), by their command lines."""
+    lines = {svc: f"serve {name} --workers" for svc, name in service_agent.API_SERVICES.items()}
+    lines["compute"] = "compute-agent --config"
+    return {svc: set(faults.matching(node.pids(nd), line)) for svc, line in lines.items()}
+
+
 def test_a_broker_restart_leaves_the_apis_and_the_vip_where_they_are(lab: StackLab) -> None:
     """The bus only orders the services' start: when Pacemaker restarts the broker of
     the VIP's node (its monitor fails: here the broker is killed), no API of that node
@@ -221,9 +229,8 @@ def test_a_broker_restart_leaves_the_apis_and_the_vip_where_they_are(lab: StackL
     view = lab.wait_stack(NODES, 120)
     (vip_node,) = view.running_on("vip")
     nd = lab.state().nodes[vip_node]
-    apis = {svc: set(faults.matching(node.pids(nd), f"serve {svc}"))
-            for svc in cib.API_SERVICES}
-    assert all(apis.values()), apis
+    apis = haven_processes(nd)
+    assert all(apis[svc] for svc in service_agent.API_SERVICES), apis
     brokers = set(faults.kill_service(LAB_DIR, vip_node, "beam.smp"))
 
     def broker_restarted(v: crm.ClusterView) -> bool:
@@ -234,8 +241,7 @@ def test_a_broker_restart_leaves_the_apis_and_the_vip_where_they_are(lab: StackL
     view = lab.wait_view(broker_restarted, 300,
                          f"Pacemaker to notice and restart the broker of {vip_node}")
     assert view.running_on("vip") == (vip_node,)
-    after = {svc: set(faults.matching(node.pids(nd), f"serve {svc}"))
-             for svc in cib.API_SERVICES}
+    after = haven_processes(nd)
     assert after == apis, "an API of the VIP's node was restarted with its broker"
     assert not [f for f in view.failures if f.resource.startswith("haven-")], view.failures
     assert len(lab.openstack("token", "issue", "-f", "value", "-c", "id").strip()) > 20
