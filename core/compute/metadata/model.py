@@ -141,22 +141,19 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-_HOSTNAME_BAD = re.compile(r"[^\w.-]+", re.ASCII)
-
-
 def sanitize_hostname(display_name: str, default: str = "server") -> str:
-    """A hostname from a display name, the way Nova's ``utils.sanitize_hostname`` does.
+    """A hostname from a display name, as Nova's ``utils.sanitize_hostname`` makes it.
 
-    Spaces and underscores become dashes, other characters outside
-    ``[A-Za-z0-9.-]`` are dropped, the result is lower-cased, at most 63
-    characters, and stripped of leading/trailing dots and dashes.
+    Characters beyond Latin-1 are dropped, the name cut to 63 characters,
+    spaces, underscores and dots become dashes, other non-word characters are
+    dropped, and the result is lower-cased and stripped of dots and dashes at
+    either end; ``default`` when nothing is left (Nova passes ``Server-<uuid>``).
     """
-    name = display_name.encode("latin-1", "ignore").decode("latin-1")
-    name = re.sub(r"[ _]", "-", name)
-    name = _HOSTNAME_BAD.sub("", name)
-    name = name.replace("_", "").lower()
-    name = name[:63].strip(".-")
-    return name or default
+    name = display_name.encode("latin-1", "ignore").decode("latin-1")[:63]
+    name = re.sub(r"[ _.]", "-", name)
+    name = re.sub(r"[^\w.-]+", "", name)
+    name = name.lower().strip(".-")
+    return name or default[:63]
 
 
 # ---- the JSON form -----------------------------------------------------------------------
