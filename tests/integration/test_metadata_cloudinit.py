@@ -30,7 +30,7 @@ import pytest
 
 from core.compute.metadata import configdrive
 from core.compute.metadata.app import MetadataApp
-from core.compute.metadata.listener import MetadataListener
+from core.compute.metadata.listener import ListenError, MetadataListener, MetadataListeners
 from core.compute.metadata.lookup import (
     CallableLookup,
     JsonFileLookup,
@@ -265,3 +265,33 @@ def test_cloudinit_reads_the_config_drive(tmp_path: Path) -> None:
     assert ec2["instance-id"] == A.ec2_instance_id
     assert ec2["public-keys"] == {"0": {"openssh-key": KEY_A}}
     assert ec2["placement"] == {"availability-zone": "nova"}
+
+
+def reachable(ns: str) -> bool:
+    """Whether anything answers HTTP on the metadata address, seen from guest ``ns``."""
+    code = ("import http.client\n"
+            "c = http.client.HTTPConnection('169.254.169.254', 80, timeout=10)\n"
+            "c.request('GET', '/openstack')\n"
+            "print(c.getresponse().status)\n")
+    return in_guest(ns, SYSTEM_PYTHON, "-I", "-c", code).returncode == 0
+
+
+def test_listeners_follow_the_networks_of_the_host(topology: Topology, tmp_path: Path) -> None:
+    instances_file = tmp_path / "instances.json"
+    write_instances_file(instances_file, [A, B, C])
+    listeners = MetadataListeners(MetadataApp(JsonFileLookup(instances_file)))
+    try:
+        assert listeners.reconcile({NET1: topology.hv1}) == {}
+        assert http_status(topology.guests["a"], "/openstack/latest/meta_data.json")[0] == 200
+        assert not reachable(topology.guests["c"])
+        failed = listeners.reconcile({NET1: topology.hv1, NET2: topology.hv2,
+                                      "net-x": "haven-t-md-no-such-namespace"})
+        assert list(failed) == ["net-x"] and isinstance(failed["net-x"], ListenError)
+        status, body = http_status(topology.guests["c"], "/openstack/latest/meta_data.json")
+        assert status == 200 and json.loads(body)["uuid"] == C.uuid
+        assert listeners.reconcile({NET2: topology.hv2}) == {}
+        assert not reachable(topology.guests["a"])
+        assert reachable(topology.guests["c"])
+    finally:
+        listeners.stop()
+    assert not reachable(topology.guests["c"])

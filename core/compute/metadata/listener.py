@@ -122,3 +122,53 @@ class MetadataListener:
         self.server.stop()
         if self._thread is not None:
             self._thread.join()
+
+
+class MetadataListeners:
+    """One listener per network a hypervisor serves, kept equal to what it should serve.
+
+    The hypervisor agent calls :meth:`reconcile` with every network that has a
+    port on this host (network id -> the namespace holding its metadata
+    address) whenever that changes, and at start; listeners of networks no
+    longer there are stopped, new ones started. One network's failure to bind
+    does not keep the others from being served: it is reported and retried on
+    the next reconcile.
+    """
+
+    def __init__(self, app: WsgiApp, address: str = METADATA_ADDRESS, port: int = 80,
+                 threads: int = 4) -> None:
+        self.app = app
+        self.address = address
+        self.port = port
+        self.threads = threads
+        self.running: dict[str, tuple[str, MetadataListener]] = {}
+
+    def reconcile(self, networks: dict[str, str]) -> dict[str, ListenError]:
+        """Serve exactly ``networks`` ({network id: netns}); the ones that failed, why."""
+        for network_id in list(self.running):
+            netns, listener = self.running[network_id]
+            if networks.get(network_id) != netns:
+                listener.stop()
+                del self.running[network_id]
+        failed: dict[str, ListenError] = {}
+        for network_id, netns in networks.items():
+            if network_id in self.running:
+                continue
+            try:
+                listener = MetadataListener(self.app, network_id, self.address, self.port,
+                                            netns, self.threads)
+            except OSError as exc:  # ListenError included
+                failed[network_id] = (exc if isinstance(exc, ListenError)
+                                      else ListenError(exc.errno, str(exc)))
+                continue
+            try:
+                listener.start()
+            except OSError as exc:
+                listener.server.socket.close()
+                failed[network_id] = ListenError(exc.errno, str(exc))
+                continue
+            self.running[network_id] = (netns, listener)
+        return failed
+
+    def stop(self) -> None:
+        self.reconcile({})
