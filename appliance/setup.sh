@@ -60,6 +60,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# cloud-init is installed for the tests to run its code, never to configure this
+# machine: where it could start at boot (a systemd machine, e.g. a Vagrant node), its
+# documented off switch keeps it from doing anything. Containers without systemd
+# never start it (no init system; policy-rc.d refuses package scripts).
+if [ "$MODE" = test ] && [ -d /run/systemd/system ] && [ -d /etc/cloud ] &&
+   [ ! -e /etc/cloud/cloud-init.disabled ]; then
+  : > /etc/cloud/cloud-init.disabled
+fi
+
 # install_wrappers DIR PYTHON_FLAGS AGENT...: a small script DIR/<agent's name> per
 # agent that runs it with the venv's Python (rewritten only when it changed).
 install_wrappers() {
