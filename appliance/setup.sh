@@ -22,9 +22,14 @@ PYTHON=/usr/bin/python3   # Debian's Python: python3-rbd and friends live there
 RUN_PACKAGES=(python3 python3-venv python3-dev gcc make pkg-config libvirt-dev
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio)
 RUN_PACKAGES+=(syslinux syslinux-common mtools dosfstools)
+# xorriso: the guests' config drive (an ISO9660 image labelled config-2)
+RUN_PACKAGES+=(xorriso)
 # galera-4, rsync and stunnel4: the lab's Galera cluster and its state transfers (over TLS)
 TEST_PACKAGES=(mariadb-server mariadb-client galera-4 rsync stunnel4 rabbitmq-server pacemaker corosync
   pcs crmsh resource-agents fence-agents pacemaker-cli-utils libxml2-utils)
+# cloud-init: the metadata tests drive its OpenStack datasource's readers (its services
+# never start here: there is no init system, and policy-rc.d below refuses them)
+TEST_PACKAGES+=(cloud-init)
 
 case "$MODE" in
   run) PACKAGES=("${RUN_PACKAGES[@]}"); EXTRAS="[client]" ;;
@@ -53,6 +58,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# cloud-init is installed for the tests to run its code, never to configure this
+# machine: where it could start at boot (a systemd machine, e.g. a Vagrant node), its
+# documented off switch keeps it from doing anything. Containers without systemd
+# never start it (no init system; policy-rc.d refuses package scripts).
+if [ "$MODE" = test ] && [ -d /run/systemd/system ] && [ -d /etc/cloud ] &&
+   [ ! -e /etc/cloud/cloud-init.disabled ]; then
+  : > /etc/cloud/cloud-init.disabled
 fi
 
 # install_wrappers DIR PYTHON_FLAGS AGENT...: a small script DIR/<agent's name> per
