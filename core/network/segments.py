@@ -125,6 +125,8 @@ def request_from(body: Mapping[str, Any]) -> SegmentRequest:
     values: dict[str, Any] = {}
     for key, kind in kinds.items():
         value = body.get(key)
+        if kind is int and isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # Neutron converts; the stock CLI sends a string
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             raise BadRequest(f"Invalid input for field '{key}': expected "
                              f"{'integer' if kind is int else 'string'}.")
