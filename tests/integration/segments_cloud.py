@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.common import migrate
-from core.common.db import Database
 from core.common.config import load_config
+from core.common.db import Database
 from core.common.server import AppServers, Listener
 from ha.extensions import HA_SCHEMAS
 from tests.conftest import ADMIN_PASSWORD, Services

@@ -35,7 +35,7 @@ def create(services: Services, token: str | None = None, **attrs: Any) -> Any:
 
 def segment(services: Services, net_id: str) -> tuple[Any, ...]:
     shown = services.call("GET", "network", f"/v2.0/networks/{net_id}").json()["network"]
-    return tuple(shown[k] for k in PROVIDER) + (shown["mtu"],)
+    return (*tuple(shown[k] for k in PROVIDER), shown["mtu"])
 
 
 def test_a_tenant_network_is_vxlan_seen_by_admins_only(cloud: Services) -> None:
