@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from core.network.agent.desired import desired_state, register_vtep
+from core.network.agent.datapath import converge
+from core.network.agent.desired import register_vtep
 from core.network.agent.driver import tap_name
 from core.network.agent.iproute import IpRoute2, LinuxBridgeDriver
-from core.network.agent.linuxbridge import HostConfig, plan
+from core.network.agent.linuxbridge import HostConfig
 from tests.conftest import Services
 from tests.integration.segments_cloud import segments_cloud
 
@@ -140,14 +141,12 @@ def bound_port(services: Services, net: dict, host: str) -> dict[str, object]:
 def sync_all(services: Services, hvs: Hypervisors) -> None:
     """Each hypervisor's agent: register its VTEP, read its state, converge; a second
     sync on the converged host plans nothing."""
-    for host in hvs.hosts:
+    for host in hvs.hosts:  # every VTEP known before anyone's entries are programmed
         services.db.run_in_transaction(lambda s, h=host: register_vtep(s, h, VTEPS[h]))
     for host in hvs.hosts:
-        with services.db.session() as s:
-            desired = desired_state(s, host)
         driver = hvs.driver(host)
-        driver.sync(desired)
-        assert plan(desired, driver.ip.observe(), driver.cfg) == [], host
+        converge(services.db, host, VTEPS[host], driver)
+        assert converge(services.db, host, VTEPS[host], driver).commands == (), host
 
 
 def two_tenants(services: Services, hvs: Hypervisors, **provider_a: object
