@@ -227,3 +227,33 @@ def test_vlan_tenants_on_a_shared_physical_link(cloud: Services,
         "provider:segmentation_id": 150})
     assert_isolated(guests)
     assert reaches(guests["a1"], "10.0.0.12", size=1500 - 28)
+
+
+def test_a_flat_network_rides_the_physical_link_itself(cloud: Services,
+                                                       hypervisors: Hypervisors) -> None:
+    """The flat network's guests meet over the shared physical link; a VXLAN tenant
+    in the same IP subnet does not reach them; deleting the flat network's ports
+    releases the physical interface, never deletes it."""
+    flat = network(cloud, **{"provider:network_type": "flat",
+                             "provider:physical_network": "physnet1"})
+    tenant = network(cloud, cloud.member("tf", "tf-user"))
+    guests = {name: hypervisors.guest(host, bound_port(cloud, net, host), address)
+              for name, net, host, address in (("f1", flat, "hv1", "10.0.0.11"),
+                                                ("f2", flat, "hv2", "10.0.0.12"),
+                                                ("t1", tenant, "hv1", "10.0.0.21"),
+                                                ("t2", tenant, "hv2", "10.0.0.22"))}
+    sync_all(cloud, hypervisors)
+    assert reaches(guests["f1"], "10.0.0.12", size=1500 - 28)
+    assert reaches(guests["t1"], "10.0.0.22")
+    for address in ("10.0.0.11", "10.0.0.12"):
+        assert unreachable(guests["t1"], address) and unreachable(guests["t2"], address)
+    phys = IpRoute2(hypervisors.hosts["hv1"]).observe().links["phys"]
+    assert phys.master and phys.master.startswith("brq") and phys.mtu == 1500
+    ports = cloud.call("GET", "network", f"/v2.0/ports?network_id={flat['id']}").json()
+    for port in ports["ports"]:
+        assert cloud.call("DELETE", "network", f"/v2.0/ports/{port['id']}").status_code == 204
+    sync_all(cloud, hypervisors)
+    for host in hypervisors.hosts.values():
+        phys = IpRoute2(host).observe().links["phys"]
+        assert phys.master is None and phys.up, phys
+    assert reaches(guests["t1"], "10.0.0.22")  # the other network is untouched

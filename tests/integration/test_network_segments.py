@@ -180,3 +180,13 @@ def test_stock_openstack_cli_creates_provider_networks(cloud: Services) -> None:
     refused = openstack_cli(cloud, "network", "create", "--provider-network-type", "vxlan",
                             "x", user="cp-user", password="pw", project="cp")
     assert refused.returncode != 0 and "403" in refused.stderr, refused.stderr
+
+
+def test_tenant_networks_on_vlan_when_configured(tmp_path: Path, db_url: str) -> None:
+    with segments_cloud(tmp_path, db_url, tenant_network_type="vlan",
+                        network_vlan_ranges=["physnet1:100:101", "physnet2"]) as cloud:
+        member = cloud.member("tv", "tv-user")
+        made = [create(cloud, member) for _ in range(3)]
+        assert [r.status_code for r in made] == [201, 201, 503], [r.text for r in made]
+        segments = sorted(segment(cloud, r.json()["network"]["id"]) for r in made[:2])
+        assert segments == [("vlan", "physnet1", 100, 1500), ("vlan", "physnet1", 101, 1500)]
