@@ -18,6 +18,7 @@ the VXLAN overhead (50 bytes over IPv4, 70 over IPv6) for vxlan.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from core.common.config import ConfigError, SegmentsConfig
 from core.common.faults import BadRequest, Conflict, Fault
 from core.network.segment_models import NetworkSegment
 
+LOG = logging.getLogger(__name__)
 TYPES = ("flat", "vlan", "vxlan")
 MAX_VLAN = 4094
 MAX_VNI = 2**24 - 1
@@ -245,6 +247,38 @@ def allocate(session: Session, policy: SegmentPolicy, network_id: str,
     found = session.get(NetworkSegment, network_id)
     assert found is not None
     return found
+
+
+def adopt_unsegmented(session: Session, policy: SegmentPolicy) -> list[str]:
+    """Give each network made before segments existed its segment; the ids adopted.
+
+    Such a network's guests had no data path (their taps were never plugged), so
+    nothing they use changes: one that names a physical network becomes that flat
+    network (if no other holds it: then it is left without a segment, logged, and
+    carried by no hypervisor), any other a tenant network of the configured type,
+    with that type's MTU. Idempotent: a network with a segment is not looked at.
+    """
+    from core.network.models import Network  # the part's own model
+
+    adopted = []
+    unsegmented = session.scalars(select(Network).where(~Network.id.in_(
+        select(NetworkSegment.network_id))).order_by(Network.created_at))
+    for net in unsegmented:
+        if net.physical_network:
+            try:
+                allocate(session, policy, net.id, validate(policy, SegmentRequest(
+                    "flat", net.physical_network)))
+            except Fault as refused:
+                LOG.warning("network %s keeps no segment: %s", net.id, refused.message)
+                continue
+            net.network_type = "flat"
+        else:
+            wanted = validate(policy, SegmentRequest())
+            allocate(session, policy, net.id, wanted)
+            net.network_type = policy.tenant_type
+            net.mtu = policy.mtu(policy.tenant_type)
+        adopted.append(net.id)
+    return adopted
 
 
 def segment_of(session: Session, network_id: str) -> NetworkSegment | None:

@@ -190,3 +190,24 @@ def test_tenant_networks_on_vlan_when_configured(tmp_path: Path, db_url: str) ->
         assert [r.status_code for r in made] == [201, 201, 503], [r.text for r in made]
         segments = sorted(segment(cloud, r.json()["network"]["id"]) for r in made[:2])
         assert segments == [("vlan", "physnet1", 100, 1500), ("vlan", "physnet1", 101, 1500)]
+
+
+def test_networks_made_before_segments_are_adopted_at_bootstrap(cloud: Services) -> None:
+    """A tenant network of an older Haven (flat on no physical network: no data path
+    at all) becomes a tenant VXLAN network; one claiming the provider's physical
+    network is left without a segment (carried by no hypervisor), never shares it."""
+    from core.network.bootstrap import ensure_provider_network
+    from core.network.networks import create_network_row
+
+    legacy = cloud.db.run_in_transaction(lambda s: (
+        create_network_row(s, "old-tenant", "p1", False, physical=None).id,
+        create_network_row(s, "old-flat", "p1", False, physical="provider").id))
+    cloud.db.run_in_transaction(lambda s: ensure_provider_network(s, cloud.cfg, "unused"))
+    kind, physnet, vni, mtu = segment(cloud, legacy[0])
+    assert (kind, physnet, mtu) == ("vxlan", None, 1450) and 100 <= vni <= 139
+    assert segment(cloud, legacy[1]) == ("flat", "provider", None, 1500)  # as stored
+    with cloud.db.session() as s:
+        from core.network.segments import segment_of
+        assert segment_of(s, legacy[1]) is None
+    cloud.db.run_in_transaction(lambda s: ensure_provider_network(s, cloud.cfg, "unused"))
+    assert segment(cloud, legacy[0])[2] == vni  # idempotent
