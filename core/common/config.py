@@ -274,6 +274,19 @@ class SegmentsConfig:
 
 
 @dataclass
+class DataPathConfig:
+    """This hypervisor's side of the tenant networks (Neutron's linuxbridge agent's
+    ``local_ip`` and ``physical_interface_mappings``)."""
+
+    local_ip: str | None = field(default=None, metadata=_doc(
+        "This hypervisor's VXLAN tunnel endpoint: an address of the underlay. Unset: "
+        "this host carries no VXLAN network (the agent refuses one)."))
+    physical_interface_mappings: list[str] = field(default_factory=list, metadata=_doc(
+        "PHYSNET:INTERFACE pairs: the interface that carries each physical network "
+        "(flat networks and VLANs)."))
+
+
+@dataclass
 class NetworkConfig:
     listen: str = field(default="127.0.0.1:9696",
                         metadata=_doc("HOST:PORT the network API listens on.", _listen_address))
@@ -285,6 +298,7 @@ class NetworkConfig:
                       "never routed anywhere, safe for a demo."),
     )
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
+    datapath: DataPathConfig = field(default_factory=DataPathConfig)
 
 
 @dataclass

@@ -233,13 +233,14 @@ def allocate(session: Session, policy: SegmentPolicy, network_id: str,
             field = "physical_network" if kind == "flat" else "segmentation_id"
             raise Conflict(f"Unable to create the network: provider:{field}: {what}.")
     else:
-        choices = ([physnet] if physnet else sorted(policy.vlan_ranges)) if kind == "vlan" \
-            else [""]
-        for candidate_net in choices:
-            ranges = policy.vni_ranges if kind == "vxlan" else policy.vlan_ranges.get(
-                candidate_net, ())
-            held = _pick(session, network_id, kind, candidate_net, ranges)
-            if held is not None:
+        pools: list[tuple[str, tuple[Range, ...]]]  # (physical network, its ranges)
+        if kind == "vxlan":
+            pools = [("", policy.vni_ranges)]
+        else:  # vlan: the named physical network's ranges, or any's
+            names = [physnet] if physnet else sorted(policy.vlan_ranges)
+            pools = [(name, policy.vlan_ranges.get(name, ())) for name in names]
+        for pool_net, ranges in pools:
+            if _pick(session, network_id, kind, pool_net, ranges) is not None:
                 break
         else:
             raise NoNetworkAvailable("Unable to create the network. No tenant network is "

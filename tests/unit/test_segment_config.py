@@ -47,3 +47,27 @@ def test_a_bad_range_is_refused_naming_its_key(settings: dict[str, object], key:
 def test_the_config_file_refuses_bad_values(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"network.segments.{key}:")):
         load_config(overrides={f"network.segments.{key}": value})
+
+
+def test_the_datapath_section_becomes_the_hosts_config() -> None:
+    from core.network.agent.linuxbridge import host_config
+
+    cfg = load_config(overrides={"network.datapath.local_ip": "198.51.100.7",
+                                 "network.datapath.physical_interface_mappings": [
+                                     "provider:eth1", "physnet1:bond0"]})
+    host = host_config(cfg.network.datapath)
+    assert host.local_vtep == "198.51.100.7"
+    assert dict(host.physical_interfaces) == {"provider": "eth1", "physnet1": "bond0"}
+    assert host_config(load_config().network.datapath).local_vtep is None
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("local_ip", "not-an-address"),
+    ("physical_interface_mappings", ["eth1"]),
+    ("physical_interface_mappings", ["p:eth1", "p:eth2"]),
+])
+def test_a_bad_datapath_entry_is_refused(key: str, value: object) -> None:
+    from core.network.agent.linuxbridge import host_config
+
+    with pytest.raises(ConfigError, match=re.escape(f"network.datapath.{key}")):
+        host_config(load_config(overrides={f"network.datapath.{key}": value}).network.datapath)

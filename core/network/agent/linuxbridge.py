@@ -24,9 +24,11 @@ A physical interface is released from a stale bridge, never deleted or changed.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from core.common.config import ConfigError, DataPathConfig
 from core.network.agent.driver import DataPathError, HostState, NetworkSpec
 
 BRIDGE_PREFIX = "brq"
@@ -80,6 +82,25 @@ class FdbEntry:
 class Observed:
     links: Mapping[str, Link] = field(default_factory=dict)
     fdb: frozenset[FdbEntry] = frozenset()
+
+
+def host_config(cfg: DataPathConfig) -> HostConfig:
+    """The ``network.datapath`` section as the planner's HostConfig (a ConfigError
+    naming the entry that is not PHYSNET:INTERFACE)."""
+    if cfg.local_ip is not None:
+        try:
+            ipaddress.ip_address(cfg.local_ip)
+        except ValueError:
+            raise ConfigError(f"network.datapath.local_ip: not an IP address: "
+                              f"{cfg.local_ip!r}") from None
+    mappings: dict[str, str] = {}
+    for i, entry in enumerate(cfg.physical_interface_mappings):
+        physnet, _, interface = entry.partition(":")
+        if not physnet or not interface or physnet in mappings or len(interface) > 15:
+            raise ConfigError(f"network.datapath.physical_interface_mappings[{i}]: must be "
+                              f"PHYSNET:INTERFACE, each physical network once, got {entry!r}")
+        mappings[physnet] = interface
+    return HostConfig(cfg.local_ip, mappings)
 
 
 def bridge_name(network_id: str) -> str:
