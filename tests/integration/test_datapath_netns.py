@@ -48,7 +48,7 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class Namespaces:
     """The namespaces of one test, all named ``haven-t-<id>-<role>``."""
 
-    prefix: str = field(default_factory=lambda: f"haven-t-{uuid.uuid4().hex[:6]}")
+    prefix: str = field(default_factory=lambda: f"haven-t-dp{uuid.uuid4().hex[:6]}")
     made: list[str] = field(default_factory=list)
 
     def add(self, role: str) -> str:
@@ -257,3 +257,25 @@ def test_a_flat_network_rides_the_physical_link_itself(cloud: Services,
         phys = IpRoute2(host).observe().links["phys"]
         assert phys.master is None and phys.up, phys
     assert reaches(guests["t1"], "10.0.0.22")  # the other network is untouched
+
+
+def test_sync_repairs_a_host_that_drifted(cloud: Services, hypervisors: Hypervisors) -> None:
+    """What an agent finds after a restart or a hand's mistake: a tap off its bridge, a
+    foreign forwarding entry, a wrong MTU, a whole network's bridge gone. One sync
+    puts it back and removes the stray entry; the next plans nothing."""
+    guests = two_tenants(cloud, hypervisors)
+    hv1 = hypervisors.hosts["hv1"]
+    links = IpRoute2(hv1).observe().links
+    vxlans = sorted(n for n in links if n.startswith("vxlan-"))
+    taps = sorted(n for n in links if n.startswith("tap"))
+    bridges = sorted(n for n in links if n.startswith("brq"))
+    sh("ip", "-n", hv1, "link", "set", taps[0], "nomaster")
+    sh("bridge", "-n", hv1, "fdb", "append", "00:00:00:00:00:00", "dev", vxlans[0], "dst",
+       "198.51.100.99")
+    sh("ip", "-n", hv1, "link", "set", vxlans[0], "mtu", "1400")
+    sh("ip", "-n", hv1, "link", "del", bridges[1])
+    sync_all(cloud, hypervisors)  # asserts the second sync plans nothing
+    observed = IpRoute2(hv1).observe()
+    assert "198.51.100.99" not in {e.dst for e in observed.fdb}
+    assert {observed.links[n].mtu for n in (*vxlans, *taps, *bridges)} == {1450}
+    assert_isolated(guests)
