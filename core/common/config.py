@@ -250,6 +250,43 @@ class ImageConfig:
 
 
 @dataclass
+class SegmentsConfig:
+    """Network segments (Neutron's ml2 type drivers): what a tenant network gets and
+    which segmentation ids Haven hands out. Checked in core/network/segments.py too."""
+
+    tenant_network_type: str = field(default="vxlan", metadata=_doc(
+        "Type of a network a tenant creates (ml2 tenant_network_types).",
+        _one_of("vxlan", "vlan")))
+    vni_ranges: list[str] = field(default_factory=lambda: ["1:1000"], metadata=_doc(
+        "VXLAN network identifiers handed out to tenant networks, as MIN:MAX "
+        "(ml2_type_vxlan vni_ranges; DevStack's 1:1000)."))
+    network_vlan_ranges: list[str] = field(default_factory=list, metadata=_doc(
+        "Physical networks usable for VLANs, as PHYSNET or PHYSNET:MIN:MAX; only the "
+        "ranged ones give tenant networks VLAN ids (ml2_type_vlan network_vlan_ranges)."))
+    flat_networks: list[str] = field(default_factory=lambda: ["*"], metadata=_doc(
+        "Physical networks a flat network may use; '*' any (ml2_type_flat flat_networks)."))
+    global_physnet_mtu: int = field(default=1500, metadata=_doc(
+        "MTU of the underlay: the physical networks and the VTEP path (Neutron's "
+        "global_physnet_mtu).", _between(576, 65535)))
+    overlay_ip_version: int = field(default=4, metadata=_doc(
+        "IP version of the VTEP addresses: the VXLAN overhead is 50 bytes over IPv4, 70 "
+        "over IPv6.", lambda v: None if v in (4, 6) else f"must be 4 or 6, got {v}"))
+
+
+@dataclass
+class DataPathConfig:
+    """This hypervisor's side of the tenant networks (Neutron's linuxbridge agent's
+    ``local_ip`` and ``physical_interface_mappings``)."""
+
+    local_ip: str | None = field(default=None, metadata=_doc(
+        "This hypervisor's VXLAN tunnel endpoint: an address of the underlay. Unset: "
+        "this host carries no VXLAN network (the agent refuses one)."))
+    physical_interface_mappings: list[str] = field(default_factory=list, metadata=_doc(
+        "PHYSNET:INTERFACE pairs: the interface that carries each physical network "
+        "(flat networks and VLANs)."))
+
+
+@dataclass
 class NetworkConfig:
     listen: str = field(default="127.0.0.1:9696",
                         metadata=_doc("HOST:PORT the network API listens on.", _listen_address))
@@ -260,6 +297,8 @@ class NetworkConfig:
         metadata=_doc("Its subnet. The default is TEST-NET-1 (RFC 5737): addresses that are "
                       "never routed anywhere, safe for a demo."),
     )
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
+    datapath: DataPathConfig = field(default_factory=DataPathConfig)
 
 
 @dataclass

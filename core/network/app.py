@@ -20,7 +20,7 @@ from core.common.db import Database
 from core.common.health import add_healthcheck
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import base_url, make_app
-from core.network import networks, ports, subnets
+from core.network import networks, ports, segments, subnets
 from core.network import quotas as network_quotas
 from core.network.policies import RULES
 
@@ -36,7 +36,7 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
 
     policy.register(RULES)
     register_version_routes(app)
-    networks.register(app, quotas, cfg.api)
+    networks.register(app, quotas, cfg.api, segments.parse(cfg.network.segments))
     subnets.register(app, cfg.api)
     ports.register(app, quotas, cfg.api)
     return app

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.common.config import HavenConfig
+from core.network import segments
 from core.network.models import Network
 from core.network.networks import create_network_row
 from core.network.subnets import create_subnet_row
@@ -23,4 +24,10 @@ def ensure_provider_network(session: Session, cfg: HavenConfig, admin_project_id
         cidr = cfg.network.provider_cidr
         gateway = str(next(ipaddress.ip_network(cidr).hosts()))
         create_subnet_row(session, net, f"{name}-subnet", cidr, gateway, admin_project_id)
+    policy = segments.parse(cfg.network.segments)
+    if segments.segment_of(session, net.id) is None:  # new, or made before segments
+        wanted = segments.validate(policy, segments.SegmentRequest(
+            "flat", net.physical_network or "provider"))
+        segments.allocate(session, policy, net.id, wanted)
+    segments.adopt_unsegmented(session, policy)  # the provider's physical network first
     return net

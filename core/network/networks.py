@@ -14,6 +14,7 @@ from core.common.quota import Quotas
 from core.common.timeutil import now
 from core.common.wsgi import auth, field, json_body, session
 from core.network import quotas as network_quotas
+from core.network import segments
 from core.network.access import (
     filtered,
     load_network,
@@ -29,11 +30,12 @@ from core.network.views import network_view
 
 
 def create_network_row(s: Any, name: str, project_id: str | None, shared: bool,
-                       external: bool = False, physical: str | None = "provider") -> Network:
+                       external: bool = False, physical: str | None = "provider",
+                       network_type: str = "flat", mtu: int = 1500) -> Network:
     ts = now()
     net = Network(name=name, project_id=project_id, shared=shared, external=external,
-                  admin_state_up=True, network_type="flat", physical_network=physical,
-                  mtu=1500, description="", created_at=ts, updated_at=ts)
+                  admin_state_up=True, network_type=network_type, physical_network=physical,
+                  mtu=mtu, description="", created_at=ts, updated_at=ts)
     s.add(net)
     s.flush()
     return net
@@ -51,7 +53,14 @@ def writable_network(network_id: str, action: str) -> Network:
     return n
 
 
-def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
+def shown(n: Network, subnets: list[str]) -> dict[str, Any]:
+    """The network's view as the caller may see it (provider attributes: admins only)."""
+    return segments.present(network_view(n, subnets), segments.segment_of(session(), n.id),
+                            policy.allowed(auth(), "network:get_network:provider"))
+
+
+def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig,
+             segment_policy: segments.SegmentPolicy) -> None:
     @app.get("/v2.0/networks")
     def list_networks() -> dict[str, Any]:
         ctx = reader()
@@ -66,7 +75,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
         if "router:external" in q:
             query = query.where(Network.external.is_(q["router:external"].lower() == "true"))
         rows, links = paged("networks", query.order_by(Network.id), api.max_limit)
-        return {"networks": [network_view(n, subnet_ids(n.id)) for n in rows], **links}
+        return {"networks": [shown(n, subnet_ids(n.id)) for n in rows], **links}
 
     @app.post("/v2.0/networks")
     def create_network() -> dict[str, Any]:
@@ -82,26 +91,30 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
         provider = [k for k in body if k.startswith("provider:")]
         if provider:
             policy.enforce(ctx, "network:create_network:provider")
-        if field(body, "provider:network_type", str, "flat") != "flat":
-            raise BadRequest("Invalid input for field 'provider:network_type': "
-                             "Haven has flat networks only.")
-        if body.get("provider:segmentation_id") is not None:
-            raise BadRequest("Invalid input for field 'provider:segmentation_id': "
-                             "flat networks have none.")
+        wanted = segments.validate(segment_policy, segments.request_from(body))
+        assert wanted.network_type is not None
+        largest = segment_policy.mtu(wanted.network_type)
+        mtu = field(body, "mtu", int, largest)
+        if not 68 <= mtu <= largest:
+            raise BadRequest(f"Invalid input for field 'mtu': {mtu} is not within 68.."
+                             f"{largest}, the largest a {wanted.network_type} network "
+                             "carries here.")
         owner = owner_of(ctx, body, "network")
         network_quotas.enforce(quotas, session(), owner, "network")
         net = create_network_row(session(), field(body, "name", str, ""),
-                                 owner, shared, external,
-                                 field(body, "provider:physical_network", str, None))
+                                 owner, shared, external, wanted.physical_network,
+                                 wanted.network_type, mtu)
+        segment = segments.allocate(session(), segment_policy, net.id, wanted)
+        net.physical_network = segment.physical_network or None
         net.description = field(body, "description", str, "")
         net.admin_state_up = field(body, "admin_state_up", bool, True)
         bottle.response.status = 201
-        return {"network": network_view(net, [])}
+        return {"network": shown(net, [])}
 
     @app.get("/v2.0/networks/<network_id>")
     def show_network(network_id: str) -> dict[str, Any]:
         n = load_network(network_id)
-        return {"network": network_view(n, subnet_ids(n.id))}
+        return {"network": shown(n, subnet_ids(n.id))}
 
     @app.put("/v2.0/networks/<network_id>")
     def update_network(network_id: str) -> dict[str, Any]:
@@ -116,11 +129,13 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
         if "shared" in body:
             policy.enforce(auth(), "network:update_network:shared", network_target(n))
             n.shared = field(body, "shared", bool)
+        if any(k.startswith("provider:") for k in body):
+            policy.enforce(auth(), "network:update_network:provider", network_target(n))
         unknown = sorted(set(body) - {"name", "description", "admin_state_up", "shared"})
         if unknown:
             raise BadRequest(f"Invalid input for field '{unknown[0]}': cannot be updated.")
         n.updated_at = now()
-        return {"network": network_view(n, subnet_ids(n.id))}
+        return {"network": shown(n, subnet_ids(n.id))}
 
     @app.delete("/v2.0/networks/<network_id>")
     def delete_network(network_id: str) -> None:

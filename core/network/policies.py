@@ -57,6 +57,8 @@ RULES: dict[str, Rule] = {
     "network:create_network:shared": admin,
     "network:create_network:router:external": admin,
     "network:create_network:provider": admin,
+    "network:update_network:provider": admin,
+    "network:get_network:provider": admin,  # non-admins do not see provider:* at all
     "network:update_network": any_of(admin, member_of_project),
     "network:update_network:shared": admin,
     "network:delete_network": any_of(admin, member_of_project),
@@ -78,6 +80,7 @@ RULES: dict[str, Rule] = {
     "network:update_port:device_owner": ADMIN_OR_NET_OWNER,  # only for network:* owners
     "network:update_port:binding:host_id": admin,
     "network:update_port:status": admin,
+    "network:get_port:binding": admin,  # binding:host_id, vif_type, vif_details, profile
     "network:delete_port": any_of(admin, member_of_project),
 }
 

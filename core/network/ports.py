@@ -17,7 +17,7 @@ from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
 from core.common.wsgi import auth, field, json_body, session
-from core.network import ipam
+from core.network import binding, ipam
 from core.network import quotas as network_quotas
 from core.network.access import (
     child_target,
@@ -93,6 +93,12 @@ def port_attribute_rules(body: dict[str, Any], action: str) -> list[str]:
     return rules
 
 
+def shown(p: Port) -> dict[str, Any]:
+    """The port's view as the caller may see it (binding attributes: admins only)."""
+    return binding.present(port_view(p, fixed_ips(p.id)),
+                           policy.allowed(auth(), "network:get_port:binding"))
+
+
 def writable_port(port_id: str, action: str) -> tuple[Port, dict[str, Any]]:
     ctx = writer()
     p, target = load_port(port_id)
@@ -109,8 +115,12 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             query = query.where(Port.project_id == ctx.project_id)
         query = filtered(query, Port, ("id", "name", "network_id", "device_id", "device_owner",
                                        "tenant_id", "project_id", "mac_address"))
+        if binding.HOST_FILTER in bottle.request.query:
+            policy.enforce(ctx, "network:get_port:binding")
+            query = query.where(Port.host_id.in_(bottle.request.query.getall(
+                binding.HOST_FILTER)))
         rows, links = paged("ports", query.order_by(Port.id), api.max_limit)
-        return {"ports": [port_view(p, fixed_ips(p.id)) for p in rows], **links}
+        return {"ports": [shown(p) for p in rows], **links}
 
     @app.post("/v2.0/ports")
     def create_port() -> dict[str, Any]:
@@ -152,12 +162,12 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
         for sub, address in wanted:
             ipam.allocate(session(), sub, port.id, address)
         bottle.response.status = 201
-        return {"port": port_view(port, fixed_ips(port.id))}
+        return {"port": shown(port)}
 
     @app.get("/v2.0/ports/<port_id>")
     def show_port(port_id: str) -> dict[str, Any]:
         p, _ = load_port(port_id)
-        return {"port": port_view(p, fixed_ips(p.id))}
+        return {"port": shown(p)}
 
     @app.put("/v2.0/ports/<port_id>")
     def update_port(port_id: str) -> dict[str, Any]:
@@ -183,7 +193,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             else:
                 raise BadRequest(f"Invalid input for field '{key}': cannot be updated.")
         p.updated_at = now()
-        return {"port": port_view(p, fixed_ips(p.id))}
+        return {"port": shown(p)}
 
     @app.delete("/v2.0/ports/<port_id>")
     def delete_port(port_id: str) -> None:
