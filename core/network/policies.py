@@ -78,6 +78,9 @@ RULES: dict[str, Rule] = {
     "network:update_port:device_owner": ADMIN_OR_NET_OWNER,  # only for network:* owners
     "network:update_port:binding:host_id": admin,
     "network:update_port:status": admin,
+    # port security off lets a port send from any address: the network's owner decides
+    "network:create_port:port_security_enabled": ADMIN_OR_NET_OWNER,
+    "network:update_port:port_security_enabled": ADMIN_OR_NET_OWNER,
     "network:delete_port": any_of(admin, member_of_project),
 }
 

@@ -17,7 +17,7 @@ from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
 from core.common.wsgi import auth, field, json_body, session
-from core.network import ipam
+from core.network import ipam, port_security
 from core.network import quotas as network_quotas
 from core.network.access import (
     child_target,
@@ -73,6 +73,11 @@ def requested_ips(requested: list[Any] | None, subnets: list[Subnet], network_id
     return out
 
 
+def view(p: Port) -> dict[str, Any]:
+    """The port as Neutron shows it, with its security groups and port security."""
+    return {**port_view(p, fixed_ips(p.id)), **port_security.attributes(session(), p.id)}
+
+
 def load_port(port_id: str) -> tuple[Port, dict[str, Any]]:
     p = session().get(Port, port_id)
     target = child_target(p.project_id, network_of(p.network_id)) if p else {}
@@ -110,7 +115,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
         query = filtered(query, Port, ("id", "name", "network_id", "device_id", "device_owner",
                                        "tenant_id", "project_id", "mac_address"))
         rows, links = paged("ports", query.order_by(Port.id), api.max_limit)
-        return {"ports": [port_view(p, fixed_ips(p.id)) for p in rows], **links}
+        return {"ports": [view(p) for p in rows], **links}
 
     @app.post("/v2.0/ports")
     def create_port() -> dict[str, Any]:
@@ -151,13 +156,14 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
                 ipam.allocate(session(), sub, port.id)
         for sub, address in wanted:
             ipam.allocate(session(), sub, port.id, address)
+        port_security.on_create(session(), ctx, body, port, target, bool(fixed_ips(port.id)))
         bottle.response.status = 201
-        return {"port": port_view(port, fixed_ips(port.id))}
+        return {"port": view(port)}
 
     @app.get("/v2.0/ports/<port_id>")
     def show_port(port_id: str) -> dict[str, Any]:
         p, _ = load_port(port_id)
-        return {"port": port_view(p, fixed_ips(p.id))}
+        return {"port": view(p)}
 
     @app.put("/v2.0/ports/<port_id>")
     def update_port(port_id: str) -> dict[str, Any]:
@@ -175,7 +181,10 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             "binding:host_id": lambda v: setattr(p, "host_id", v),
             "status": lambda v: setattr(p, "status", v),
         }
+        port_security.on_update(session(), auth(), body, p, target, bool(fixed_ips(p.id)))
         for key in body:
+            if key in port_security.KEYS:
+                continue
             if key == "admin_state_up":
                 p.admin_state_up = field(body, key, bool)
             elif key in setters:
@@ -183,7 +192,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             else:
                 raise BadRequest(f"Invalid input for field '{key}': cannot be updated.")
         p.updated_at = now()
-        return {"port": port_view(p, fixed_ips(p.id))}
+        return {"port": view(p)}
 
     @app.delete("/v2.0/ports/<port_id>")
     def delete_port(port_id: str) -> None:

@@ -10,6 +10,7 @@ from core.common.migrate import Schema
 
 
 def _metadata() -> MetaData:
+    import core.network.secgroup_models  # noqa: F401  (its tables join the metadata)
     from core.network.models import NetworkTable
 
     return NetworkTable.metadata
