@@ -24,7 +24,13 @@ from core.network import quotas as network_quotas
 from core.network.access import filtered, paged, reader, writer
 from core.network.secgroup_models import SecurityGroup, SecurityGroupRule
 from core.network.secgroup_rules import duplicate_key, parse_rule, spec_key
-from core.network.security_groups import add_rule, is_default, load_group, rule_view
+from core.network.security_groups import (
+    add_rule,
+    is_default,
+    load_group,
+    rule_view,
+    underscored,
+)
 
 
 def load_rule(rule_id: str) -> SecurityGroupRule:
@@ -53,7 +59,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             "description"))
         rows, links = paged("security-group-rules", query.order_by(
             SecurityGroupRule.created_at, SecurityGroupRule.id), api.max_limit)
-        return {"security_group_rules": [_view(r) for r in rows], **links}
+        return {"security_group_rules": [_view(r) for r in rows], **underscored(links)}
 
     @app.post("/v2.0/security-group-rules")
     def create_rule() -> dict[str, Any]:

@@ -70,6 +70,11 @@ def rule_view(r: SecurityGroupRule, default_group: bool) -> dict[str, Any]:
     }
 
 
+def underscored(links: dict[str, Any]) -> dict[str, Any]:
+    """Neutron's ``security_groups_links`` (the collection's path has hyphens)."""
+    return {k.replace("-", "_"): v for k, v in links.items()}
+
+
 def is_default(sess: Session, group: SecurityGroup) -> bool:
     return sess.scalar(select(func.count()).select_from(DefaultSecurityGroup).where(
         DefaultSecurityGroup.security_group_id == group.id)) == 1
@@ -193,7 +198,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
                                                 "project_id"))
         rows, links = paged("security-groups", query.order_by(SecurityGroup.created_at,
                                                               SecurityGroup.id), api.max_limit)
-        return {"security_groups": [group_view(session(), g) for g in rows], **links}
+        return {"security_groups": [group_view(session(), g) for g in rows], **underscored(links)}
 
     @app.post("/v2.0/security-groups")
     def create_group() -> dict[str, Any]:

@@ -100,8 +100,8 @@ def link_local(mac: str) -> str:
     """The guest's EUI-64 IPv6 link-local address (it may send from it)."""
     octets = [int(b, 16) for b in mac.split(":")]
     octets[0] ^= 0x02
-    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
-    return str(ipaddress.IPv6Address(bytes([0xFE, 0x80] + [0] * 6 + eui)))
+    eui = [*octets[:3], 0xFF, 0xFE, *octets[3:]]
+    return str(ipaddress.IPv6Address(bytes([0xFE, 0x80, *[0] * 6, *eui])))
 
 
 def _number(protocol: str | None, ethertype: str) -> int | None:
