@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+from collections.abc import Sequence
 
 import pytest
 
 from core.common.faults import BadRequest
+from core.network.agent.secgroup_apply import SYSCTLS, ApplyError, NftApplier, run_local
 from core.network.agent.secgroup_nft import (
     CompileError,
     GuestPort,
@@ -164,3 +167,42 @@ def test_rule_parsing_as_neutron() -> None:
     assert [(r.direction, r.ethertype, r.remote_group_id) for r in default_rules("g", True)] \
         == [("egress", "IPv4", None), ("egress", "IPv6", None), ("ingress", "IPv4", "g"),
             ("ingress", "IPv6", "g")]
+
+
+class Host:
+    """A hypervisor as the applier sees it: sysctls it may or may not be able to set,
+    and the scripts nft was given."""
+
+    def __init__(self, settable: bool) -> None:
+        self.settable = settable
+        self.sysctl: dict[str, str] = {k: "0" for k in SYSCTLS}
+        self.loaded: list[str] = []
+
+    def run(self, argv: Sequence[str], stdin: str | None) -> str:
+        if argv[0] == "sysctl" and argv[-1].endswith("=1"):
+            if self.settable:
+                self.sysctl[argv[-1][:-2]] = "1"
+            return ""
+        if argv[0] == "sysctl":
+            return self.sysctl[argv[-1]] + "\n"
+        assert list(argv[:3]) == ["nft", "-f", "-"] and stdin is not None
+        self.loaded.append(stdin)
+        return ""
+
+
+def test_applier_loads_nothing_where_bridged_traffic_would_bypass_it() -> None:
+    """Fail closed: without br_netfilter's calls into the IP hooks the inet table never
+    sees bridged packets, so nothing is loaded and the caller hears why."""
+    stuck = Host(settable=False)
+    with pytest.raises(ApplyError, match="bridge-nf-call-iptables"):
+        NftApplier(stuck.run).apply(HostPorts((port(),)))
+    assert stuck.loaded == []
+    ok = Host(settable=True)
+    NftApplier(ok.run).apply(HostPorts((port(),)))
+    assert ok.loaded == [compile_ruleset(HostPorts((port(),)))]
+    assert set(ok.sysctl.values()) == {"1"}
+
+
+def test_applier_reports_a_failed_command() -> None:
+    with pytest.raises(ApplyError, match="failed"):
+        run_local([sys.executable, "-c", "import sys; sys.exit(3)"], None)
