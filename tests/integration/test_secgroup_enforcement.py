@@ -133,7 +133,7 @@ class Cloud:
         """What the hypervisor enforces now, read from the API as the agent would."""
         local = [self.port(n) for n in self.ports]
         groups = api(self.services, "GET", "/v2.0/security-groups")["security_groups"]
-        return host_ports(local, groups, local)
+        return host_ports(local, groups, local, bridge=lambda _port: ("br0", 7))
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -181,6 +181,12 @@ def test_rules_decide_which_connections_get_through(services: Services, lab: Lab
     applier.apply(cloud.compiled())
     assert lab.connects(ns["a"], b_ip, 8080, 60), applier.ruleset()
     assert lab.connects(ns["c"], b_ip, 8080, 60)
+    # tracked by the hypervisor's conntrack, in the network's zone
+    tracked = subprocess.run(["ip", "netns", "exec", lab.hv, "cat", "/proc/net/nf_conntrack"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    assert [line for line in tracked.splitlines()
+            if f"src={addresses['a']} dst={b_ip}" in line and "dport=8080" in line
+            and "zone=7" in line], tracked
     assert refused("a", 8081, seen_8081)  # only the port the rule names
 
     # the rule deleted: refused again

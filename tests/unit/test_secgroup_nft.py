@@ -103,6 +103,19 @@ def test_ports_are_numbered_in_marks_and_dispatched() -> None:
         in script
 
 
+def test_each_bridge_gets_its_conntrack_zone() -> None:
+    one = GuestPort("p1", "tapa", "fa:16:3e:00:00:01", ("10.0.0.5",), (), "brq-a", 7)
+    two = GuestPort("p2", "tapb", "fa:16:3e:00:00:02", ("10.0.0.5",), (), "brq-b", 9)
+    script = compile_ruleset(HostPorts((one, two)))
+    assert chain(script, "zone_in")[1] == 'ct zone set iifname map { "brq-a" : 7, "brq-b" : 9 }'
+    assert chain(script, "zone_out")[1] == \
+        'ct zone set oifname map { "brq-a" : 7, "brq-b" : 9 }'
+    assert "zone_in" not in compile_ruleset(HostPorts((port(),)))
+    clash = GuestPort("p3", "tapc", "fa:16:3e:00:00:03", ("10.0.0.6",), (), "brq-a", 8)
+    with pytest.raises(CompileError, match="zones"):
+        compile_ruleset(HostPorts((one, clash)))
+
+
 def test_refuses_what_it_cannot_express() -> None:
     with pytest.raises(CompileError):
         compile_ruleset(HostPorts((port("tapa"), port("tapa"))))
@@ -145,7 +158,7 @@ def test_the_kernel_accepts_the_ruleset() -> None:
              Rule("ingress", "IPv4", None, None, None, None, GROUP), Rule("egress", "IPv4"),
              Rule("egress", "IPv6", "udp", 53, 53, "2001:db8::/32"))
     host = HostPorts((port("tapa", "fa:16:3e:00:00:01", ("10.0.0.5", "2001:db8::5"), *rules),
-                      port("tapb", "fa:16:3e:00:00:02", ("10.0.0.6",))),
+                      GuestPort("p", "tapb", "fa:16:3e:00:00:02", ("10.0.0.6",), (), "br1", 3)),
                      {GROUP: ("10.0.0.6",)})
     script = compile_ruleset(host) + set_update({GROUP: ["10.0.0.5"]})
     done = subprocess.run(["unshare", "--net", "nft", "-f", "-"], input=script, text=True,

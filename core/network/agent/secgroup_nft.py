@@ -72,13 +72,18 @@ class Rule:
 @dataclass(frozen=True)
 class GuestPort:
     """A port with port security on this hypervisor: its tap, MAC, fixed IPs, and the
-    rules of all its groups."""
+    rules of all its groups. ``bridge`` and ``zone`` (1..65535, stable for the port's
+    network, e.g. from its segment) put the network's connections in a conntrack zone
+    of their own, so two networks with overlapping addresses never share connection
+    state; 0 leaves them in the default zone."""
 
     port_id: str
     tap: str
     mac: str
     fixed_ips: tuple[str, ...]
     rules: tuple[Rule, ...] = ()
+    bridge: str = ""
+    zone: int = 0
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,32 @@ def _sets(host: HostPorts) -> list[str]:
     return lines
 
 
+def _zones(ports: list[GuestPort]) -> dict[str, int]:
+    """Each bridge's zone; a bridge given two zones cannot be compiled."""
+    zones: dict[str, int] = {}
+    for p in ports:
+        if not p.zone:
+            continue
+        if not 0 < p.zone <= 0xFFFF or not p.bridge or len(p.bridge) > 15 or '"' in p.bridge:
+            raise CompileError(f"port {p.port_id}: zone {p.zone} on bridge {p.bridge!r}")
+        if zones.setdefault(p.bridge, p.zone) != p.zone:
+            raise CompileError(f"bridge {p.bridge} given zones {zones[p.bridge]} and {p.zone}")
+    return zones
+
+
+def _zone_chains(zones: dict[str, int]) -> list[str]:
+    """Packets of a guest bridge (bridged ones reach the inet hooks with the bridge as
+    their interface) and the host's packets to it, in the bridge's zone, before
+    conntrack looks them up."""
+    if not zones:
+        return []
+    entries = ", ".join(f'"{b}" : {z}' for b, z in sorted(zones.items()))
+    return ["  chain zone_in {", "    type filter hook prerouting priority raw; policy accept;",
+            f"    ct zone set iifname map {{ {entries} }}", "  }",
+            "  chain zone_out {", "    type filter hook output priority raw; policy accept;",
+            f"    ct zone set oifname map {{ {entries} }}", "  }"]
+
+
 def _check(host: HostPorts) -> list[GuestPort]:
     ports = sorted(host.ports, key=lambda p: p.tap)
     if len(ports) > MAX_PORTS:
@@ -239,7 +270,7 @@ def compile_ruleset(host: HostPorts) -> str:
     ports = _check(host)
     numbered = list(enumerate(ports, start=1))
     tag = f"0x{TAG:08x}"
-    inet = [f"table inet {TABLE} {{", *_sets(host)]
+    inet = [f"table inet {TABLE} {{", *_sets(host), *_zone_chains(_zones(ports))]
     for n, port in numbered:
         inet += _egress_chain(n, port) + _ingress_chain(n, port)
     egress_map = ", ".join(f"0x{n:03x} : jump egress_{n}" for n, _ in numbered)

@@ -38,9 +38,12 @@ def members(ports: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
 
 def host_ports(local: Iterable[Mapping[str, Any]], groups: Iterable[Mapping[str, Any]],
                member_ports: Iterable[Mapping[str, Any]],
-               tap: Callable[[str], str] = tap_name) -> HostPorts:
+               tap: Callable[[str], str] = tap_name,
+               bridge: Callable[[Mapping[str, Any]], tuple[str, int]] | None = None
+               ) -> HostPorts:
     """The compiler's input for the ``local`` ports, given their ``groups`` (with rules)
-    and the ports of every remote group (``member_ports``, local ones included)."""
+    and the ports of every remote group (``member_ports``, local ones included).
+    ``bridge`` names a port's bridge and conntrack zone (the data path knows them)."""
     by_id = {g["id"]: rules_of(g) for g in groups}
     out = []
     for port in local:
@@ -51,8 +54,9 @@ def host_ports(local: Iterable[Mapping[str, Any]], groups: Iterable[Mapping[str,
         except KeyError as exc:  # fail closed: a group we were not given
             raise ValueError(f"port {port['id']} uses group {exc} whose rules are "
                              "missing") from None
+        where, zone = bridge(port) if bridge is not None else ("", 0)
         out.append(GuestPort(port_id=port["id"], tap=tap(port["id"]),
                              mac=port["mac_address"],
                              fixed_ips=tuple(ip["ip_address"] for ip in port["fixed_ips"]),
-                             rules=tuple(rules)))
+                             rules=tuple(rules), bridge=where, zone=zone))
     return HostPorts(tuple(out), members(member_ports))
