@@ -296,6 +296,12 @@ def test_quotas_and_paging(services: Services) -> None:
     assert nxt["security_groups"][0]["id"] != page["security_groups"][0]["id"]
     rpage = call(services, "GET", f"{RULES}?limit=3", member.token).json()
     assert len(rpage["security_group_rules"]) == 3 and rpage["security_group_rules_links"]
+    # an administrator sees every project's groups and filters by project
+    mine = call(services, "GET", f"{GROUPS}?project_id={pid}").json()["security_groups"]
+    assert sorted(g["name"] for g in mine) == ["default", "one"]
+    aliases = {e["alias"] for e in call(services, "GET", "/v2.0/extensions").json()[
+        "extensions"]}
+    assert {"security-group", "port-security"} <= aliases
 
 
 def openstack(services: Services, *args: str, user: str, project: str
