@@ -158,6 +158,9 @@ def test_rules_decide_which_connections_get_through(services: Services, lab: Lab
     cloud = Cloud(services, ports)
     ns = {n: lab.guest(n, tap_name(p["id"]), p["mac_address"], addresses[n])
           for n, p in ports.items()}
+    # a device that is no guest (as a router's leg would be): unfiltered itself, but
+    # what it sends a guest meets the guest's ingress rules
+    ns["r"] = lab.guest("r", "vethr0", "fa:16:3e:77:77:77", "10.9.0.50")
     b_ip = addresses["b"]
     seen_8080 = lab.serve(ns["b"], b_ip, 8080)
     seen_8081 = lab.serve(ns["b"], b_ip, 8081)
@@ -173,6 +176,7 @@ def test_rules_decide_which_connections_get_through(services: Services, lab: Lab
     # the path works once b lets it in (checked below); by default ingress is refused
     assert refused("a", 8080, seen_8080), applier.ruleset()
     assert refused("c", 8080, seen_8080)
+    assert refused("r", 8080, seen_8080)
 
     # a rule lets tcp/8080 in from anywhere: recompiled, reloaded, the next SYN passes
     rule = api(services, "POST", "/v2.0/security-group-rules", {"security_group_rule": {
@@ -181,6 +185,7 @@ def test_rules_decide_which_connections_get_through(services: Services, lab: Lab
     applier.apply(cloud.compiled())
     assert lab.connects(ns["a"], b_ip, 8080, 60), applier.ruleset()
     assert lab.connects(ns["c"], b_ip, 8080, 60)
+    assert lab.connects(ns["r"], b_ip, 8080, 60)
     # tracked by the hypervisor's conntrack, in the network's zone
     tracked = subprocess.run(["ip", "netns", "exec", lab.hv, "cat", "/proc/net/nf_conntrack"],
                              capture_output=True, text=True, check=True, timeout=60).stdout
@@ -202,6 +207,7 @@ def test_rules_decide_which_connections_get_through(services: Services, lab: Lab
     applier.apply(cloud.compiled())
     assert lab.connects(ns["a"], b_ip, 8081, 60), applier.ruleset()
     assert refused("c", 8081, seen_8081), applier.ruleset()
+    assert refused("r", 8081, seen_8081)
 
     # c joins "clients": only the group's set changes (no new ruleset), and c gets in
     api(services, "PUT", f"/v2.0/ports/{ports['c']['id']}", {"port": {

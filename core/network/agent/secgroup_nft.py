@@ -292,8 +292,13 @@ def compile_ruleset(host: HostPorts) -> str:
     bridge = [f"table bridge {TABLE} {{"]
     for n, port in numbered:
         bridge += _from_guest_chain(n, port)
+        # the receiver joins a guest's mark; any other mark (not ours, maybe with bits
+        # that would name a sender) is replaced, so a packet from outside never runs a
+        # guest's egress chain
         bridge += [f"  chain to_{n} {{",
-                   f"    meta mark set meta mark | 0x{TAG | n << 12:08x} accept", "  }"]
+                   f"    meta mark & 0x{TAG_MASK:08x} == {tag} "
+                   f"meta mark set meta mark | 0x{TAG | n << 12:08x} accept",
+                   f"    meta mark set 0x{TAG | n << 12:08x} accept", "  }"]
     bridge += ["  chain prerouting {",
                "    type filter hook prerouting priority -200; policy accept;",
                f"    meta mark & 0x{TAG_MASK:08x} == {tag} meta mark set 0"]
