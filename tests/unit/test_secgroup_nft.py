@@ -145,7 +145,8 @@ def test_from_the_api_shapes() -> None:
             "fixed_ips": [{"ip_address": "10.0.0.5"}], "security_groups": [GROUP],
             "port_security_enabled": True}
     off = {**mine, "id": "ffff", "port_security_enabled": False}
-    host = host_ports([mine, off], [group], [mine])
+    router = {**mine, "id": "eeee", "device_owner": "network:router_interface"}
+    host = host_ports([mine, off, router], [group], [mine])
     assert [p.tap for p in host.ports] == ["tap0123456789a"] == [tap_name(mine["id"])]
     assert host.ports[0].rules == (Rule("ingress", "IPv4", "tcp", 22, 22, None, GROUP),)
     assert members([mine]) == {GROUP: ("10.0.0.5",)}

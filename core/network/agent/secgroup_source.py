@@ -4,7 +4,10 @@ The agent reads its hypervisor's ports (``GET /v2.0/ports?binding:host_id=HOST``
 the groups they use (``GET /v2.0/security-groups?id=...``) and, for each remote
 group a rule names, the ports in it (their fixed IPs are the group's members);
 :func:`host_ports` turns that into :class:`~core.network.agent.secgroup_nft.HostPorts`.
-Ports with port security off get no chains (they are not filtered, as in Neutron).
+Ports with port security off, and the cloud's own devices (``network:*`` owners:
+router legs, DHCP), get no chains (they are not filtered, as in Neutron); a port
+with port security and no groups gets chains that let nothing in or out but DHCP
+and neighbour discovery (Neutron's "no groups, no traffic").
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ def host_ports(local: Iterable[Mapping[str, Any]], groups: Iterable[Mapping[str,
     by_id = {g["id"]: rules_of(g) for g in groups}
     out = []
     for port in local:
-        if not port.get("port_security_enabled", True):
-            continue
+        if not port.get("port_security_enabled", True) or str(
+                port.get("device_owner", "")).startswith("network:"):
+            continue  # unfiltered, as Neutron: no port security, or the cloud's own device
         try:
             rules = [r for g in port["security_groups"] for r in by_id[g]]
         except KeyError as exc:  # fail closed: a group we were not given
