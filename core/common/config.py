@@ -397,6 +397,10 @@ class QuotaConfig:
     networks: int = field(default=100, metadata=_doc("Networks per project.", _at_least(-1)))
     ports: int = field(default=500, metadata=_doc(
         "Ports per project (each server's port counts).", _at_least(-1)))
+    security_groups: int = field(default=10, metadata=_doc(
+        "Security groups per project (its default group counts).", _at_least(-1)))
+    security_group_rules: int = field(default=100, metadata=_doc(
+        "Security group rules per project (those of new groups count).", _at_least(-1)))
     image_count_total: int = field(default=100, metadata=_doc(
         "Images per project (any status but deleted).", _at_least(-1)))
     image_size_total: int = field(default=1048576, metadata=_doc(

@@ -20,9 +20,25 @@ from core.common.db import Database
 from core.common.health import add_healthcheck
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import base_url, make_app
-from core.network import networks, ports, segments, subnets
+from core.network import (
+    networks,
+    ports,
+    security_group_rules,
+    security_groups,
+    segments,
+    subnets,
+)
 from core.network import quotas as network_quotas
 from core.network.policies import RULES
+
+# Neutron extensions Haven has (clients check some aliases before using a feature)
+EXTENSIONS = ("security-group", "port-security")
+RESOURCES = ("security-group", "security-group-rule")
+
+
+def extension(alias: str) -> dict[str, Any]:
+    return {"alias": alias, "name": alias, "description": "", "links": [],
+            "updated": "2026-01-01T00:00:00Z"}
 
 
 def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
@@ -39,6 +55,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
     networks.register(app, quotas, cfg.api, segments.parse(cfg.network.segments))
     subnets.register(app, cfg.api)
     ports.register(app, quotas, cfg.api)
+    security_groups.register(app, quotas, cfg.api)
+    security_group_rules.register(app, quotas, cfg.api)
     return app
 
 
@@ -52,8 +70,8 @@ def register_version_routes(app: bottle.Bottle) -> None:
     @app.get("/v2.0/")
     def resources() -> dict[str, Any]:
         return {"resources": [{"name": n, "collection": f"{n}s", "links": []}
-                              for n in ("network", "subnet", "port")]}
+                              for n in ("network", "subnet", "port", *RESOURCES)]}
 
     @app.get("/v2.0/extensions")
     def extensions() -> dict[str, Any]:
-        return {"extensions": []}
+        return {"extensions": [extension(alias) for alias in EXTENSIONS]}

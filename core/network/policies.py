@@ -81,6 +81,9 @@ RULES: dict[str, Rule] = {
     "network:update_port:binding:host_id": admin,
     "network:update_port:status": admin,
     "network:get_port:binding": admin,  # binding:host_id, vif_type, vif_details, profile
+    # port security off lets a port send from any address: the network's owner decides
+    "network:create_port:port_security_enabled": ADMIN_OR_NET_OWNER,
+    "network:update_port:port_security_enabled": ADMIN_OR_NET_OWNER,
     "network:delete_port": any_of(admin, member_of_project),
 }
 

@@ -17,7 +17,7 @@ from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
 from core.common.wsgi import auth, field, json_body, session
-from core.network import binding, ipam
+from core.network import binding, ipam, port_security
 from core.network import quotas as network_quotas
 from core.network.access import (
     child_target,
@@ -94,9 +94,11 @@ def port_attribute_rules(body: dict[str, Any], action: str) -> list[str]:
 
 
 def shown(p: Port) -> dict[str, Any]:
-    """The port's view as the caller may see it (binding attributes: admins only)."""
-    return binding.present(port_view(p, fixed_ips(p.id)),
-                           policy.allowed(auth(), "network:get_port:binding"))
+    """The port as Neutron shows it to the caller: its security groups and port
+    security, and its binding attributes for admins only."""
+    return binding.present(
+        {**port_view(p, fixed_ips(p.id)), **port_security.attributes(session(), p.id)},
+        policy.allowed(auth(), "network:get_port:binding"))
 
 
 def writable_port(port_id: str, action: str) -> tuple[Port, dict[str, Any]]:
@@ -161,6 +163,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
                 ipam.allocate(session(), sub, port.id)
         for sub, address in wanted:
             ipam.allocate(session(), sub, port.id, address)
+        port_security.on_create(session(), ctx, body, port, target, bool(fixed_ips(port.id)))
         bottle.response.status = 201
         return {"port": shown(port)}
 
@@ -185,7 +188,10 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             "binding:host_id": lambda v: setattr(p, "host_id", v),
             "status": lambda v: setattr(p, "status", v),
         }
+        port_security.on_update(session(), auth(), body, p, target, bool(fixed_ips(p.id)))
         for key in body:
+            if key in port_security.KEYS:
+                continue
             if key == "admin_state_up":
                 p.admin_state_up = field(body, key, bool)
             elif key in setters:

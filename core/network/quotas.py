@@ -21,9 +21,19 @@ from core.common import policy
 from core.common.config import QuotaConfig
 from core.common.faults import BadRequest, Forbidden, OverQuota
 from core.common.policy import Rule, admin, any_of, reader_of_project
-from core.common.quota import NETWORKS, PORTS, UNLIMITED, LimitBelowUsage, QuotaExceeded, Quotas
+from core.common.quota import (
+    NETWORKS,
+    PORTS,
+    SECURITY_GROUP_RULES,
+    SECURITY_GROUPS,
+    UNLIMITED,
+    LimitBelowUsage,
+    QuotaExceeded,
+    Quotas,
+)
 from core.common.wsgi import auth, field, json_body, session
 from core.network.models import Network, Port
+from core.network.secgroup_models import SecurityGroup, SecurityGroupRule
 
 RULES: dict[str, Rule] = {
     "network:quotas:show": any_of(admin, reader_of_project),
@@ -31,9 +41,9 @@ RULES: dict[str, Rule] = {
 }
 # Neutron's names of Haven's quota resources, and those Haven does not limit (shown
 # unlimited; an update naming them is refused, never silently dropped).
-NAMES = {"network": NETWORKS, "port": PORTS}
-NOT_ENFORCED = ("subnet", "router", "floatingip", "security_group", "security_group_rule",
-                "rbac_policy", "subnetpool")
+NAMES = {"network": NETWORKS, "port": PORTS, "security_group": SECURITY_GROUPS,
+         "security_group_rule": SECURITY_GROUP_RULES}
+NOT_ENFORCED = ("subnet", "router", "floatingip", "rbac_policy", "subnetpool")
 
 
 def make_quotas(cfg: QuotaConfig) -> Quotas:
@@ -45,11 +55,18 @@ def make_quotas(cfg: QuotaConfig) -> Quotas:
         return int(sess.scalar(select(func.count(Port.id)).where(
             Port.project_id == project_id)) or 0)
 
-    return Quotas(cfg, {NETWORKS: networks, PORTS: ports})
+    def counter(column: Any) -> Any:
+        def count(sess: Session, project_id: str) -> int:
+            return int(sess.scalar(select(func.count()).where(column == project_id)) or 0)
+        return count
+
+    return Quotas(cfg, {NETWORKS: networks, PORTS: ports,
+                        SECURITY_GROUPS: counter(SecurityGroup.project_id),
+                        SECURITY_GROUP_RULES: counter(SecurityGroupRule.project_id)})
 
 
 def enforce(quotas: Quotas, sess: Session, project_id: str | None, kind: str) -> None:
-    """Before creating one ``kind`` ("network" or "port") for the project: 409 OverQuota
+    """Before creating one ``kind`` (a key of NAMES) for the project: 409 OverQuota
     with Neutron's text if it would pass the limit."""
     try:
         quotas.enforce(sess, project_id, {NAMES[kind]: 1})

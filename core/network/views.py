@@ -16,7 +16,7 @@ def network_view(n: Network, subnets: list[str]) -> dict[str, Any]:
         "subnets": subnets, "mtu": n.mtu, "provider:network_type": n.network_type,
         "provider:physical_network": n.physical_network, "provider:segmentation_id": None,
         "availability_zones": [], "availability_zone_hints": [], "description": n.description,
-        "port_security_enabled": False, "ipv4_address_scope": None, "ipv6_address_scope": None,
+        "port_security_enabled": True, "ipv4_address_scope": None, "ipv6_address_scope": None,
         "is_default": False, "tags": [], "revision_number": 0,
         "created_at": iso(n.created_at), "updated_at": iso(n.updated_at),
     }

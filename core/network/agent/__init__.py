@@ -1,0 +1,1 @@
+"""What runs on each hypervisor for guest networking (security groups first)."""

@@ -10,7 +10,9 @@ from core.common.migrate import Schema
 
 
 def _metadata() -> MetaData:
-    import core.network.segment_models  # noqa: F401  (its tables join NetworkTable's)
+    # imported for their tables, which join NetworkTable's metadata
+    import core.network.secgroup_models
+    import core.network.segment_models  # noqa: F401
     from core.network.models import NetworkTable
 
     return NetworkTable.metadata
