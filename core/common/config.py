@@ -358,6 +358,9 @@ class QuotaConfig:
     networks: int = field(default=100, metadata=_doc("Networks per project.", _at_least(-1)))
     ports: int = field(default=500, metadata=_doc(
         "Ports per project (each server's port counts).", _at_least(-1)))
+    routers: int = field(default=10, metadata=_doc("Routers per project.", _at_least(-1)))
+    floatingips: int = field(default=50, metadata=_doc("Floating IPs per project.",
+                                                       _at_least(-1)))
     image_count_total: int = field(default=100, metadata=_doc(
         "Images per project (any status but deleted).", _at_least(-1)))
     image_size_total: int = field(default=1048576, metadata=_doc(

@@ -45,8 +45,9 @@ UNLIMITED = -1
 # by their routes; Glance's are Keystone unified-limit names).
 INSTANCES, CORES, RAM = "instances", "cores", "ram"
 NETWORKS, PORTS = "networks", "ports"
+ROUTERS, FLOATINGIPS = "routers", "floatingips"
 IMAGES, IMAGE_SIZE = "image_count_total", "image_size_total"
-RESOURCES = (INSTANCES, CORES, RAM, NETWORKS, PORTS, IMAGES, IMAGE_SIZE)
+RESOURCES = (INSTANCES, CORES, RAM, NETWORKS, PORTS, ROUTERS, FLOATINGIPS, IMAGES, IMAGE_SIZE)
 
 Counter = Callable[[Session, str], int]
 """How much of one resource a project uses now, read in the caller's transaction."""
@@ -105,7 +106,8 @@ class LimitBelowUsage(ValueError):
 def defaults(cfg: QuotaConfig) -> dict[str, int]:
     """Every resource's default limit, from the configuration."""
     return {INSTANCES: cfg.instances, CORES: cfg.cores, RAM: cfg.ram,
-            NETWORKS: cfg.networks, PORTS: cfg.ports, IMAGES: cfg.image_count_total,
+            NETWORKS: cfg.networks, PORTS: cfg.ports, ROUTERS: cfg.routers,
+            FLOATINGIPS: cfg.floatingips, IMAGES: cfg.image_count_total,
             IMAGE_SIZE: cfg.image_size_total}
 
 

@@ -17,12 +17,16 @@ from core.common import policy
 from core.common.auth import TokenValidator
 from core.common.config import HavenConfig
 from core.common.db import Database
+from core.common.faults import NotFound
 from core.common.health import add_healthcheck
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import base_url, make_app
-from core.network import networks, ports, subnets
+from core.network import floating_ips, l3_extensions, networks, ports, routers, subnets
 from core.network import quotas as network_quotas
 from core.network.policies import RULES
+
+# Neutron's API extensions Haven implements, as clients look them up by alias.
+EXTENSIONS: list[dict[str, Any]] = [*l3_extensions.EXTENSIONS]
 
 
 def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
@@ -39,6 +43,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
     networks.register(app, quotas, cfg.api)
     subnets.register(app, cfg.api)
     ports.register(app, quotas, cfg.api)
+    routers.register(app, quotas, cfg.api)
+    floating_ips.register(app, quotas, cfg.api)
     return app
 
 
@@ -52,8 +58,15 @@ def register_version_routes(app: bottle.Bottle) -> None:
     @app.get("/v2.0/")
     def resources() -> dict[str, Any]:
         return {"resources": [{"name": n, "collection": f"{n}s", "links": []}
-                              for n in ("network", "subnet", "port")]}
+                              for n in ("network", "subnet", "port", "router", "floatingip")]}
 
     @app.get("/v2.0/extensions")
     def extensions() -> dict[str, Any]:
-        return {"extensions": []}
+        return {"extensions": list(EXTENSIONS)}
+
+    @app.get("/v2.0/extensions/<alias>")
+    def extension(alias: str) -> dict[str, Any]:
+        for ext in EXTENSIONS:
+            if ext["alias"] == alias:
+                return {"extension": ext}
+        raise NotFound(f"Extension with alias {alias} does not exist")

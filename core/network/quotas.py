@@ -1,4 +1,4 @@
-"""Network quotas: networks and ports per project, Neutron's way.
+"""Network quotas: networks, ports, routers and floating IPs per project, Neutron's way.
 
 Usage is counted from the networks and ports tables by owning project (a
 server's port belongs to the server's project, so it counts there). Over a
@@ -21,8 +21,18 @@ from core.common import policy
 from core.common.config import QuotaConfig
 from core.common.faults import BadRequest, Forbidden, OverQuota
 from core.common.policy import Rule, admin, any_of, reader_of_project
-from core.common.quota import NETWORKS, PORTS, UNLIMITED, LimitBelowUsage, QuotaExceeded, Quotas
+from core.common.quota import (
+    FLOATINGIPS,
+    NETWORKS,
+    PORTS,
+    ROUTERS,
+    UNLIMITED,
+    LimitBelowUsage,
+    QuotaExceeded,
+    Quotas,
+)
 from core.common.wsgi import auth, field, json_body, session
+from core.network.l3_models import FloatingIP, Router
 from core.network.models import Network, Port
 
 RULES: dict[str, Rule] = {
@@ -31,8 +41,8 @@ RULES: dict[str, Rule] = {
 }
 # Neutron's names of Haven's quota resources, and those Haven does not limit (shown
 # unlimited; an update naming them is refused, never silently dropped).
-NAMES = {"network": NETWORKS, "port": PORTS}
-NOT_ENFORCED = ("subnet", "router", "floatingip", "security_group", "security_group_rule",
+NAMES = {"network": NETWORKS, "port": PORTS, "router": ROUTERS, "floatingip": FLOATINGIPS}
+NOT_ENFORCED = ("subnet", "security_group", "security_group_rule",
                 "rbac_policy", "subnetpool")
 
 
@@ -45,12 +55,21 @@ def make_quotas(cfg: QuotaConfig) -> Quotas:
         return int(sess.scalar(select(func.count(Port.id)).where(
             Port.project_id == project_id)) or 0)
 
-    return Quotas(cfg, {NETWORKS: networks, PORTS: ports})
+    def routers(sess: Session, project_id: str) -> int:
+        return int(sess.scalar(select(func.count(Router.id)).where(
+            Router.project_id == project_id)) or 0)
+
+    def floatingips(sess: Session, project_id: str) -> int:
+        return int(sess.scalar(select(func.count(FloatingIP.id)).where(
+            FloatingIP.project_id == project_id)) or 0)
+
+    return Quotas(cfg, {NETWORKS: networks, PORTS: ports, ROUTERS: routers,
+                        FLOATINGIPS: floatingips})
 
 
 def enforce(quotas: Quotas, sess: Session, project_id: str | None, kind: str) -> None:
-    """Before creating one ``kind`` ("network" or "port") for the project: 409 OverQuota
-    with Neutron's text if it would pass the limit."""
+    """Before creating one ``kind`` ("network", "port", "router", "floatingip") for the
+    project: 409 OverQuota with Neutron's text if it would pass the limit."""
     try:
         quotas.enforce(sess, project_id, {NAMES[kind]: 1})
     except QuotaExceeded:

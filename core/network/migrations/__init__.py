@@ -10,6 +10,7 @@ from core.common.migrate import Schema
 
 
 def _metadata() -> MetaData:
+    import core.network.l3_models  # noqa: F401  (its tables are this part's too)
     from core.network.models import NetworkTable
 
     return NetworkTable.metadata
