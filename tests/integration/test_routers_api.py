@@ -347,3 +347,39 @@ def test_stock_cli(services: Services) -> None:
     assert cli("router", "show", "r1")["external_gateway_info"] is None
     openstack(services, "router", "delete", "r1", **me)
     openstack(services, "floating", "ip", "delete", fip["id"], **me)
+
+
+def test_the_data_plane_spec_follows_the_database(services: Services) -> None:
+    """What the router's agent will apply (core.network.routerns.source) is what the API
+    says the router is."""
+    from core.network.routerns.plan import FloatingMap, plan
+    from core.network.routerns.source import router_spec
+
+    pub, pub_sub = public(services)
+    alice = tenant(services, "l3s")
+    net, sub = alice.network("net1", "10.0.0.0/24")
+    rid = alice.router("r1")["id"]
+    info = ok(alice("PUT", f"/v2.0/routers/{rid}", {"router": {
+        "external_gateway_info": {"network_id": pub}}}))["router"]["external_gateway_info"]
+    ok(alice("PUT", f"/v2.0/routers/{rid}/add_router_interface", {"subnet_id": sub}))
+    vm = alice.port(net)
+    fip = ok(alice.fip(pub, port_id=vm["id"]), 201)["floatingip"]
+
+    def spec() -> Any:
+        with services.db.session() as s:
+            return router_spec(s, rid, lambda network_id: f"brq{network_id[:11]}")
+
+    got = spec()
+    assert got.namespace == f"qrouter-{rid}" and got.enable_snat and got.admin_state_up
+    assert got.gateway is not None
+    assert (got.gateway.address, got.gateway.prefixlen, got.gateway.next_hop,
+            got.gateway.bridge) == (info["external_fixed_ips"][0]["ip_address"], 24,
+                                    "203.0.113.1", f"brq{pub[:11]}")
+    [leg] = got.interfaces
+    assert (leg.address, leg.prefixlen, leg.bridge) == ("10.0.0.1", 24, f"brq{net[:11]}")
+    assert got.floating_ips == (FloatingMap(fip["floating_ip_address"],
+                                            vm["fixed_ips"][0]["ip_address"]),)
+    plan(got)  # consistent
+    ok(alice("PUT", f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": None}}))
+    assert spec().floating_ips == ()
+    assert pub_sub

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.network.routerns.plan import (
+    CHAINS,
     DEVICE_PREFIXES,
     TABLE,
     Device,
@@ -84,13 +85,18 @@ def read_nat(ns: str) -> tuple[NatRule, ...] | None:
                           capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         return None
-    rules = []
+    rules, chains = [], set()
     for item in json.loads(done.stdout)["nftables"]:
+        if "chain" in item:
+            c = item["chain"]
+            chains.add((c.get("name"), c.get("hook"), c.get("type"), c.get("policy")))
         if "rule" in item:
             rule = _nat_rule(item["rule"])
             if rule is None:
                 return None
             rules.append(rule)
+    if chains != {(name, hook, "nat", "accept") for name, hook, _ in CHAINS}:
+        return None
     return tuple(rules)
 
 
