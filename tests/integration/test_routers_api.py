@@ -383,3 +383,49 @@ def test_the_data_plane_spec_follows_the_database(services: Services) -> None:
     ok(alice("PUT", f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": None}}))
     assert spec().floating_ips == ()
     assert pub_sub
+
+
+def test_association_and_interface_removal_never_both_win(services: Services) -> None:
+    """An association needs the router's interface; removing the interface refuses while
+    a floating IP needs it. Racing the two must never let both succeed (a floating IP
+    would then point through an interface that is gone): the router's row is written
+    first by each, which queues them (core.network.l3.lock_router)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    pub, _ = public(services)
+    alice = tenant(services, "l3r")
+    net, sub = alice.network("net1", "10.0.0.0/24")
+    rid = alice.router("r1")["id"]
+    ok(alice("PUT", f"/v2.0/routers/{rid}", {"router": {
+        "external_gateway_info": {"network_id": pub}}}))
+    vm = alice.port(net)
+    fip = ok(alice.fip(pub), 201)["floatingip"]
+    outcomes = set()
+    for _ in range(12):
+        ok(alice("PUT", f"/v2.0/routers/{rid}/add_router_interface", {"subnet_id": sub}))
+        start = threading.Barrier(2)
+
+        def remove() -> int:
+            start.wait()
+            return alice("PUT", f"/v2.0/routers/{rid}/remove_router_interface",
+                         {"subnet_id": sub}).status_code
+
+        def associate() -> int:
+            start.wait()
+            return alice("PUT", f"/v2.0/floatingips/{fip['id']}",
+                         {"floatingip": {"port_id": vm["id"]}}).status_code
+
+        with ThreadPoolExecutor(2) as pool:
+            removed, associated = (f.result() for f in [pool.submit(remove),
+                                                        pool.submit(associate)])
+        outcomes.add((removed, associated))
+        assert (removed, associated) in {(200, 404), (409, 200)}, (removed, associated)
+        shown = ok(alice("GET", f"/v2.0/floatingips/{fip['id']}"))["floatingip"]
+        interfaces = alice.count("ports", f"?device_id={rid}&device_owner="
+                                          "network:router_interface")
+        assert (shown["router_id"] is not None) == (interfaces == 1)
+        ok(alice("PUT", f"/v2.0/floatingips/{fip['id']}", {"floatingip": {"port_id": None}}))
+        if interfaces:
+            ok(alice("PUT", f"/v2.0/routers/{rid}/remove_router_interface",
+                     {"subnet_id": sub}))
