@@ -49,8 +49,11 @@ class Net:
             "network_id": net, "cidr": cidr, "ip_version": 4}}), 201)["subnet"]["id"]
         return net, sub
 
-    def port(self, net_id: str) -> dict[str, Any]:
-        return ok(self("POST", "/v2.0/ports", {"port": {"network_id": net_id}}), 201)["port"]
+    def port(self, net_id: str, subnet_id: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"network_id": net_id}
+        if subnet_id is not None:
+            body["fixed_ips"] = [{"subnet_id": subnet_id}]
+        return ok(self("POST", "/v2.0/ports", {"port": body}), 201)["port"]
 
     def router(self, name: str, **attrs: Any) -> dict[str, Any]:
         return ok(self("POST", "/v2.0/routers", {"router": {"name": name, **attrs}}),
@@ -232,7 +235,7 @@ def test_bad_input_is_refused_and_leaves_nothing(services: Services) -> None:
 
     # floating IPs: no router between the port's subnet and the external network: 404,
     # and a create that fails on its association leaves no floating IP and no port
-    vm = alice.port(net)
+    vm = alice.port(net, sub)  # the network has two subnets: on the router's
     ports_before = admin.count("ports")
     refused(alice.fip(pub, port_id=vm["id"]), 404, "is not reachable from subnet")
     assert alice.count("floatingips") == 0 and admin.count("ports") == ports_before
@@ -406,19 +409,19 @@ def test_association_and_interface_removal_never_both_win(services: Services) ->
         ok(alice("PUT", f"/v2.0/routers/{rid}/add_router_interface", {"subnet_id": sub}))
         start = threading.Barrier(2)
 
-        def remove() -> int:
+        def remove(start: threading.Barrier) -> int:
             start.wait()
             return alice("PUT", f"/v2.0/routers/{rid}/remove_router_interface",
                          {"subnet_id": sub}).status_code
 
-        def associate() -> int:
+        def associate(start: threading.Barrier) -> int:
             start.wait()
             return alice("PUT", f"/v2.0/floatingips/{fip['id']}",
                          {"floatingip": {"port_id": vm["id"]}}).status_code
 
         with ThreadPoolExecutor(2) as pool:
-            removed, associated = (f.result() for f in [pool.submit(remove),
-                                                        pool.submit(associate)])
+            removed, associated = (f.result() for f in [pool.submit(remove, start),
+                                                        pool.submit(associate, start)])
         outcomes.add((removed, associated))
         assert (removed, associated) in {(200, 404), (409, 200)}, (removed, associated)
         shown = ok(alice("GET", f"/v2.0/floatingips/{fip['id']}"))["floatingip"]
