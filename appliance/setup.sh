@@ -24,8 +24,9 @@ RUN_PACKAGES=(python3 python3-venv python3-dev gcc make pkg-config libvirt-dev
 RUN_PACKAGES+=(syslinux syslinux-common mtools dosfstools)
 # xorriso: the guests' config drive (an ISO9660 image labelled config-2)
 RUN_PACKAGES+=(xorriso)
-# nftables: security groups on each hypervisor (core/network/agent/secgroup_nft.py)
-RUN_PACKAGES+=(nftables)
+# nftables: security groups on each hypervisor (core/network/agent/secgroup_nft.py) and
+# a router's NAT table; iputils-arping: the router's gratuitous ARP (core/network/routerns)
+RUN_PACKAGES+=(nftables iputils-arping)
 # galera-4, rsync and stunnel4: the lab's Galera cluster and its state transfers (over TLS)
 TEST_PACKAGES=(mariadb-server mariadb-client galera-4 rsync stunnel4 rabbitmq-server pacemaker corosync
   pcs crmsh resource-agents fence-agents pacemaker-cli-utils libxml2-utils)

@@ -401,6 +401,9 @@ class QuotaConfig:
         "Security groups per project (its default group counts).", _at_least(-1)))
     security_group_rules: int = field(default=100, metadata=_doc(
         "Security group rules per project (those of new groups count).", _at_least(-1)))
+    routers: int = field(default=10, metadata=_doc("Routers per project.", _at_least(-1)))
+    floatingips: int = field(default=50, metadata=_doc("Floating IPs per project.",
+                                                       _at_least(-1)))
     image_count_total: int = field(default=100, metadata=_doc(
         "Images per project (any status but deleted).", _at_least(-1)))
     image_size_total: int = field(default=1048576, metadata=_doc(

@@ -46,9 +46,10 @@ UNLIMITED = -1
 INSTANCES, CORES, RAM = "instances", "cores", "ram"
 NETWORKS, PORTS = "networks", "ports"
 SECURITY_GROUPS, SECURITY_GROUP_RULES = "security_groups", "security_group_rules"
+ROUTERS, FLOATINGIPS = "routers", "floatingips"
 IMAGES, IMAGE_SIZE = "image_count_total", "image_size_total"
 RESOURCES = (INSTANCES, CORES, RAM, NETWORKS, PORTS, SECURITY_GROUPS, SECURITY_GROUP_RULES,
-             IMAGES, IMAGE_SIZE)
+             ROUTERS, FLOATINGIPS, IMAGES, IMAGE_SIZE)
 
 Counter = Callable[[Session, str], int]
 """How much of one resource a project uses now, read in the caller's transaction."""
@@ -108,7 +109,8 @@ def defaults(cfg: QuotaConfig) -> dict[str, int]:
     """Every resource's default limit, from the configuration."""
     return {INSTANCES: cfg.instances, CORES: cfg.cores, RAM: cfg.ram,
             NETWORKS: cfg.networks, PORTS: cfg.ports, SECURITY_GROUPS: cfg.security_groups,
-            SECURITY_GROUP_RULES: cfg.security_group_rules, IMAGES: cfg.image_count_total,
+            SECURITY_GROUP_RULES: cfg.security_group_rules, ROUTERS: cfg.routers,
+            FLOATINGIPS: cfg.floatingips, IMAGES: cfg.image_count_total,
             IMAGE_SIZE: cfg.image_size_total}
 
 

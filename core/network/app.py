@@ -17,12 +17,16 @@ from core.common import policy
 from core.common.auth import TokenValidator
 from core.common.config import HavenConfig
 from core.common.db import Database
+from core.common.faults import NotFound
 from core.common.health import add_healthcheck
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import base_url, make_app
 from core.network import (
+    floating_ips,
+    l3_extensions,
     networks,
     ports,
+    routers,
     security_group_rules,
     security_groups,
     segments,
@@ -31,14 +35,17 @@ from core.network import (
 from core.network import quotas as network_quotas
 from core.network.policies import RULES
 
-# Neutron extensions Haven has (clients check some aliases before using a feature)
-EXTENSIONS = ("security-group", "port-security")
-RESOURCES = ("security-group", "security-group-rule")
-
-
-def extension(alias: str) -> dict[str, Any]:
-    return {"alias": alias, "name": alias, "description": "", "links": [],
-            "updated": "2026-01-01T00:00:00Z"}
+# Neutron's API extensions Haven implements, as clients look them up by alias before
+# they use a feature; only what Haven honours is listed.
+EXTENSIONS: list[dict[str, Any]] = [
+    *l3_extensions.EXTENSIONS,
+    l3_extensions.extension("security-group", "security-group",
+                            "The security groups extension."),
+    l3_extensions.extension("port-security", "Port Security",
+                            "Provides port security."),
+]
+RESOURCES = ("network", "subnet", "port", "security-group", "security-group-rule", "router",
+             "floatingip")
 
 
 def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
@@ -57,6 +64,8 @@ def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
     ports.register(app, quotas, cfg.api)
     security_groups.register(app, quotas, cfg.api)
     security_group_rules.register(app, quotas, cfg.api)
+    routers.register(app, quotas, cfg.api)
+    floating_ips.register(app, quotas, cfg.api)
     return app
 
 
@@ -70,8 +79,15 @@ def register_version_routes(app: bottle.Bottle) -> None:
     @app.get("/v2.0/")
     def resources() -> dict[str, Any]:
         return {"resources": [{"name": n, "collection": f"{n}s", "links": []}
-                              for n in ("network", "subnet", "port", *RESOURCES)]}
+                              for n in RESOURCES]}
 
     @app.get("/v2.0/extensions")
     def extensions() -> dict[str, Any]:
-        return {"extensions": [extension(alias) for alias in EXTENSIONS]}
+        return {"extensions": list(EXTENSIONS)}
+
+    @app.get("/v2.0/extensions/<alias>")
+    def extension(alias: str) -> dict[str, Any]:
+        for ext in EXTENSIONS:
+            if ext["alias"] == alias:
+                return {"extension": ext}
+        raise NotFound(f"Extension with alias {alias} does not exist")

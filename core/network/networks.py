@@ -13,8 +13,8 @@ from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
 from core.common.wsgi import auth, field, json_body, session
+from core.network import l3, segments
 from core.network import quotas as network_quotas
-from core.network import segments
 from core.network.access import (
     filtered,
     load_network,
@@ -131,7 +131,16 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig,
             n.shared = field(body, "shared", bool)
         if any(k.startswith("provider:") for k in body):
             policy.enforce(auth(), "network:update_network:provider", network_target(n))
-        unknown = sorted(set(body) - {"name", "description", "admin_state_up", "shared"})
+        if "router:external" in body:
+            policy.enforce(auth(), "network:update_network:router:external", network_target(n))
+            external = field(body, "router:external", bool)
+            if n.external and not external and l3.external_in_use(session(), n.id):
+                raise Conflict(f"External network {n.id} cannot be updated to be made "
+                               "non-external, since it has existing gateway ports or "
+                               "floating IPs.")
+            n.external = external
+        unknown = sorted(set(body) - {"name", "description", "admin_state_up", "shared",
+                                      "router:external"})
         if unknown:
             raise BadRequest(f"Invalid input for field '{unknown[0]}': cannot be updated.")
         n.updated_at = now()

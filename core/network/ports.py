@@ -17,7 +17,7 @@ from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
 from core.common.wsgi import auth, field, json_body, session
-from core.network import binding, ipam, port_security
+from core.network import binding, ipam, l3, port_security
 from core.network import quotas as network_quotas
 from core.network.access import (
     child_target,
@@ -204,5 +204,6 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
     @app.delete("/v2.0/ports/<port_id>")
     def delete_port(port_id: str) -> None:
         p, _ = writable_port(port_id, "network:delete_port")
+        l3.before_port_delete(session(), p)
         session().execute(delete(IPAllocation).where(IPAllocation.port_id == p.id))
         session().delete(p)

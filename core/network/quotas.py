@@ -1,4 +1,4 @@
-"""Network quotas: networks and ports per project, Neutron's way.
+"""Network quotas: networks, ports, routers and floating IPs per project, Neutron's way.
 
 Usage is counted from the networks and ports tables by owning project (a
 server's port belongs to the server's project, so it counts there). Over a
@@ -22,8 +22,10 @@ from core.common.config import QuotaConfig
 from core.common.faults import BadRequest, Forbidden, OverQuota
 from core.common.policy import Rule, admin, any_of, reader_of_project
 from core.common.quota import (
+    FLOATINGIPS,
     NETWORKS,
     PORTS,
+    ROUTERS,
     SECURITY_GROUP_RULES,
     SECURITY_GROUPS,
     UNLIMITED,
@@ -32,6 +34,7 @@ from core.common.quota import (
     Quotas,
 )
 from core.common.wsgi import auth, field, json_body, session
+from core.network.l3_models import FloatingIP, Router
 from core.network.models import Network, Port
 from core.network.secgroup_models import SecurityGroup, SecurityGroupRule
 
@@ -42,8 +45,9 @@ RULES: dict[str, Rule] = {
 # Neutron's names of Haven's quota resources, and those Haven does not limit (shown
 # unlimited; an update naming them is refused, never silently dropped).
 NAMES = {"network": NETWORKS, "port": PORTS, "security_group": SECURITY_GROUPS,
-         "security_group_rule": SECURITY_GROUP_RULES}
-NOT_ENFORCED = ("subnet", "router", "floatingip", "rbac_policy", "subnetpool")
+         "security_group_rule": SECURITY_GROUP_RULES, "router": ROUTERS,
+         "floatingip": FLOATINGIPS}
+NOT_ENFORCED = ("subnet", "rbac_policy", "subnetpool")
 
 
 def make_quotas(cfg: QuotaConfig) -> Quotas:
@@ -62,7 +66,9 @@ def make_quotas(cfg: QuotaConfig) -> Quotas:
 
     return Quotas(cfg, {NETWORKS: networks, PORTS: ports,
                         SECURITY_GROUPS: counter(SecurityGroup.project_id),
-                        SECURITY_GROUP_RULES: counter(SecurityGroupRule.project_id)})
+                        SECURITY_GROUP_RULES: counter(SecurityGroupRule.project_id),
+                        ROUTERS: counter(Router.project_id),
+                        FLOATINGIPS: counter(FloatingIP.project_id)})
 
 
 def enforce(quotas: Quotas, sess: Session, project_id: str | None, kind: str) -> None:

@@ -87,6 +87,15 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
             raise BadRequest(f"Invalid input for field 'gateway_ip': {exc}.") from None
         if "gateway_ip" in body and body["gateway_ip"] is None:
             gateway = None
+        if gateway is not None and ipaddress.ip_address(gateway) in (
+                cidr.network_address, cidr.broadcast_address):
+            raise BadRequest(f"Invalid input for field 'gateway_ip': {gateway} is the network "
+                             f"or broadcast address of {cidr}.")
+        for other in session().scalars(select(Subnet).where(Subnet.network_id == net.id)):
+            if ipaddress.ip_network(other.cidr).overlaps(cidr):
+                raise BadRequest(f"Invalid input for field 'cidr': requested subnet with cidr: "
+                                 f"{cidr} for network: {net.id} overlaps with another subnet "
+                                 f"({other.id}, {other.cidr}).")
         sub = create_subnet_row(session(), net, field(body, "name", str, ""), str(cidr), gateway,
                                 owner_of(ctx, body, "subnet"))
         pools = field(body, "allocation_pools", list, [])

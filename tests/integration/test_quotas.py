@@ -145,7 +145,7 @@ def test_quota_sets_admin_updates_members_read_their_own(compute: Compute) -> No
     assert set_compute(compute, pid, instances=-2).status_code == 400
     unknown = set_compute(compute, pid, floating_ips=5)
     assert unknown.status_code == 400 and "floating_ips" in unknown.text
-    assert set_network(services, pid, router=5).status_code == 400
+    assert set_network(services, pid, rbac_policy=5).status_code == 400
 
     # below usage: refused unless forced (Nova), or unless check_limit is off (Neutron)
     assert compute.boot("one", member).status_code == 202

@@ -11,6 +11,7 @@ from core.common.migrate import Schema
 
 def _metadata() -> MetaData:
     # imported for their tables, which join NetworkTable's metadata
+    import core.network.l3_models
     import core.network.secgroup_models
     import core.network.segment_models  # noqa: F401
     from core.network.models import NetworkTable

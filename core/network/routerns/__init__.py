@@ -1,0 +1,1 @@
+"""A router's data plane: its network namespace, addresses and NAT (see plan.py)."""
