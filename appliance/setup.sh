@@ -22,6 +22,9 @@ PYTHON=/usr/bin/python3   # Debian's Python: python3-rbd and friends live there
 RUN_PACKAGES=(python3 python3-venv python3-dev gcc make pkg-config libvirt-dev
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio)
 RUN_PACKAGES+=(syslinux syslinux-common mtools dosfstools)
+# dnsmasq-base: each hypervisor's DHCP for its own ports (core/network/agent/dhcp.py); not
+# `dnsmasq`, whose package ships and starts a system-wide DNS/DHCP service
+RUN_PACKAGES+=(dnsmasq-base)
 # galera-4, rsync and stunnel4: the lab's Galera cluster and its state transfers (over TLS)
 TEST_PACKAGES=(mariadb-server mariadb-client galera-4 rsync stunnel4 rabbitmq-server pacemaker corosync
   pcs crmsh resource-agents fence-agents pacemaker-cli-utils libxml2-utils)
