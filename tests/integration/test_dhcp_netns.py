@@ -165,15 +165,27 @@ class Lease:
     hostname: str
 
 
+def client_script(tmp: Path) -> Path:
+    """udhcpc's script: records each event and what came with it, and configures
+    the address as a guest would (a renewal is sent from it)."""
+    script = tmp / "udhcpc-script"
+    if not script.exists():
+        fields = " ".join(f"{f}=${f}" for f in Lease.__dataclass_fields__)
+        script.write_text(
+            f'#!/bin/sh\necho "$1 {fields}" >> "$EVENTS"\n'
+            'case "$1" in\n'
+            '  deconfig) ip addr flush dev "$interface" ;;\n'
+            '  bound) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;\n'
+            'esac\n')
+        script.chmod(0o755)
+    return script
+
+
 def dhcp(guest: str, tmp: Path, tries: int = 4, wait: int = 1) -> Lease | None:
     """Run busybox udhcpc once in ``guest``: the lease it was bound with, or None
     when no server answered ``tries`` discovers, ``wait`` seconds each."""
     events = tmp / f"{guest}.events"
-    script = tmp / "udhcpc-script"
-    if not script.exists():
-        fields = " ".join(f"{f}=${f}" for f in Lease.__dataclass_fields__)
-        script.write_text(f'#!/bin/sh\necho "$1 {fields}" >> "$EVENTS"\n')
-        script.chmod(0o755)
+    script = client_script(tmp)
     events.unlink(missing_ok=True)
     done = sh("ip", "netns", "exec", guest, "env", f"EVENTS={events}", "busybox", "udhcpc",
               "-f", "-q", "-n", "-t", str(tries), "-T", str(wait), "-i", "eth0", "-s", str(script),
@@ -295,6 +307,47 @@ def test_added_port_is_a_reload_removed_one_is_no_longer_answered_and_its_addres
     for guest, ip in ((g2, "10.20.0.12"), (g4, "10.20.0.14")):
         lease = dhcp(guest, tmp_path)
         assert lease is not None and lease.ip == ip
+
+
+def test_a_restart_keeps_the_other_guests_renewing(segment: Segment,
+                                                  tmp_path: Path) -> None:
+    """Removing a port restarts dnsmasq (its in-memory leases go): a guest that
+    keeps its port renews with the new process and keeps its address."""
+    p1, p2 = port(1, "10.20.0.11"), port(2, "10.20.0.12")
+    g2 = segment.guest("hv1", p2.mac_address)
+    sup = segment.supervisors["hv1"]
+    sup.sync([segment.network("hv1", (p1, p2))])
+    events = tmp_path / "renewing.events"
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", g2, "env", f"EVENTS={events}", "busybox", "udhcpc", "-f",
+         "-i", "eth0", "-s", str(client_script(tmp_path)), "-O", "mtu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def seen() -> list[str]:
+            text = events.read_text() if events.exists() else ""
+            return [line.split()[0] for line in text.splitlines()]
+
+        deadline = time.monotonic() + 60
+        while "bound" not in seen():
+            assert time.monotonic() < deadline and client.poll() is None, seen()
+            time.sleep(0.05)
+        old_pid = sup.running_pid(NET)
+        assert sup.sync([segment.network("hv1", (p2,))]).restarted == [NET]
+        assert sup.running_pid(NET) != old_pid
+        client.send_signal(signal.SIGUSR1)  # renew now (unicast to the server)
+        while not {"renew", "nak", "leasefail"} & set(seen()):
+            assert time.monotonic() < deadline + 60 and client.poll() is None, seen()
+            time.sleep(0.05)
+        assert seen()[-1] == "renew", (seen(), segment.log("hv1"))
+        renewed = events.read_text().splitlines()[-1]
+        assert " ip=10.20.0.12 " in renewed
+        log = segment.log("hv1")
+        assert "DHCPNAK" not in log
+        assert f"DHCPACK({BRIDGE}) 10.20.0.12 {p2.mac_address}" in log.split(
+            "started, version")[-1]  # answered by the new process
+    finally:
+        client.terminate()
+        client.wait()
 
 
 def test_other_hypervisor_answers_only_its_own_ports(segment: Segment,
