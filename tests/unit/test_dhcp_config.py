@@ -144,6 +144,7 @@ def test_withdrawn_is_a_mac_losing_its_address() -> None:
     assert not _withdrawn(old, {**keep, "fa:16:3e:00:00:03": "10.0.0.13"})  # added
     assert _withdrawn(old, {"fa:16:3e:00:00:01": "10.0.0.11"})  # removed
     assert _withdrawn(old, {**keep, "fa:16:3e:00:00:02": "10.0.0.22"})  # moved
+    assert _withdrawn("garbage\n", keep)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to dnsmasq's group")

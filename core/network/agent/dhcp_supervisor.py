@@ -265,9 +265,9 @@ def _withdrawn(old_hosts: str, new: dict[str, str]) -> bool:
     keep their ports lose nothing: an authoritative dnsmasq ACKs their renewal of
     a static address it has no lease for."""
     for line in old_hosts.splitlines():
-        mac, ip = line.split(",")[:2]
-        if new.get(mac) != ip:
-            return True
+        fields = line.split(",")
+        if len(fields) < 2 or new.get(fields[0]) != fields[1]:
+            return True  # a line not ours to read: restart, never guess
     return False
 
 
