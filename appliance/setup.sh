@@ -27,6 +27,9 @@ RUN_PACKAGES+=(xorriso)
 # nftables: security groups on each hypervisor (core/network/agent/secgroup_nft.py) and
 # a router's NAT table; iputils-arping: the router's gratuitous ARP (core/network/routerns)
 RUN_PACKAGES+=(nftables iputils-arping)
+# dnsmasq-base: each hypervisor's DHCP for its own ports (core/network/agent/dhcp.py); not
+# `dnsmasq`, whose package ships and starts a system-wide DNS/DHCP service
+RUN_PACKAGES+=(dnsmasq-base)
 # galera-4, rsync and stunnel4: the lab's Galera cluster and its state transfers (over TLS)
 TEST_PACKAGES=(mariadb-server mariadb-client galera-4 rsync stunnel4 rabbitmq-server pacemaker corosync
   pcs crmsh resource-agents fence-agents pacemaker-cli-utils libxml2-utils)
