@@ -22,9 +22,13 @@ PYTHON=/usr/bin/python3   # Debian's Python: python3-rbd and friends live there
 RUN_PACKAGES=(python3 python3-venv python3-dev gcc make pkg-config libvirt-dev
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio)
 RUN_PACKAGES+=(syslinux syslinux-common mtools dosfstools)
+# dropbear-bin: the tiny guest's SSH server (images/tiny copies it and its libraries in)
+RUN_PACKAGES+=(dropbear-bin)
 # galera-4, rsync and stunnel4: the lab's Galera cluster and its state transfers (over TLS)
 TEST_PACKAGES=(mariadb-server mariadb-client galera-4 rsync stunnel4 rabbitmq-server pacemaker corosync
   pcs crmsh resource-agents fence-agents pacemaker-cli-utils libxml2-utils)
+# the tiny guest's tests: a config-2 ISO (xorriso) and an SSH client into the guest
+TEST_PACKAGES+=(xorriso openssh-client)
 
 case "$MODE" in
   run) PACKAGES=("${RUN_PACKAGES[@]}"); EXTRAS="[client]" ;;
