@@ -121,11 +121,15 @@ function string(    out, c, e, code, low) {
         else if (e == "u") {
             code = hex4()
             if (code >= 55296 && code < 56320 && substr(text, pos, 2) == "\\u") {
-                pos += 2
-                low = hex4()
-                if (low >= 56320 && low < 57344) code = 65536 + (code - 55296) * 1024 + (low - 56320)
-                else { fail("unpaired surrogate"); return "" }
+                low = substr(text, pos + 2, 4)
+                # A high surrogate and the low one after it make one character.
+                if (tolower(low) ~ /^d[c-f][0-9a-f][0-9a-f]$/) {
+                    pos += 2
+                    code = 65536 + (code - 55296) * 1024 + (hex4() - 56320)
+                }
             }
+            # A surrogate left unpaired is no character: U+FFFD, as a UTF-8 decoder would.
+            if (code >= 55296 && code < 57344) code = 65533
             out = out utf8(code)
         } else { fail("bad escape"); return "" }
         if (err != "") return ""
