@@ -107,11 +107,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def nic(*options: str) -> list[str]:
+def nic(*options: str, name: str = "n0") -> list[str]:
     """A virtio NIC on QEMU's user-mode network, restricted to the guest and the forwards."""
     return [
-        "-netdev", ",".join(["user", "id=n0", "restrict=on", *options]),
-        "-device", "virtio-net-pci,netdev=n0",
+        "-netdev", ",".join(["user", f"id={name}", "restrict=on", *options]),
+        "-device", f"virtio-net-pci,netdev={name}",
     ]  # fmt: skip
 
 
@@ -196,12 +196,14 @@ def test_config_drive_gives_address_key_hostname_and_runs_user_data(
     devices = [
         "-drive", f"file={iso},media=cdrom,readonly=on",   # IDE, as libvirt's "pc" machine has it
         *nic(f"hostfwd=tcp:127.0.0.1:{port}-:22"),
+        *nic("net=10.0.3.0/24", name="n1"),  # a second NIC, on a network of its own
     ]  # fmt: skip
     disk = overlay(tiny_image, tmp_path / "disk.qcow2")
     with Guest(disk, tmp_path, "configdrive", devices) as guest:
         guest.wait_for(READY, READY_TIMEOUT)
         # QEMU's DHCP server hands out 10.0.2.15 first (its network is 10.0.2.0/24).
         check_console(guest, "configdrive /dev/sr0", "10.0.2.15/24", token)
+        assert line("HAVEN-TINY-NET eth1 10.0.3.15/24").search(guest.console())
         known_hosts = trust_console_host_key(guest, port, tmp_path / "known_hosts")
         check_logged_in_guest(key, port, known_hosts, token)
         check_other_key_refused(tmp_path, port, known_hosts)

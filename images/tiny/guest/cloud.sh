@@ -22,6 +22,8 @@ METADATA_URL=http://169.254.169.254/openstack/latest
 # an answer, then 2 s before the next), like cloud-init's patience with a slow service.
 METADATA_TRIES=30
 MOUNTPOINT=/mnt/config
+# Seconds to wait for a late lease after udhcpc's first round (4 tries 2 s apart) failed.
+DHCP_EXTRA_WAIT=20
 
 # A console line of its own: the leading newline ends whatever the console shell printed.
 say() { printf '\n%s\n' "$*"; }
@@ -53,6 +55,12 @@ network() {
         say "HAVEN-TINY-NET none"
         return
     fi
+    # No lease in udhcpc's first round: give its next round (in the background) a chance.
+    i=0
+    while ! have_lease && [ $i -lt $DHCP_EXTRA_WAIT ]; do
+        sleep 1
+        i=$((i + 1))
+    done
     for nic in $nics; do
         if [ -s "$STATE/net/$nic" ]; then
             say "HAVEN-TINY-NET $nic $(head -n 1 "$STATE/net/$nic")"
@@ -145,7 +153,10 @@ instance_data() {
     source=none
     if dev=$(config_drive); then
         read_config_drive "$dev" && source="configdrive $dev"
-    elif have_lease; then
+    fi
+    # No config drive, or one without meta_data.json: the next source, as cloud-init does.
+    if [ "$source" = none ] && have_lease; then
+        rm -f "$DS"/*
         read_metadata_service && source="metadata-service $METADATA_URL"
     fi
     if [ "$source" != none ] && ! awk -f /etc/haven/json.awk "$DS/meta_data.json" > "$DS/meta"
