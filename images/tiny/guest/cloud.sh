@@ -212,7 +212,25 @@ start_ssh() {
     say "HAVEN-TINY-HOSTKEY $1 $2"
     # -s: keys only, no passwords; -F -E: foreground, log to stderr (no syslog here).
     dropbear -F -E -s -p 22 -r $key > /var/log/dropbear.log 2>&1 &
+    # The line means "connect now": wait until the socket listens (dropbear's start, its
+    # libraries loaded, takes seconds under TCG; until then a connection is reset).
+    i=0
+    while ! listening 22; do
+        if [ $i -ge 300 ] || ! kill -0 $! 2>/dev/null; then
+            say "HAVEN-WARN dropbear is not listening: $(tail -n 3 /var/log/dropbear.log)"
+            return
+        fi
+        sleep 0.1
+        i=$((i + 1))
+    done
     say "HAVEN-TINY-SSH 22"
+}
+
+# listening PORT: a TCP socket listens on PORT (state 0A in /proc/net/tcp or tcp6).
+listening() {
+    port=$(printf ':%04X' "$1")
+    awk -v port="$port" '$2 ~ port "$" && $4 == "0A" { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
 
 # The user data, if it is a script, as cloud-init's scripts-user runs it: once, as root, its
