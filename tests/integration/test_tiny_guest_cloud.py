@@ -284,9 +284,13 @@ def test_without_config_drive_the_metadata_service_is_read_over_http(
             guest, "metadata-service http://169.254.169.254/openstack/latest",
             "169.254.169.15/24", token,
         )  # fmt: skip
-        meta = "/openstack/latest/meta_data.json"
-        # The 503 was retried, then user_data read once; the guest asked for nothing else.
-        assert service.requests == [(meta, 503), (meta, 200), ("/openstack/latest/user_data", 200)]
+        meta, user = "/openstack/latest/meta_data.json", "/openstack/latest/user_data"
+        # The 503 was retried until meta_data.json came, then user_data was read; the guest
+        # asked for nothing else.
+        assert service.requests[0] == (meta, 503)
+        assert (meta, 200) in service.requests
+        assert service.requests[-1] == (user, 200)
+        assert {path for path, _ in service.requests} == {meta, user}
         known_hosts = trust_console_host_key(guest, port, tmp_path / "known_hosts")
         check_logged_in_guest(key, port, known_hosts, token)
         check_other_key_refused(tmp_path, port, known_hosts)
