@@ -30,12 +30,16 @@ RUN_PACKAGES+=(nftables iputils-arping)
 # dnsmasq-base: each hypervisor's DHCP for its own ports (core/network/agent/dhcp.py); not
 # `dnsmasq`, whose package ships and starts a system-wide DNS/DHCP service
 RUN_PACKAGES+=(dnsmasq-base)
+# dropbear-bin: the tiny guest's SSH server (images/tiny copies it and its libraries in)
+RUN_PACKAGES+=(dropbear-bin)
 # galera-4, rsync and stunnel4: the lab's Galera cluster and its state transfers (over TLS)
 TEST_PACKAGES=(mariadb-server mariadb-client galera-4 rsync stunnel4 rabbitmq-server pacemaker corosync
   pcs crmsh resource-agents fence-agents pacemaker-cli-utils libxml2-utils)
 # cloud-init: the metadata tests drive its OpenStack datasource's readers (its services
 # never start here: there is no init system, and policy-rc.d below refuses them)
 TEST_PACKAGES+=(cloud-init)
+# an SSH client into the tiny guest in its tests
+TEST_PACKAGES+=(openssh-client)
 
 case "$MODE" in
   run) PACKAGES=("${RUN_PACKAGES[@]}"); EXTRAS="[client]" ;;

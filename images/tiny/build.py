@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when the output layout changes in a way the input digests would not notice.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 IMAGE_NAME = "tiny.qcow2"
 KERNEL_NAME = "tiny-vmlinuz"
@@ -80,6 +80,40 @@ MODULES = (
     "drivers/input/evdev",
     "drivers/acpi/button",
 )
+
+# Loaded by /etc/haven/cloud.sh after the boot marker, in this order, with these parameters:
+# the NIC (virtio_net), and the IDE CD-ROM a config drive is on (Haven's and Nova's libvirt
+# domains are machine "pc": PIIX IDE; the -cloud kernel has no AHCI) with its filesystem.
+# scan=sync: the CD-ROM is registered before insmod returns, so cloud.sh need not poll for it.
+CLOUD_MODULES = (
+    ("net/core/failover", ""),
+    ("drivers/net/net_failover", ""),
+    ("drivers/net/virtio_net", ""),
+    ("drivers/scsi/scsi_common", ""),
+    ("drivers/scsi/scsi_mod", "scan=sync"),
+    ("drivers/cdrom/cdrom", ""),
+    ("drivers/scsi/sr_mod", ""),
+    ("drivers/ata/libata", ""),
+    ("drivers/ata/ata_piix", ""),
+    ("fs/isofs/isofs", ""),
+)
+
+# The guest's cloud-init stand-in and its helpers, installed as /etc/haven/<name>.
+GUEST_DIR = Path(__file__).resolve().parent / "guest"
+GUEST_FILES = {"cloud.sh": 0o755, "udhcpc.script": 0o755, "json.awk": 0o644}
+
+# The SSH server: Debian's dropbear-bin, copied in with the shared libraries it links.
+DROPBEAR_BINARIES = (Path("/usr/sbin/dropbear"), Path("/usr/bin/dropbearkey"))
+
+# root may log in with a key only: "*" is a password nothing matches (dropbear refuses an
+# account whose password field is empty, even for keys).
+ETC_FILES = {
+    "etc/passwd": "root:*:0:0:root:/root:/bin/sh\n",
+    "etc/group": "root:x:0:\n",
+    "etc/shells": "/bin/sh\n",
+    "etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
+    "etc/hostname": "tiny\n",
+}
 
 BUSYBOX = Path("/bin/busybox")
 SYSLINUX = Path("/usr/bin/syslinux")
@@ -148,6 +182,9 @@ token() {
     fi
 }
 token
+
+# DHCP, instance data, SSH, user data (images/tiny/guest/cloud.sh), alongside the console.
+/etc/haven/cloud.sh &
 
 (
     while :; do
@@ -323,7 +360,10 @@ def extract_kernel(deb: Path, dest: Path) -> tuple[Path, dict[str, Path], str]:
     Streaming (instead of ``dpkg -x`` of ~100 MB) keeps the build light on a shared disk.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    wanted = {f"/kernel/{module}.ko": module.rsplit("/", 1)[1] for module in MODULES}
+    wanted = {
+        f"/kernel/{module}.ko": module.rsplit("/", 1)[1]
+        for module in (*MODULES, *(name for name, _ in CLOUD_MODULES))
+    }
     modules: dict[str, Path] = {}
     vmlinuz: Path | None = None
     release = ""
@@ -382,8 +422,8 @@ class Cpio:
     def _pad(self) -> None:
         self._buf.write(b"\0" * (-self._buf.tell() % 4))
 
-    def directory(self, name: str) -> None:
-        self._entry(name, stat.S_IFDIR | 0o755)
+    def directory(self, name: str, mode: int = 0o755) -> None:
+        self._entry(name, stat.S_IFDIR | mode)
 
     def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
         self._entry(name, stat.S_IFREG | mode, data)
@@ -399,8 +439,41 @@ class Cpio:
         return self._buf.getvalue()
 
 
+def shared_libraries(binaries: Sequence[Path]) -> list[Path]:
+    """The shared libraries (and the dynamic loader) the binaries link, as ``ldd`` resolves
+    them on this host: the guest gets the very files Debian installed here."""
+    libraries: set[Path] = set()
+    for binary in binaries:
+        for line in run(["ldd", str(binary)]).splitlines():
+            # "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-... (0x...)"
+            match = re.search(r"(/\S+) \(0x[0-9a-f]+\)$", line.strip())
+            if match:
+                libraries.add(Path(match.group(1)))
+    return sorted(libraries)
+
+
+def guest_files() -> dict[str, bytes]:
+    """Everything besides the kernel modules that the guest's userland is made of, by its
+    path in the initramfs: the cloud-init stand-in and the SSH server with its libraries."""
+    files = {f"etc/haven/{name}": (GUEST_DIR / name).read_bytes() for name in GUEST_FILES}
+    for binary in DROPBEAR_BINARIES:
+        if not binary.exists():
+            raise BuildError(f"{binary} is missing (apt-get install dropbear-bin)")
+        files[str(binary).lstrip("/")] = binary.read_bytes()
+    for library in shared_libraries(DROPBEAR_BINARIES):
+        files[str(library).lstrip("/")] = library.read_bytes()  # symlinks: their target's bytes
+    return files
+
+
+def parents(paths: Sequence[str]) -> list[str]:
+    """Every directory above the given paths, shortest first, so a cpio creates them in order."""
+    found = {str(parent) for path in paths for parent in Path(path).parents if str(parent) != "."}
+    return sorted(found, key=lambda name: (name.count("/"), name))
+
+
 def build_initramfs(modules: dict[str, Path]) -> bytes:
-    """The guest's whole userland: busybox, /init, the modules and the ACPI power handler.
+    """The guest's whole userland: busybox, /init, the modules, the ACPI power handler, the
+    cloud-init stand-in (/etc/haven) and dropbear.
 
     Deterministic (fixed mtimes, gzip mtime 0) so identical inputs give identical bytes.
     """
@@ -413,10 +486,11 @@ def build_initramfs(modules: dict[str, Path]) -> bytes:
         "etc",
         "etc/acpi",
         "etc/acpi/PWRF",
+        "etc/haven",
         "lib",
         "lib/modules",
+        "mnt",
         "proc",
-        "root",
         "run",
         "sbin",
         "sys",
@@ -429,6 +503,7 @@ def build_initramfs(modules: dict[str, Path]) -> bytes:
         "var/run",
     ):
         cpio.directory(directory)
+    cpio.directory("root", 0o700)  # dropbear refuses keys under a home others may write
     cpio.char_device("dev/console", 5, 1)
     cpio.char_device("dev/null", 1, 3, 0o666)
     cpio.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
@@ -437,6 +512,23 @@ def build_initramfs(modules: dict[str, Path]) -> bytes:
     cpio.file("etc/acpi/PWRF/00000080", ACPI_POWER_SCRIPT.encode(), 0o755)
     for name in order:
         cpio.file(f"lib/modules/{name}.ko", modules[name].read_bytes())
+    cloud_modules = "".join(
+        f"{path.rsplit('/', 1)[1]} {params}".rstrip() + "\n" for path, params in CLOUD_MODULES
+    )
+    for path, _ in CLOUD_MODULES:
+        name = path.rsplit("/", 1)[1]
+        cpio.file(f"lib/modules/{name}.ko", modules[name].read_bytes())
+    cpio.file("etc/haven/cloud-modules", cloud_modules.encode())
+    for name, text in ETC_FILES.items():
+        cpio.file(name, text.encode())
+    extra = guest_files()
+    created = {"etc", "etc/haven", "lib", "usr", "usr/bin", "usr/sbin"}
+    for directory in parents(sorted(extra)):
+        if directory not in created:
+            cpio.directory(directory)
+    for name, data in sorted(extra.items()):
+        mode = GUEST_FILES.get(name.rsplit("/", 1)[1], 0o644) if name.startswith("etc/") else 0o755
+        cpio.file(name, data, mode)
     return gzip.compress(cpio.finish(), compresslevel=9, mtime=0)
 
 
@@ -464,6 +556,9 @@ def collect_inputs(kernel: KernelPackage, size_mib: int) -> dict[str, object]:
     for tool in (BUSYBOX, SYSLINUX):
         if not tool.exists():
             raise BuildError(f"{tool} is missing (apt-get install busybox-static syslinux)")
+    guest = hashlib.sha256()
+    for name, data in sorted(guest_files().items()):
+        guest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return {
         "format": FORMAT_VERSION,
         "script_sha256": sha256_file(Path(__file__).resolve()),
@@ -471,6 +566,7 @@ def collect_inputs(kernel: KernelPackage, size_mib: int) -> dict[str, object]:
         "kernel_version": kernel.version,
         "busybox_sha256": sha256_file(BUSYBOX),
         "syslinux_sha256": sha256_file(SYSLINUX),
+        "guest_sha256": guest.hexdigest(),
         "size_mib": size_mib,
     }
 
@@ -540,6 +636,14 @@ def build(out: Path, size_mib: int, kernel_package: str | None, force: bool) -> 
                 "token": "HAVEN-TOKEN <32 hex> new|from-disk",
                 "heartbeat": "HAVEN-HEARTBEAT uptime=<seconds>",
                 "poweroff": "HAVEN-POWEROFF acpi",
+                "net": "HAVEN-TINY-NET <nic> <ip>/<prefix>|none (or HAVEN-TINY-NET none)",
+                "metadata": "HAVEN-TINY-METADATA configdrive <dev>|metadata-service <url>|none",
+                "hostname": "HAVEN-TINY-HOSTNAME <name>",
+                "keys": "HAVEN-TINY-KEYS <count>",
+                "hostkey": "HAVEN-TINY-HOSTKEY <type> <base64>",
+                "ssh": "HAVEN-TINY-SSH 22",
+                "user_data": "HAVEN-TINY-USERDATA none|not-a-script|start|exit=<status>",
+                "ready": "HAVEN-TINY-READY",
             },
         }
         tmp = out / f".{MANIFEST_NAME}.tmp"
