@@ -218,10 +218,14 @@ def kernel_has_vlan(hvs: Hypervisors) -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.kernel_vlan
 def test_vlan_tenants_on_a_shared_physical_link(cloud: Services,
                                                  hypervisors: Hypervisors) -> None:
+    """Run with ``-m kernel_vlan`` on a kernel with 802.1Q (the default run leaves it
+    out: the machine Haven is developed on has none); asked for without it, it fails."""
     if not kernel_has_vlan(hypervisors):
-        pytest.skip("this kernel has no 802.1Q (no vlan devices, no loadable modules)")
+        pytest.fail("this kernel has no 802.1Q (no vlan devices, no loadable modules): "
+                    "the VLAN data path cannot be tested here")
     guests = two_tenants(cloud, hypervisors, **{
         "provider:network_type": "vlan", "provider:physical_network": "physnet1",
         "provider:segmentation_id": 150})
