@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from core.common.hostnet import tap_name
 from core.network.agent.datapath import converge
 from core.network.agent.desired import register_vtep
-from core.network.agent.driver import tap_name
 from core.network.agent.iproute import IpRoute2, LinuxBridgeDriver
 from core.network.agent.linuxbridge import HostConfig
 from tests.conftest import Services

@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 
+from core.common.hostnet import tap_name
 from core.network.agent.secgroup_apply import NftApplier, in_namespace
 from core.network.agent.secgroup_nft import HostPorts
-from core.network.agent.secgroup_source import host_ports, tap_name
+from core.network.agent.secgroup_source import host_ports
 from tests.conftest import Services
 
 pytestmark = pytest.mark.skipif(shutil.which("nft") is None or shutil.which("ip") is None,

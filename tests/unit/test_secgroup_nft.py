@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import pytest
 
 from core.common.faults import BadRequest
+from core.common.hostnet import tap_name
 from core.network.agent.secgroup_apply import SYSCTLS, ApplyError, NftApplier, run_local
 from core.network.agent.secgroup_nft import (
     CompileError,
@@ -23,7 +24,7 @@ from core.network.agent.secgroup_nft import (
     set_names,
     set_update,
 )
-from core.network.agent.secgroup_source import host_ports, members, tap_name
+from core.network.agent.secgroup_source import host_ports, members
 from core.network.secgroup_rules import default_rules, parse_rule, spec_key
 
 GROUP = "6f1c1d2e-0000-4000-8000-00000000abcd"

@@ -16,7 +16,8 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.network.agent.driver import HostState, LocalPort, NetworkSpec, RemotePort, tap_name
+from core.common.hostnet import tap_name
+from core.network.agent.driver import HostState, LocalPort, NetworkSpec, RemotePort
 from core.network.models import Network, Port
 from core.network.segment_models import HostVtep, NetworkSegment
 

@@ -83,11 +83,5 @@ class DataPathDriver(Protocol):
         ...
 
 
-def tap_name(port_id: str) -> str:
-    """The tap device of a port, as Nova and Neutron name it (15 characters at most):
-    what the hypervisor makes for the guest and the agent plugs."""
-    return "tap" + port_id[:11]
-
-
 class DataPathError(Exception):
     """The host could not be read or changed (a command failed); the agent retries."""

@@ -15,12 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from core.common.hostnet import tap_name
 from core.network.agent.secgroup_nft import GuestPort, HostPorts, Rule
-
-
-def tap_name(port_id: str) -> str:
-    """Nova's and libvirt's tap name of a port (``tap`` + 11 characters of its id)."""
-    return ("tap" + port_id)[:14]
 
 
 def rules_of(group: Mapping[str, Any]) -> list[Rule]:
