@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -87,3 +88,38 @@ def _try_hold(session: Session, subnet_id: str, address: str, port_id: str) -> b
         return True
     except IntegrityError:
         return False
+
+
+def requested_ips(requested: list[Any] | None, subnets: list[Subnet], network_id: str,
+                  name: str = "fixed_ips") -> list[tuple[Subnet, str | None]]:
+    """A ``fixed_ips``-shaped request (a port's, a router gateway's
+    ``external_fixed_ips``: the field's ``name``) as (subnet, address or None), checked:
+    400 naming the entry that names no subnet of the network or is not an address."""
+    out: list[tuple[Subnet, str | None]] = []
+    for i, ip in enumerate(requested or []):
+        if not isinstance(ip, dict):
+            raise BadRequest(f"Invalid input for field '{name}[{i}]': an object.")
+        unknown = sorted(set(ip) - {"subnet_id", "ip_address"})
+        if unknown:
+            raise BadRequest(f"Invalid input for field '{name}[{i}].{unknown[0]}': "
+                             "not supported.")
+        sub_id = ip.get("subnet_id")
+        candidates = [s for s in subnets if sub_id in (None, s.id)]
+        if not candidates:
+            raise BadRequest(f"Invalid input for field '{name}[{i}].subnet_id': "
+                             f"no subnet {sub_id} on network {network_id}.")
+        address = ip.get("ip_address")
+        if address is None:
+            out.append((candidates[0], None))
+            continue
+        try:
+            wanted = ipaddress.ip_address(str(address))
+        except ValueError:
+            raise BadRequest(f"Invalid input for field '{name}[{i}].ip_address'"
+                             f": {address!r} is not an IP address.") from None
+        inside = [s for s in candidates if wanted in ipaddress.ip_network(s.cidr)]
+        if not inside:
+            raise BadRequest(f"Invalid input for field '{name}[{i}].ip_address': "
+                             f"{wanted} is in no subnet of network {network_id}.")
+        out.append((inside[0], str(wanted)))
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Callable
 from typing import Any
@@ -37,40 +36,6 @@ from core.network.views import port_view
 
 def _mac() -> str:
     return "fa:16:3e:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3))
-
-
-def requested_ips(requested: list[Any] | None, subnets: list[Subnet], network_id: str
-                  ) -> list[tuple[Subnet, str | None]]:
-    """The port's ``fixed_ips`` request as (subnet, address or None), checked: 400 naming
-    the entry that names no subnet of the network or is not an address."""
-    out: list[tuple[Subnet, str | None]] = []
-    for i, ip in enumerate(requested or []):
-        if not isinstance(ip, dict):
-            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}]': an object.")
-        unknown = sorted(set(ip) - {"subnet_id", "ip_address"})
-        if unknown:
-            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].{unknown[0]}': "
-                             "not supported.")
-        sub_id = ip.get("subnet_id")
-        candidates = [s for s in subnets if sub_id in (None, s.id)]
-        if not candidates:
-            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].subnet_id': "
-                             f"no subnet {sub_id} on network {network_id}.")
-        address = ip.get("ip_address")
-        if address is None:
-            out.append((candidates[0], None))
-            continue
-        try:
-            wanted = ipaddress.ip_address(str(address))
-        except ValueError:
-            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].ip_address'"
-                             f": {address!r} is not an IP address.") from None
-        inside = [s for s in candidates if wanted in ipaddress.ip_network(s.cidr)]
-        if not inside:
-            raise BadRequest(f"Invalid input for field 'fixed_ips[{i}].ip_address': "
-                             f"{wanted} is in no subnet of network {network_id}.")
-        out.append((inside[0], str(wanted)))
-    return out
 
 
 def load_port(port_id: str) -> tuple[Port, dict[str, Any]]:
@@ -135,7 +100,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             policy.enforce(ctx, rule, target)
         subnets = list(session().scalars(select(Subnet).where(Subnet.network_id == net.id)))
         requested = field(body, "fixed_ips", list, None)
-        wanted = requested_ips(requested, subnets, net.id)
+        wanted = ipam.requested_ips(requested, subnets, net.id)
         for sub, address in wanted:
             if address is not None:
                 policy.enforce(ctx, "network:create_port:fixed_ips:ip_address", target)

@@ -122,34 +122,12 @@ def check_extra(body: Mapping[str, Any], allowed: set[str]) -> None:
 def requested_external_ips(info: Mapping[str, Any], net: Network, subnets: list[Subnet]
                            ) -> list[tuple[Subnet, str | None]]:
     """``external_fixed_ips`` as (subnet, address or None), each checked (400 naming it)."""
-    out: list[tuple[Subnet, str | None]] = []
-    entries = field(info, "external_fixed_ips", list)
-    for i, entry in enumerate(entries):
-        name = f"external_gateway_info.external_fixed_ips[{i}]"
-        if not isinstance(entry, dict) or set(entry) - {"subnet_id", "ip_address"}:
-            raise BadRequest(f"Invalid input for field '{name}': an object with subnet_id "
-                             "and/or ip_address.")
-        sub_id, address = entry.get("subnet_id"), entry.get("ip_address")
-        candidates = [s for s in subnets if sub_id in (None, s.id)]
-        if not candidates:
-            raise BadRequest(f"Invalid input for field '{name}.subnet_id': no subnet "
-                             f"{sub_id} on network {net.id}.")
-        if address is None:
-            out.append((candidates[0], None))
-            continue
-        try:
-            wanted = ipaddress.ip_address(str(address))
-        except ValueError:
-            raise BadRequest(f"Invalid input for field '{name}.ip_address': {address!r} "
-                             "is not an IP address.") from None
-        inside = [s for s in candidates if wanted in ipaddress.ip_network(s.cidr)]
-        if not inside:
-            raise BadRequest(f"Invalid input for field '{name}.ip_address': {wanted} is in "
-                             f"no subnet of network {net.id}.")
-        if any(s.gateway_ip == str(wanted) for s in subnets):
-            raise bad(f"External IP {wanted} is the same as the gateway IP")
-        out.append((inside[0], str(wanted)))
-    return out
+    wanted = ipam.requested_ips(field(info, "external_fixed_ips", list), subnets, net.id,
+                                "external_gateway_info.external_fixed_ips")
+    for _, address in wanted:
+        if address is not None and any(s.gateway_ip == address for s in subnets):
+            raise bad(f"External IP {address} is the same as the gateway IP")
+    return wanted
 
 
 def allocate_gateway(port: Port, subnets: list[Subnet],

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from core.compute.metadata import ec2, openstack
 from core.compute.metadata.model import InstanceDescription
+from core.compute.metadata.versions import LATEST
 
 LABEL = "config-2"
 PUBLISHER = "Haven"
@@ -35,12 +36,12 @@ class ConfigDriveError(RuntimeError):
 def files(desc: InstanceDescription,
           random: Callable[[int], bytes] = os.urandom) -> Iterator[tuple[str, bytes]]:
     """(path, content) of every file on the drive."""
-    for version in [*ec2.VERSIONS, ec2.LATEST]:
+    for version in [*ec2.VERSIONS, LATEST]:
         tree = ec2.tree(desc, version)
         if "user-data" in tree:
             yield f"ec2/{version}/user-data", tree["user-data"]
         yield f"ec2/{version}/meta-data.json", openstack.dumps(ec2.as_json(tree["meta-data"]))
-    for version in [*openstack.VERSIONS, openstack.LATEST]:
+    for version in [*openstack.VERSIONS, LATEST]:
         real = openstack.resolve_version(version)
         base = f"openstack/{version}"
         yield (f"{base}/{openstack.META_DATA}",

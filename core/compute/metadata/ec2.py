@@ -11,14 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from core.compute.metadata.model import InstanceDescription
+from core.compute.metadata.versions import Versions
 
 VERSIONS = ("1.0", "2007-01-19", "2007-03-01", "2007-08-29", "2007-10-10", "2007-12-15",
             "2008-02-01", "2008-09-01", "2009-04-04")
-LATEST = "latest"
-
-
-class UnknownVersion(KeyError):
-    """Not a version of the EC2 metadata (nor ``latest``)."""
+_TREE = Versions(VERSIONS)
+resolve_version = _TREE.resolve
+_at_least = _TREE.at_least
 
 
 class Labelled(dict[str, Any]):
@@ -27,18 +26,6 @@ class Labelled(dict[str, Any]):
     def __init__(self, label: str, items: dict[str, Any]) -> None:
         super().__init__(items)
         self.label = label
-
-
-def resolve_version(version: str) -> str:
-    if version == LATEST:
-        return VERSIONS[-1]
-    if version not in VERSIONS:
-        raise UnknownVersion(version)
-    return version
-
-
-def _at_least(required: str, version: str) -> bool:
-    return VERSIONS.index(version) >= VERSIONS.index(required)
 
 
 def block_device_mapping(desc: InstanceDescription) -> dict[str, str]:

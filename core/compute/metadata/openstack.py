@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.compute.metadata.model import FixedIP, InstanceDescription, Port, Subnet
+from core.compute.metadata.versions import LATEST, Versions
 
 FOLSOM = "2012-08-10"
 GRIZZLY = "2013-04-04"
@@ -30,7 +31,9 @@ VICTORIA = "2020-10-14"
 EPOXY = "2025-04-04"
 VERSIONS = (FOLSOM, GRIZZLY, HAVANA, LIBERTY, NEWTON_ONE, NEWTON_TWO, OCATA, ROCKY,
             VICTORIA, EPOXY)
-LATEST = "latest"
+_TREE = Versions(VERSIONS)
+resolve_version = _TREE.resolve
+at_least = _TREE.at_least
 
 META_DATA = "meta_data.json"
 USER_DATA = "user_data"
@@ -42,23 +45,6 @@ VENDOR_DATA2 = "vendor_data2.json"
 # Nova exposes these VIF types as the link's type; any other is "phy".
 EXPOSED_VIF_TYPES = frozenset({"bridge", "dvs", "hw_veb", "hyperv", "ovs", "tap", "vhostuser",
                                "vif"})
-
-
-class UnknownVersion(KeyError):
-    """Not a version of the OpenStack metadata (nor ``latest``)."""
-
-
-def resolve_version(version: str) -> str:
-    """``latest`` as the newest version; an unknown one raises :class:`UnknownVersion`."""
-    if version == LATEST:
-        return VERSIONS[-1]
-    if version not in VERSIONS:
-        raise UnknownVersion(version)
-    return version
-
-
-def at_least(required: str, version: str) -> bool:
-    return VERSIONS.index(version) >= VERSIONS.index(required)
 
 
 def listed_versions(today: str) -> list[str]:

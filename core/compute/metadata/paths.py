@@ -17,6 +17,7 @@ from typing import Any
 
 from core.compute.metadata import ec2, openstack
 from core.compute.metadata.model import InstanceDescription
+from core.compute.metadata.versions import LATEST, UnknownVersion
 
 TEXT = "text/plain"
 JSON = "application/json"
@@ -47,14 +48,14 @@ def resolve(desc: InstanceDescription, path: str,
     """The body and content type of ``path`` for ``desc``; :class:`NotFound` if none."""
     tokens = tokens_of(path)
     if not tokens:
-        return Answer(_lines([*ec2.VERSIONS, ec2.LATEST]), TEXT)
+        return Answer(_lines([*ec2.VERSIONS, LATEST]), TEXT)
     if tokens[0] not in ("ec2", "openstack"):
         tokens = ["ec2", *tokens]
     try:
         if tokens[0] == "openstack":
             return _openstack(desc, tokens[1:], today)
         return _ec2(desc, tokens[1:])
-    except (openstack.UnknownVersion, ec2.UnknownVersion):
+    except UnknownVersion:
         raise NotFound(path) from None
 
 
@@ -95,7 +96,7 @@ def _openstack(desc: InstanceDescription, tokens: list[str],
 
 def _ec2(desc: InstanceDescription, tokens: list[str]) -> Answer:
     if not tokens:
-        return Answer(_lines([*ec2.VERSIONS, ec2.LATEST]), TEXT)
+        return Answer(_lines([*ec2.VERSIONS, LATEST]), TEXT)
     node: Any = ec2.tree(desc, tokens[0])
     for token in tokens[1:]:
         if not isinstance(node, dict) or token not in node:
