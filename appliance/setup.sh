@@ -32,6 +32,11 @@ RUN_PACKAGES+=(nftables iputils-arping)
 RUN_PACKAGES+=(dnsmasq-base)
 # dropbear-bin: the tiny guest's SSH server (images/tiny copies it and its libraries in)
 RUN_PACKAGES+=(dropbear-bin)
+# openvswitch-switch: the openvswitch data-path mechanism (core/network/agent/ovsctl.py);
+# its postinst only asks invoke-rc.d to start the service, which policy-rc.d refuses here
+# (no init system), and it changes no interface: the tests run their own ovsdb-server and
+# ovs-vswitchd per namespace
+RUN_PACKAGES+=(openvswitch-switch)
 # galera-4, rsync and stunnel4: the lab's Galera cluster and its state transfers (over TLS)
 TEST_PACKAGES=(mariadb-server mariadb-client galera-4 rsync stunnel4 rabbitmq-server pacemaker corosync
   pcs crmsh resource-agents fence-agents pacemaker-cli-utils libxml2-utils)

@@ -275,8 +275,8 @@ class SegmentsConfig:
 
 @dataclass
 class DataPathConfig:
-    """This hypervisor's side of the tenant networks (Neutron's linuxbridge agent's
-    ``local_ip`` and ``physical_interface_mappings``)."""
+    """This hypervisor's side of the tenant networks (Neutron's linuxbridge and
+    openvswitch agents' ``local_ip`` and interface mappings) and its mechanism."""
 
     local_ip: str | None = field(default=None, metadata=_doc(
         "This hypervisor's VXLAN tunnel endpoint: an address of the underlay. Unset: "
@@ -284,6 +284,15 @@ class DataPathConfig:
     physical_interface_mappings: list[str] = field(default_factory=list, metadata=_doc(
         "PHYSNET:INTERFACE pairs: the interface that carries each physical network "
         "(flat networks and VLANs)."))
+    mechanism: str = field(default="linuxbridge", metadata=_doc(
+        "The data-path mechanism: linuxbridge (a bridge per network) or openvswitch (one "
+        "integration bridge, br-int, a local VLAN tag per network, VXLAN ports per peer "
+        "host; flat and VXLAN networks only).", _one_of("linuxbridge", "openvswitch")))
+    ovs_datapath_type: str = field(default="auto", metadata=_doc(
+        "Open vSwitch only: system (the kernel module), netdev (the userspace datapath; "
+        "its VXLAN needs the VTEP address on an OVS bridge holding the underlay "
+        "interface) or auto (system if the openvswitch module is loaded, else netdev).",
+        _one_of("auto", "system", "netdev")))
 
 
 @dataclass

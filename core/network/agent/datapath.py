@@ -8,12 +8,12 @@ change it hears of, and every reconcile interval (a missed message only delays).
 
 The agent builds its driver once from its node's configuration::
 
-    host = host_config(cfg.network.datapath)            # linuxbridge.host_config
-    driver = LinuxBridgeDriver(host)                    # iproute.LinuxBridgeDriver
-    converge(db, cfg.compute_host, host.local_vtep, driver)
+    driver = build_driver(cfg.network.datapath)         # mechanism.build_driver
+    converge(db, cfg.compute_host, cfg.network.datapath.local_ip, driver)
 
-An Open vSwitch driver would be built from the same section and passed the same
-way: ``converge`` only knows the :class:`DataPathDriver` protocol.
+``network.datapath.mechanism`` picks the Linux bridge driver or the Open vSwitch
+one (:mod:`core.network.agent.openvswitch`); ``converge`` only knows the
+:class:`DataPathDriver` protocol.
 """
 
 from __future__ import annotations

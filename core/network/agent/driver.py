@@ -11,9 +11,9 @@ The state says *what* the host carries, never *how*: networks with their
 segment and MTU, the local ports (the tap the hypervisor made for each), and the
 ports of the same networks on other hypervisors with those hosts' tunnel
 endpoints. The Linux bridge driver (:mod:`core.network.agent.linuxbridge`) makes a
-bridge per network; an Open vSwitch driver would take the same state and make
-one integration bridge with a local VLAN tag per network and tunnel ports per
-peer, so nothing here names a bridge or a device kind.
+bridge per network; the Open vSwitch driver (:mod:`core.network.agent.openvswitch`)
+takes the same state and makes one integration bridge with a local VLAN tag per
+network and a tunnel port per peer, so nothing here names a bridge or a device kind.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class SyncResult:
 
 
 class DataPathDriver(Protocol):
-    """A data-path mechanism (Linux bridge now; Open vSwitch fits the same call)."""
+    """A data-path mechanism (Linux bridge or Open vSwitch: ``mechanism.build_driver``)."""
 
     def sync(self, desired: HostState) -> SyncResult:
         """Make the host carry exactly ``desired``: idempotent, removes stale state it
