@@ -18,7 +18,6 @@ import os
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from core.compute.keypair_models import KeyPair
 from core.compute.models import Instance
 from tests.conftest import ADMIN_PASSWORD, Services
 from tests.integration.test_compute_api import Compute
-from tests.integration.test_quotas import openstack_cli, project_id
+from tests.integration.test_quotas import openstack_cli, project_id, race
 
 
 @pytest.fixture
@@ -149,7 +148,7 @@ def test_import_generate_show_delete_as_nova(compute: Compute, tmp_path: Path) -
     assert compute.call("DELETE", "/os-keypairs/k1", member).status_code == 404
 
 
-@pytest.mark.parametrize(("spec", "version", "named"), [
+BAD_KEYPAIRS: list[tuple[dict[str, Any], str, str]] = [
     ({"name": "x", "type": "x509"}, "2.2", "keypair.type"),
     ({"name": "x", "type": "rsa"}, "2.2", "keypair.type"),
     ({"name": "x", "type": "ssh"}, "2.1", "keypair.type"),  # type needs 2.2
@@ -166,12 +165,15 @@ def test_import_generate_show_delete_as_nova(compute: Compute, tmp_path: Path) -
     ({"name": "x", "public_key": "ssh-ed25519 !!!notbase64"}, "2.1", "keypair.public_key"),
     ({"name": "x", "public_key": ""}, "2.1", "keypair.public_key"),
     ({"name": "x", "public_key": None}, "2.1", "keypair.public_key"),
-])
-def test_bad_keypair_input_is_400_naming_the_field(compute: Compute, spec: dict[str, Any],
-                                                   version: str, named: str) -> None:
-    resp = compute.call("POST", "/os-keypairs", json={"keypair": spec}, headers=v(version))
-    assert resp.status_code == 400, resp.text
-    assert f"'{named}'" in message(resp)
+]
+
+
+def test_bad_keypair_input_is_400_naming_the_field(compute: Compute) -> None:
+    for spec, version, named in BAD_KEYPAIRS:
+        resp = compute.call("POST", "/os-keypairs", json={"keypair": spec},
+                            headers=v(version))
+        assert resp.status_code == 400, (spec, resp.text)
+        assert f"'{named}'" in message(resp), (named, message(resp))
     assert count_rows(compute.services, KeyPair) == 0
 
 
@@ -253,12 +255,8 @@ def test_key_pairs_quota_per_user_holds_under_a_race(compute: Compute, tmp_path:
     assert compute.call("POST", "/os-keypairs", member, json={"keypair": {
         "name": "one", "public_key": pub}}).status_code == 200
 
-    def create(i: int) -> int:
-        return compute.call("POST", "/os-keypairs", member, json={"keypair": {
-            "name": f"race-{i}", "public_key": pub}}).status_code
-
-    with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(create, range(8)))
+    statuses = race(8, lambda i: compute.call("POST", "/os-keypairs", member, json={
+        "keypair": {"name": f"race-{i}", "public_key": pub}}))
     assert Counter(statuses) == Counter({200: 1, 403: 7}), statuses
     over = compute.call("POST", "/os-keypairs", member, json={"keypair": {
         "name": "more", "public_key": pub}})
@@ -403,16 +401,17 @@ def test_stock_cli_keypairs_and_server_create(compute: Compute, tmp_path: Path) 
     # the CLI's own generation (it makes the key client-side and imports the public half)
     generated = cli("keypair", "create", "made")
     assert generated.returncode == 0, generated.stderr
-    made = json.loads(cli("keypair", "show", "made", "-f", "json").stdout)
-    assert public_of(generated.stdout, tmp_path) == " ".join(made["public_key"].split()[:2])
+    made = cli("keypair", "show", "--public-key", "made")
+    assert made.returncode == 0, made.stderr
+    assert public_of(generated.stdout, tmp_path) == " ".join(made.stdout.split()[:2])
     listed = json.loads(cli("keypair", "list", "-f", "json").stdout)
     assert sorted(k["Name"] for k in listed) == ["clikey", "made"]
     shown = json.loads(cli("keypair", "show", "clikey", "-f", "json").stdout)
     assert shown["type"] == "ssh" and shown["fingerprint"] == md5_fingerprint(pub)
     refused = cli("keypair", "create", "--public-key", str(key), "private-by-mistake")
     assert refused.returncode != 0 and "keypair.public_key" in refused.stderr
-    x509 = cli("keypair", "create", "--public-key", str(pub), "--type", "x509", "cert")
-    assert x509.returncode != 0 and "keypair.type" in x509.stderr
+    # (the CLI's --type never reaches the API: openstacksdk 4.22 drops its 'key_type';
+    # x509 is refused at the API, test_bad_keypair_input_is_400_naming_the_field)
     assert cli("keypair", "delete", "made").returncode == 0
 
     init = tmp_path / "init.sh"
