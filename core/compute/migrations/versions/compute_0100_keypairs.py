@@ -30,16 +30,15 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("key_pairs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_key_pairs_user_id"), ["user_id"], unique=False)
-    with op.batch_alter_table("instances", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("key_data", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("user_data", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("config_drive", sa.Boolean(), nullable=False,
-                                      server_default=sa.false()))
+    # plain ALTER TABLE ... ADD COLUMN, never a batch copy: on SQLite a batch would drop
+    # and re-create ``instances``, and the drop cascades to instance_metadata's rows
+    op.add_column("instances", sa.Column("key_data", sa.Text(), nullable=True))
+    op.add_column("instances", sa.Column("user_data", sa.Text(), nullable=True))
+    op.add_column("instances", sa.Column("config_drive", sa.Boolean(), nullable=False,
+                                         server_default=sa.false()))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("instances", schema=None) as batch_op:
-        batch_op.drop_column("config_drive")
-        batch_op.drop_column("user_data")
-        batch_op.drop_column("key_data")
+    for column in ("config_drive", "user_data", "key_data"):
+        op.drop_column("instances", column)  # plain ALTER (see upgrade)
     op.drop_table("key_pairs")
