@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,15 @@ from sqlalchemy import func, select
 from core.compute.keypair_models import KeyPair
 from core.compute.models import Instance
 from tests.conftest import ADMIN_PASSWORD, Services
-from tests.integration.test_compute_api import Compute
+from tests.integration.computeapi import Compute
 from tests.integration.test_quotas import openstack_cli, project_id, race
 
 
 @pytest.fixture
-def compute(services: Services, tmp_path: Path) -> Iterator[Compute]:
-    c = Compute(services, tmp_path)
-    c.add_host("h1", slots=20)
-    yield c
-    c.servers.stop()
-    c.bus.close()
+def compute(compute: Compute) -> Compute:
+    """The shared compute API, with one host of room for 20 m1.tiny."""
+    compute.add_host("h1", slots=20)
+    return compute
 
 
 def v(version: str) -> dict[str, str]:
