@@ -420,6 +420,8 @@ def test_stock_cli_keypairs_and_server_create(compute: Compute, tmp_path: Path) 
     assert boot.returncode == 0, boot.stderr
     server = json.loads(cli("server", "show", "vm1", "-f", "json").stdout)
     assert server["key_name"] == "clikey" and server["config_drive"] == "True", server
+    encoded = base64.b64encode(init.read_bytes()).decode()
+    assert server["OS-EXT-SRV-ATTR:user_data"] == encoded  # an admin's field, from 2.3
     stored = services.db.run_in_transaction(lambda s: [
         (i.key_data, i.user_data) for i in s.scalars(select(Instance))])
     assert stored == [(pub.read_text().strip(), base64.b64encode(init.read_bytes()).decode())]
@@ -440,6 +442,10 @@ def test_stock_cli_keypairs_and_server_create(compute: Compute, tmp_path: Path) 
     assert fixed.returncode != 0 and "fixed_ip" in fixed.stderr
     names = [s["Name"] for s in json.loads(cli("server", "list", "-f", "json").stdout)]
     assert names == ["vm1"]
+    # the key_pairs quota through the stock CLI: the admin has one key, the limit is 1
+    assert cli("quota", "set", "--key-pairs", "1", "admin").returncode == 0
+    over = cli("keypair", "create", "--public-key", str(pub), "one-too-many")
+    assert over.returncode != 0 and "too many key pairs" in over.stderr, over.stderr
 
 
 def test_openstacksdk_generates_a_key_and_boots_with_it(compute: Compute,
