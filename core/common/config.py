@@ -417,6 +417,9 @@ class QuotaConfig:
         "Images per project (any status but deleted).", _at_least(-1)))
     image_size_total: int = field(default=1048576, metadata=_doc(
         "MiB of image data per project (active images; default 1 TiB).", _at_least(-1)))
+    key_pairs: int = field(default=100, metadata=_doc(
+        "Key pairs per user (Nova's: the limit is the project's, counted per user).",
+        _at_least(-1)))
 
 
 @dataclass

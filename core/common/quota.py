@@ -48,8 +48,9 @@ NETWORKS, PORTS = "networks", "ports"
 SECURITY_GROUPS, SECURITY_GROUP_RULES = "security_groups", "security_group_rules"
 ROUTERS, FLOATINGIPS = "routers", "floatingips"
 IMAGES, IMAGE_SIZE = "image_count_total", "image_size_total"
+KEY_PAIRS = "key_pairs"  # Nova's per-user resource: its counter is the service's concern
 RESOURCES = (INSTANCES, CORES, RAM, NETWORKS, PORTS, SECURITY_GROUPS, SECURITY_GROUP_RULES,
-             ROUTERS, FLOATINGIPS, IMAGES, IMAGE_SIZE)
+             ROUTERS, FLOATINGIPS, IMAGES, IMAGE_SIZE, KEY_PAIRS)
 
 Counter = Callable[[Session, str], int]
 """How much of one resource a project uses now, read in the caller's transaction."""
@@ -111,7 +112,7 @@ def defaults(cfg: QuotaConfig) -> dict[str, int]:
             NETWORKS: cfg.networks, PORTS: cfg.ports, SECURITY_GROUPS: cfg.security_groups,
             SECURITY_GROUP_RULES: cfg.security_group_rules, ROUTERS: cfg.routers,
             FLOATINGIPS: cfg.floatingips, IMAGES: cfg.image_count_total,
-            IMAGE_SIZE: cfg.image_size_total}
+            IMAGE_SIZE: cfg.image_size_total, KEY_PAIRS: cfg.key_pairs}
 
 
 def lock_project(sess: Session, project_id: str) -> None:

@@ -116,7 +116,7 @@ def create_app(cfg: HavenConfig, db: Database, bus: Bus,
                extensions: Sequence[ComputeApiExtension] = ()) -> bottle.Bottle:
     """The compute API app; each of ``extensions`` then mounts its own routes on it
     (a deployment's additions: core.common.extensions)."""
-    from core.compute import admin_routes, policies, quotas, servers
+    from core.compute import admin_routes, keypairs, policies, quotas, servers
 
     policy.register(policies.RULES)
     validator = TokenValidator(TokenCodec(KeyRepository(cfg.fernet_key_dir,
@@ -147,6 +147,7 @@ def create_app(cfg: HavenConfig, db: Database, bus: Bus,
     servers.register(app, ctx)
     admin_routes.register(app, ctx)
     quotas.register(app, ctx.quotas)
+    keypairs.register(app, ctx.quotas)
     for extend in extensions:
         extend(app, cfg)
     return app

@@ -103,6 +103,12 @@ class Instance(ComputeTable):
     power_state: Mapped[int] = mapped_column(Integer, default=0)
     fault: Mapped[str | None] = mapped_column(Text, nullable=True)
     key_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Nova's key_data: the public key of key_name as it was at create (the metadata
+    # service serves it even after the keypair is deleted)
+    key_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Nova's user_data: the base64 text the client sent (at most 65535 characters)
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
+    config_drive: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     created_at: Mapped[float] = mapped_column(Timestamp)
     updated_at: Mapped[float] = mapped_column(Timestamp)

@@ -6,10 +6,16 @@ instance but makes no new one, so it is never counted twice. The routes are
 Nova's ``os-quota-sets`` (show, detail, defaults, update and revert by an
 admin) and ``limits``, so ``openstack quota show/set`` and ``openstack limits
 show`` work unchanged.
+
+Key pairs are Nova's per-user resource: the limit is the project's (``key_pairs``,
+set like the others), the count is the user's keys (:func:`enforce_key_pairs`).
+As in Nova, a project's quota view shows no usage for them (a project has no
+keys of its own).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import bottle
@@ -24,13 +30,16 @@ from core.common.policy import Rule, admin, any_of, reader_of_project
 from core.common.quota import (
     CORES,
     INSTANCES,
+    KEY_PAIRS,
     RAM,
     UNLIMITED,
     LimitBelowUsage,
     QuotaExceeded,
     Quotas,
+    lock_project,
 )
 from core.common.wsgi import auth, field, json_body, session
+from core.compute.keypair_models import KeyPair
 from core.compute.models import Instance
 
 RULES: dict[str, Rule] = {
@@ -41,7 +50,7 @@ MAX_METADATA_ITEMS = 128  # servers.MAX_METADATA: a fixed limit, shown as Nova s
 # Nova's quota-set keys (up to microversion 2.35) that Haven does not limit: shown as
 # unlimited, refused in an update (a limit Haven would not enforce is not accepted).
 NOT_ENFORCED = ("fixed_ips", "floating_ips", "injected_file_content_bytes",
-                "injected_file_path_bytes", "injected_files", "key_pairs",
+                "injected_file_path_bytes", "injected_files",
                 "security_group_rules", "security_groups", "server_group_members",
                 "server_groups")
 
@@ -54,10 +63,45 @@ def _counter(column: Any) -> Any:
     return count
 
 
+def _no_project_usage(_sess: Session, _project_id: str) -> int:
+    """Key pairs belong to users: a project's usage of them is shown as 0 (Nova's
+    quota views do the same); :func:`enforce_key_pairs` counts the user's."""
+    return 0
+
+
 def make_quotas(cfg: QuotaConfig) -> Quotas:
     return Quotas(cfg, {INSTANCES: _counter(func.count(Instance.id)),
                         CORES: _counter(func.sum(Instance.vcpus)),
-                        RAM: _counter(func.sum(Instance.memory_mb))})
+                        RAM: _counter(func.sum(Instance.memory_mb)),
+                        KEY_PAIRS: _no_project_usage})
+
+
+def _user_lock_key(user_id: str) -> str:
+    """The quota lock row serialising one user's key pair creations (any project)."""
+    return "user:" + hashlib.sha256(user_id.encode()).hexdigest()[:48]
+
+
+def enforce_key_pairs(quotas: Quotas, sess: Session, project_id: str | None,
+                      user_id: str) -> None:
+    """Nova's check before a key pair is made for ``user_id``: 403 once the user has
+    as many as the limit of the caller's project (the defaults without a project).
+
+    Call it in the transaction that then inserts the key: the user's lock row makes
+    concurrent creations count one after the other (core.common.quota).
+    """
+    def limit() -> int:
+        if project_id is None:
+            return quotas.defaults[KEY_PAIRS]
+        return quotas.limits(sess, project_id, [KEY_PAIRS])[KEY_PAIRS]
+
+    if limit() == UNLIMITED:
+        return
+    lock_project(sess, _user_lock_key(user_id))
+    allowed = limit()  # again: after the lock, current
+    used = int(sess.scalar(select(func.count(KeyPair.id)).where(
+        KeyPair.user_id == user_id)) or 0)
+    if allowed != UNLIMITED and used + 1 > allowed:
+        raise Forbidden("Quota exceeded, too many key pairs.")
 
 
 def enforce_server(quotas: Quotas, sess: Session, project_id: str | None, vcpus: int,
@@ -173,7 +217,7 @@ def register(app: bottle.Bottle, quotas: Quotas) -> None:
             "maxTotalRAMSize": limit[RAM], "totalRAMUsed": used[RAM],
             "maxServerMeta": MAX_METADATA_ITEMS, "maxImageMeta": MAX_METADATA_ITEMS,
             "maxPersonality": UNLIMITED, "maxPersonalitySize": UNLIMITED,
-            "maxTotalKeypairs": UNLIMITED, "maxServerGroups": UNLIMITED,
+            "maxTotalKeypairs": limit[KEY_PAIRS], "maxServerGroups": UNLIMITED,
             "maxServerGroupMembers": UNLIMITED, "maxSecurityGroups": UNLIMITED,
             "maxSecurityGroupRules": UNLIMITED, "maxTotalFloatingIps": UNLIMITED,
         }

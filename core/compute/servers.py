@@ -37,8 +37,16 @@ from core.common.faults import BadRequest, Fault, Forbidden
 from core.common.paging import after_marker, next_links, page_limit
 from core.common.timeutil import now
 from core.common.wsgi import auth, base_url, commit, field, json_body, session
-from core.compute import placement, ports, server_actions, server_metadata, states
-from core.compute.api import ComputeContext
+from core.compute import (
+    create_fields,
+    keypairs,
+    placement,
+    ports,
+    server_actions,
+    server_metadata,
+    states,
+)
+from core.compute.api import ComputeContext, microversion
 from core.compute.image_refs import disk_needed_gb, resolve_image
 from core.compute.instances import load_server, metadata_of, nudge, transition
 from core.compute.metadata_rules import check_admin_keys, check_metadata
@@ -63,14 +71,17 @@ class CreateRequest:
     group_id: str | None
     networks: Any
     key_name: str | None
+    user_data: str | None = None  # base64, as sent (create_fields.user_data)
+    config_drive: bool = False
 
 
 def parse_create(body: dict[str, Any]) -> CreateRequest:
     spec = field(body, "server", dict)
+    create_fields.check_allowed(body)  # a field Haven does not honour is a 400
     name = field(body, "server.name", str).strip()
     if not name or len(name) > 255:
         raise BadRequest("Invalid input for field 'server.name': 1 to 255 characters.")
-    image_ref = field(body, "server.imageRef", str)
+    image_ref = create_fields.boot_image(spec)
     flavor_ref = str(field(body, "server.flavorRef", (str, int))).rstrip("/").rsplit("/")[-1]
     if (field(body, "server.max_count", int, 1) != 1
             or field(body, "server.min_count", int, 1) != 1):
@@ -80,10 +91,13 @@ def parse_create(body: dict[str, Any]) -> CreateRequest:
     hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
     if not isinstance(hints, dict):
         raise BadRequest("Invalid input for field 'os:scheduler_hints': an object.")
+    create_fields.check_placement_fields(spec)
     return CreateRequest(name=name, image_ref=image_ref, flavor_ref=flavor_ref, metadata=meta,
                          group_id=field(hints, "group", str, None),
-                         networks=spec.get("networks"),
-                         key_name=field(body, "server.key_name", str, None))
+                         networks=create_fields.networks(spec),
+                         key_name=field(body, "server.key_name", str, None),
+                         user_data=create_fields.user_data(spec),
+                         config_drive=create_fields.config_drive(spec))
 
 
 def visible_flavor(sess: Session, flavor_ref: str) -> Flavor:
@@ -114,8 +128,9 @@ def check_image_fits(image: dict[str, Any], flavor: Flavor) -> None:
 
 
 def insert_instance(sess: Session, req: CreateRequest, flavor: Flavor, image_id: str,
-                    network_id: str | None) -> Instance:
-    """Step 1 of a create: the caller's instance as BUILD/scheduling, with its metadata."""
+                    network_id: str | None, key_data: str | None = None) -> Instance:
+    """Step 1 of a create: the caller's instance as BUILD/scheduling, with its metadata
+    (and a copy of its key's public half, which outlives the key pair)."""
     ctx_auth = auth()
     ts = now()
     inst = Instance(
@@ -124,6 +139,7 @@ def insert_instance(sess: Session, req: CreateRequest, flavor: Flavor, image_id:
         root_gb=flavor.disk_gb, image_id=image_id, network_id=network_id,
         server_group_id=req.group_id, vm_state=states.BUILDING,
         task_state=states.SCHEDULING, power_state=states.NOSTATE, key_name=req.key_name,
+        key_data=key_data, user_data=req.user_data, config_drive=req.config_drive,
         deleted=False, created_at=ts, updated_at=ts)
     sess.add(inst)
     sess.flush()
@@ -181,6 +197,8 @@ def register_servers(app: bottle.Bottle, ctx: ComputeContext) -> None:
         check_admin_keys(ctx_auth, {}, req.metadata)
         sess = session()
         flavor = visible_flavor(sess, req.flavor_ref)
+        key = (keypairs.key_for_server(sess, str(ctx_auth.user_id), req.key_name)
+               if req.key_name is not None else None)
         check_group(sess, req.group_id)
         image = resolve_image(clients, ctx_auth.token, req.image_ref)
         check_image_fits(image, flavor)
@@ -188,7 +206,8 @@ def register_servers(app: bottle.Bottle, ctx: ComputeContext) -> None:
         if network_id is not None and port_id is None:
             check_ports(clients, ctx_auth.token, ctx_auth.project_id)
         enforce_server(ctx.quotas, sess, ctx_auth.project_id, flavor.vcpus, flavor.ram_mb)
-        inst = insert_instance(sess, req, flavor, str(image["id"]), network_id)
+        inst = insert_instance(sess, req, flavor, str(image["id"]), network_id,
+                               key.public_key if key is not None else None)
         commit()  # step 1 done: the server exists (BUILD) whatever happens next
         build(ctx, inst, network_id, port_id)
         bottle.response.status = 202
@@ -241,7 +260,8 @@ def register_servers(app: bottle.Bottle, ctx: ComputeContext) -> None:
     def detail(inst: Instance, up: dict[str, bool] | None) -> dict[str, Any]:
         host_up = None if up is None or not inst.host else up.get(inst.host, False)
         return server_detail(base_url(), inst, metadata_of(session(), inst.id),
-                             network_names.name(inst.network_id), up is not None, host_up)
+                             network_names.name(inst.network_id), up is not None, host_up,
+                             microversion())
 
     @app.get("/v2.1/servers")
     def list_servers() -> dict[str, Any]:

@@ -27,7 +27,8 @@ def server_brief(base: str, inst: Instance) -> dict[str, Any]:
 
 
 def server_detail(base: str, inst: Instance, metadata: dict[str, str], network_name: str | None,
-                  admin: bool, host_up: bool | None) -> dict[str, Any]:
+                  admin: bool, host_up: bool | None,
+                  version: tuple[int, int] = (2, 1)) -> dict[str, Any]:
     addresses: dict[str, list[dict[str, Any]]] = {}
     if inst.fixed_ip:
         addresses[network_name or "network"] = [{
@@ -46,7 +47,8 @@ def server_detail(base: str, inst: Instance, metadata: dict[str, str], network_n
         "addresses": addresses, "accessIPv4": "", "accessIPv6": "",
         "links": link(base, "servers", inst.id), "OS-DCF:diskConfig": "MANUAL",
         "progress": 100 if inst.vm_state == states.ACTIVE else 0,
-        "OS-EXT-AZ:availability_zone": "nova", "config_drive": "", "key_name": inst.key_name,
+        "OS-EXT-AZ:availability_zone": "nova", "key_name": inst.key_name,
+        "config_drive": "True" if inst.config_drive else "",
         "OS-SRV-USG:launched_at": iso_us(inst.launched_at),
         "OS-SRV-USG:terminated_at": iso_us(inst.deleted_at),
         "OS-EXT-STS:task_state": inst.task_state, "OS-EXT-STS:vm_state": inst.vm_state,
@@ -61,6 +63,8 @@ def server_detail(base: str, inst: Instance, metadata: dict[str, str], network_n
         view["OS-EXT-SRV-ATTR:hypervisor_hostname"] = inst.host
         view["OS-EXT-SRV-ATTR:instance_name"] = f"haven-{inst.id}"
         view["host_status"] = "" if host_up is None else ("UP" if host_up else "DOWN")
+        if version >= (2, 3):  # Nova's extended attributes of 2.3: the user data, base64
+            view["OS-EXT-SRV-ATTR:user_data"] = inst.user_data
     return view
 
 

@@ -10,6 +10,7 @@ from core.common.migrate import Schema
 
 
 def _metadata() -> MetaData:
+    import core.compute.keypair_models  # noqa: F401  (its table is compute's too)
     from core.compute.models import ComputeTable
 
     return ComputeTable.metadata
