@@ -46,7 +46,7 @@ from xml.dom import minidom
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from core.compute.virt.libvirt import DomainSpec, domain_xml  # noqa: E402
+from core.compute.virt.libvirt import PREFIX, DomainSpec, domain_xml  # noqa: E402
 from core.compute.virt.qemuuser import create_private, give_disk, run_private  # noqa: E402
 from ha.lab import faults, lifecycle, node, stack, state  # noqa: E402
 from ha.lab.commands import LabError, wait_until  # noqa: E402
@@ -145,8 +145,8 @@ def kill_and_watch(victim: str, consoles: dict[str, Path],
                    ) -> dict[str, Any]:
     """Once every guest has printed its first boot marker, cut the victim's power and
     poll (about every 0.5 s) until every guest runs again on a survivor
-    (``running_now``: the same observer for both ways), has printed its marker a
-    second time, and, with ``recorded_now``, is recorded active by the system
+    (``running_now``: the same observer for both ways), has printed a boot marker
+    after the kill, and, with ``recorded_now``, is recorded active by the system
     (Haven: when its agent wrote ACTIVE); seconds from the kill, per guest.
 
     ``running_s`` is the poll that first saw a guest running: up to a poll late (0.3
@@ -169,6 +169,9 @@ def kill_and_watch(victim: str, consoles: dict[str, Path],
                 log(f"guest {ident} printed no boot marker in 300 s: rebooting it")
                 reboot(ident)
     wait_until(all_booted, 600, "every guest's first boot marker", interval=1)
+    # A guest restarted before the kill (a start retried) has printed more than one
+    # marker: its next boot is the first marker after the kill's count, not the second.
+    before = {x: markers(p) for x, p in consoles.items()}
     window = ProfileWindow(profile)
     t0 = time.time()
     faults.kill(LAB_DIR, victim)
@@ -193,7 +196,7 @@ def kill_and_watch(victim: str, consoles: dict[str, Path],
                 if x not in recorded:
                     recorded[x] = (at if t0 < at <= time.time() else time.time()) - t0
         for x, path in consoles.items():
-            if x not in marked and markers(path) >= 2:
+            if x not in marked and markers(path) > before[x]:
                 marked[x] = time.time() - t0
         time.sleep(0.5)
     return watch_result(n, running, marked, recorded if recorded_now is not None else None,
@@ -291,6 +294,7 @@ def vd_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
     vd_dir = stack.paths(LAB_DIR).shared / "vd"
     vd_dir.mkdir(exist_ok=True)
     consoles = {}
+    domains = {}  # libvirt's name of each guest's domain (Haven's naming) -> the guest
     for i in range(n):
         name = f"vd{i}"
         disk = vd_dir / f"{name}.qcow2"
@@ -305,6 +309,7 @@ def vd_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
         spec = DomainSpec(uuid=str(uuid.uuid4()), name=name, vcpus=1, memory_mb=256,
                           disk_path=disk, console_path=consoles[name], mac_address=None,
                           project_id="bench", cloud_id="virtualdomain-bench")
+        domains[PREFIX + spec.uuid] = name
         # VirtualDomain finds the domain's name by a line match on <name>: one per line
         pretty = minidom.parseString(domain_xml(spec, "qemu")).toprettyxml(indent="  ")
         (vd_dir / f"{name}.xml").write_text(pretty)
@@ -322,9 +327,9 @@ def vd_run(lab: Bench, n: int, profile: bool = False) -> dict[str, Any]:
                   f"{n} VirtualDomain guests on {victim}")
 
     def running_now() -> set[str]:
-        """Guests whose domain runs on a survivor (VirtualDomain keeps the XML's name)."""
-        running = lab.running(victim)
-        return {x for x in names if x in running}
+        """Guests whose domain runs on a survivor (VirtualDomain keeps the XML's name,
+        Haven's ``instance-<uuid>``: the resource's name is not the domain's)."""
+        return {domains[d] for d in lab.running(victim) if d in domains}
 
     result = {"victim": victim, "n": n,
               **kill_and_watch(victim, consoles, running_now, 900, profile)}
