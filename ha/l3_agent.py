@@ -14,7 +14,7 @@ addresses and MACs are never live on two nodes.
   changed or deleted through the API reach the data plane: the monitor, not a
   companion loop, because then one process (Pacemaker's) decides when the shard runs
   here, and a loop cannot outlive a stop or run while the shard starts elsewhere.
-  Converging a converged router only reads (``ip``/``nft`` listings), no change.
+  A converged router is only read (``ip``/``nft`` listings), never rewritten.
   What fails the monitor (Pacemaker then stops and restarts the shard, or moves it):
   a router this node cannot make as planned (a command failed, a bridge missing, the
   namespace read back differs). What does not: a router whose own description cannot

@@ -161,8 +161,9 @@ def colocate(resource: str, with_resource: str, with_role: str | None = None) ->
 def spread(resource: str, with_resource: str, score: int) -> Command:
     """``resource`` prefers (score < 0: avoids) the node of ``with_resource``; a finite
     score, so it yields to the mandatory constraints and to too few nodes."""
+    # "--" before the score: pcs reads a bare negative number as an option otherwise
     return ["pcs", "constraint", "colocation", "add", resource, "with", with_resource,
-            str(score), f"id={xml_id(f'colocation-{resource}-{with_resource}-{score}')}"]
+            "--", str(score), f"id={xml_id(f'colocation-{resource}-{with_resource}-{score}')}"]
 
 
 def fence_password_file(node: str) -> str:

@@ -62,9 +62,9 @@ def test_shards_are_primitives_on_network_nodes_spread_and_after_the_database() 
                 f"INFINITY id=colocation-haven-l3-{n}-galera-clone-INFINITY") in text
         assert not any("rabbitmq" in t and f"haven-l3-{n}" in t for t in text)
     # spread, not mandatory: finite negative scores, outweighed by stickiness (100)
-    assert ("pcs constraint colocation add haven-l3-2 with haven-l3-0 -50 "
+    assert ("pcs constraint colocation add haven-l3-2 with haven-l3-0 -- -50 "
             "id=colocation-haven-l3-2-haven-l3-0--50") in text
-    assert ("pcs constraint colocation add haven-l3-2 with haven-l3-1 -50 "
+    assert ("pcs constraint colocation add haven-l3-2 with haven-l3-1 -- -50 "
             "id=colocation-haven-l3-2-haven-l3-1--50") in text
     assert "pcs resource defaults update resource-stickiness=100" in text
 

@@ -103,7 +103,11 @@ def converge(db: Database, shard: int, shards: int, bridge_for: Callable[[str], 
             outcome.unplannable[rid] = str(spec)
             continue
         try:
-            status = lifecycle.start(spec, node)
+            # read first: a converged router is left alone (no nft table rewritten every
+            # few seconds, no address re-announced), only a differing one is applied
+            status = lifecycle.monitor(spec, node)
+            if status.health is not Health.RUNNING:
+                status = lifecycle.start(spec, node)
         except PlanError as exc:
             outcome.unplannable[rid] = str(exc)
             continue
