@@ -30,7 +30,7 @@ from core.network.agent.linuxbridge import bridge_name
 from core.network.routerns import netns
 from core.network.routerns.shards import shard_of
 from tests.conftest import Services
-from tests.integration.test_router_dataplane import CLIENT, SERVER, plug
+from tests.integration.test_router_dataplane import CLIENT, SERVER, neighbour_mac, plug
 from tests.integration.test_routers_api import Net, ok, public, tenant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,6 +147,9 @@ def node(services: Services, tmp_path: Path) -> Iterator[Node]:
         plug(n.node, n.guest, "g-peer", bridge_name(net), vm["mac_address"],
              f"{vm['fixed_ips'][0]['ip_address']}/24")
         netns.run(["ip", "-n", n.guest, "route", "add", "default", "via", "10.0.0.1"])
+        # the outside learns new owners from gratuitous ARP (to see the start announce)
+        netns.run(netns.in_ns(n.outside, "sysctl", "-q", "-w",
+                              "net.ipv4.conf.eth0.arp_accept=1"))
         proc = subprocess.Popen(netns.in_ns(n.guest, sys.executable, "-c", SERVER, "8080"),
                                 stdout=subprocess.PIPE, text=True)
         n.servers.append(proc)
@@ -180,6 +183,12 @@ def test_a_shard_lives_start_reconcile_fail_stop(node: Node) -> None:
     started = node.run("start")
     assert started.returncode == 0, started.stderr
     assert node.ours() == {node.router_ns()}
+    # announced at start (a failover's new node): the outside knows the floating IP's
+    # MAC before it sent a single packet to it
+    admin = Net(node.alice.services)
+    [gw_port] = ok(admin("GET", f"/v2.0/ports?device_id={node.router_id}"
+                                f"&device_owner=network:router_gateway"))["ports"]
+    assert neighbour_mac(node.outside, node.fip) == gw_port["mac_address"]
     seen = node.connect(node.fip, 8080)
     assert seen == "203.0.113.1", seen  # the outside reaches the guest at its floating IP
 
