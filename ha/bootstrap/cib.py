@@ -17,7 +17,15 @@ What the commands build, and why:
   with two monitors: depth 0 (process) often, depth 10 (healthcheck) less often;
 * the VIP (``IPaddr2``) colocated with a running identity API and started after
   it, so clients are only sent where an API answers;
-* order constraints: the database (promoted) and the bus before the services.
+* order constraints: the database (promoted) and the bus before the services;
+* the routers in ``l3_shards`` shards ``haven-l3-0 .. haven-l3-{K-1}``
+  (``ocf:haven:haven-l3``, see ha/l3_agent.py): primitives, so each runs on one node
+  at a time and moves only after fencing; only on the plan's ``network_nodes``
+  (default: every node); spread over them by negative colocation scores that
+  stickiness outweighs (so a node that comes back does not pull a shard back, a
+  second outage for nothing, and one node can carry them all); after and with a
+  promoted Galera member like the services (they read the routers from it). The
+  bus is not ordered: the routers never use it.
 """
 
 from __future__ import annotations
@@ -55,6 +63,12 @@ class ClusterPlan:
     compute_overrides: dict[str, object] = field(default_factory=dict)
     # The fence agents read their password from FENCE_PASSWORD_DIR (``password_script``)
     fence_password_files: bool = False
+    network_nodes: tuple[str, ...] = ()  # where routers may run (empty: every node)
+    l3_shards: int = 3  # how many haven-l3 resources the routers are spread over
+
+    @property
+    def router_nodes(self) -> tuple[str, ...]:
+        return self.network_nodes or self.nodes
 
     def __post_init__(self) -> None:
         if len(self.nodes) < 1 or len(set(self.nodes)) != len(self.nodes):
@@ -67,6 +81,11 @@ class ClusterPlan:
         strangers = set(self.addresses) - set(self.nodes)
         if strangers:
             raise ValueError(f"addresses of unknown nodes: {', '.join(sorted(strangers))}")
+        outsiders = set(self.network_nodes) - set(self.nodes)
+        if outsiders:
+            raise ValueError(f"network_nodes not in nodes: {', '.join(sorted(outsiders))}")
+        if not 0 <= self.l3_shards <= 64:
+            raise ValueError("l3_shards must be from 0 (no routers) to 64")
         if self.api_workers < 1:
             raise ValueError("api_workers must be at least 1")
         for node, options in self.fence_options.items():
@@ -137,6 +156,14 @@ def colocate(resource: str, with_resource: str, with_role: str | None = None) ->
     role = [with_role] if with_role else []
     return ["pcs", "constraint", "colocation", "add", resource, "with", *role, with_resource,
             "INFINITY", f"id={xml_id(f'colocation-{resource}-{with_resource}-INFINITY')}"]
+
+
+def spread(resource: str, with_resource: str, score: int) -> Command:
+    """``resource`` prefers (score < 0: avoids) the node of ``with_resource``; a finite
+    score, so it yields to the mandatory constraints and to too few nodes."""
+    # "--" before the score: pcs reads a bare negative number as an option otherwise
+    return ["pcs", "constraint", "colocation", "add", resource, "with", with_resource,
+            "--", str(score), f"id={xml_id(f'colocation-{resource}-{with_resource}-{score}')}"]
 
 
 def fence_password_file(node: str) -> str:
@@ -220,10 +247,38 @@ def haven_services(plan: ClusterPlan) -> list[Command]:
                          "id=haven-evacuator-wake",
                          "description=wakes the evacuation controller when a fence completes",
                          "meta", "timeout=5s"])
+    commands += routers(plan)
     address, prefix = plan.vip.split("/", 1)
     commands.append(["pcs", "resource", "create", "vip", "ocf:heartbeat:IPaddr2",
                      f"ip={address}", f"cidr_netmask={prefix}", f"nic={plan.vip_nic}",
                      "op", "monitor", "interval=5s", "timeout=20s"])
+    return commands
+
+
+# Below the default resource-stickiness (100): shards spread when they are placed, and
+# stay where they run when a node comes back.
+L3_SPREAD_SCORE = -50
+
+
+def l3_shard_ids(plan: ClusterPlan) -> list[str]:
+    return [f"haven-l3-{n}" for n in range(plan.l3_shards)]
+
+
+def routers(plan: ClusterPlan) -> list[Command]:
+    """The router shards, each a primitive (never a clone: one node at a time)."""
+    commands: list[Command] = []
+    shards = l3_shard_ids(plan)
+    for n, shard in enumerate(shards):
+        commands.append(["pcs", "resource", "create", shard, "ocf:haven:haven-l3",
+                         f"config={plan.haven_config}", f"shard={n}",
+                         f"shards={plan.l3_shards}",
+                         "op", "start", "timeout=120s", "op", "stop", "timeout=120s",
+                         "op", "monitor", "interval=5s", "timeout=60s"])
+        for node in plan.nodes:
+            if node not in plan.router_nodes:
+                commands.append(avoid(shard, node))
+        for earlier in shards[:n]:
+            commands.append(spread(shard, earlier, L3_SPREAD_SCORE))
     return commands
 
 
@@ -244,6 +299,9 @@ def constraints(plan: ClusterPlan) -> list[Command]:
     if plan.hypervisors:
         commands.append(order("start", "haven-compute-api-clone", "start", "haven-evacuator"))
         commands.append(colocate("haven-evacuator", "galera-clone", "Promoted"))
+    for shard in l3_shard_ids(plan):
+        commands.append(order("promote", "galera-clone", "start", shard))
+        commands.append(colocate(shard, "galera-clone", "Promoted"))
     commands.append(colocate("vip", "haven-identity-clone"))
     commands.append(order("start", "haven-identity-clone", "start", "vip"))
     return commands

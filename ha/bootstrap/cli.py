@@ -22,7 +22,8 @@ from ha.bootstrap.nodeconf import Secrets, write_node_files
 
 PLAN_KEYS = {"nodes", "vip", "vip_nic", "haven_config", "fence_agent", "fence_options",
              "hypervisors", "addresses", "cluster_name", "db_buffer_pool", "shared_dir",
-             "api_workers", "compute_overrides", "fence_password_files"}
+             "api_workers", "compute_overrides", "fence_password_files",
+             "network_nodes", "l3_shards"}
 DEFAULT_SAVE = "/etc/haven/cluster-bootstrap.sh"
 DEFAULT_CA_DIR = "/etc/haven/cluster-ca"
 
@@ -64,7 +65,9 @@ def load_plan(path: Path) -> ClusterPlan:
             shared_dir=str(data["shared_dir"]) if data.get("shared_dir") else None,
             api_workers=int(data.get("api_workers", 2)),
             compute_overrides=dict(data.get("compute_overrides") or {}),
-            fence_password_files=bool(data.get("fence_password_files", False)))
+            fence_password_files=bool(data.get("fence_password_files", False)),
+            network_nodes=tuple(str(n) for n in data.get("network_nodes") or ()),
+            l3_shards=int(data.get("l3_shards", 3)))
     except (TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{path}: {exc}") from None
 
@@ -136,6 +139,30 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_l3_shards(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from core.network.routerns.shards import shard_of
+    from ha.crm import parse_crm_mon
+    from ha.l3_status import render, shard_holders
+
+    result = subprocess.run(["crm_mon", "-1", "--output-as=xml"], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        print(f"crm_mon failed: {result.stderr.strip()[-300:]}", file=sys.stderr)
+        return 1
+    view = parse_crm_mon(result.stdout)
+    print(render(view), end="")
+    if args.router:
+        holders = shard_holders(view)
+        if not holders:
+            return 1
+        shard = f"haven-l3-{shard_of(args.router, len(holders))}"
+        where = ", ".join(holders.get(shard, ())) or "stopped"
+        print(f"router {args.router}: {shard} on {where}")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="cluster bootstrap").add_subparsers(
         dest="cluster_cmd", required=True)
@@ -169,3 +196,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--haven-binary", default=str(Path(sys.executable).parent / "haven"),
                    help="the haven command the cluster nodes run")
     p.set_defaults(func=cmd_bootstrap)
+    p = cluster.add_parser("l3-shards", help="which node holds which router shard")
+    p.add_argument("--router", help="also say which shard (and node) carries this router")
+    p.set_defaults(func=cmd_l3_shards)

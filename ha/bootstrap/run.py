@@ -105,6 +105,7 @@ def stages(plan: ClusterPlan, haven_binary: str, db_url: str) -> list[Stage]:
 
     def services(view: ClusterView) -> bool:
         ok = all(set(view.running_on(r)) == nodes for r in api) and bool(view.running_on("vip"))
+        ok = ok and all(len(view.running_on(s)) == 1 for s in cib.l3_shard_ids(plan))
         if hypervisors:
             ok = (ok and set(view.running_on("haven-compute")) == hypervisors
                   and bool(view.running_on("haven-evacuator")))

@@ -1,0 +1,130 @@
+"""Routers in shards: which routers one Pacemaker resource ``haven-l3-N`` carries.
+
+Haven does not make one cluster resource per router (the CIB would change with every
+``router create``, and Pacemaker's transitions grow with it). It runs a fixed number
+``K`` of shards, each an ordinary primitive Pacemaker places on one network node at a
+time (fencing guarantees a lost node's copy is off before another starts), and a
+router belongs to shard ``shard_of(router_id, K)``.
+
+The hash is stable across processes, hosts and Python versions (Python's own
+``hash`` of a str is salted per process): the first 8 bytes of the SHA-256 of the
+router id (its UTF-8 bytes), read big-endian, modulo ``K``. Changing ``K`` moves
+routers between shards: it is a maintenance operation (stop every shard, change the
+resources' ``shards`` parameter, start them).
+
+:func:`converge` is the whole data plane of one shard on one node: every router of
+the shard made as the database says, and every namespace of the shard whose router
+is gone (deleted since) removed. Start and the recurring monitor both run it, so a
+router created, changed or deleted through the API is carried out within one
+monitor interval. :func:`remove_all` is stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.common.db import Database
+from core.network.l3_models import Router
+from core.network.routerns import lifecycle, netns
+from core.network.routerns.lifecycle import Health
+from core.network.routerns.plan import PlanError, RouterSpec
+from core.network.routerns.source import router_spec
+
+DEFAULT_PREFIX = "qrouter-"
+
+
+def shard_of(router_id: str, shards: int) -> int:
+    """The shard a router belongs to (see the module's docstring for the hash)."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    digest = hashlib.sha256(router_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def routers_of(s: Session, shard: int, shards: int) -> list[str]:
+    """The ids of the shard's routers in the database, sorted."""
+    return sorted(rid for rid in s.scalars(select(Router.id))
+                  if shard_of(rid, shards) == shard)
+
+
+def namespaces_of(shard: int, shards: int, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+    """The shard's router namespaces on this node: namespace -> router id."""
+    out = {}
+    for ns in netns.namespaces():
+        if ns.startswith(prefix):
+            router_id = ns.removeprefix(prefix)
+            if router_id and shard_of(router_id, shards) == shard:
+                out[ns] = router_id
+    return out
+
+
+@dataclass
+class Outcome:
+    """What one :func:`converge` did: routers made, namespaces removed, routers this node
+    could not make as planned (``failed``: another node might), and routers whose own
+    description cannot be carried out (``unplannable``: no node can)."""
+
+    converged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unplannable: dict[str, str] = field(default_factory=dict)
+
+
+def converge(db: Database, shard: int, shards: int, bridge_for: Callable[[str], str],
+             node: str | None = None, prefix: str = DEFAULT_PREFIX) -> Outcome:
+    """Make the shard's routers on this node what the database says.
+
+    The routers are read in one transaction; a database error propagates (the caller
+    decides what an unreadable database means).
+    One router that cannot be made does not stop the others: its error is in the outcome.
+    """
+    def read(s: Session) -> dict[str, RouterSpec | LookupError]:
+        specs: dict[str, RouterSpec | LookupError] = {}
+        for rid in routers_of(s, shard, shards):
+            try:
+                specs[rid] = router_spec(s, rid, bridge_for, namespace=prefix + rid)
+            except LookupError as exc:  # deleted meanwhile, or a port without an address
+                specs[rid] = exc
+        return specs
+
+    specs = db.run_in_transaction(read)
+    outcome = Outcome()
+    for ns, rid in sorted(namespaces_of(shard, shards, prefix).items()):
+        if rid not in specs:
+            lifecycle.stop(ns)  # the router was deleted: its addresses must go too
+            outcome.removed.append(rid)
+    for rid, spec in specs.items():
+        if isinstance(spec, LookupError):
+            outcome.unplannable[rid] = str(spec)
+            continue
+        try:
+            # read first: a converged router is left alone (no nft table rewritten every
+            # few seconds, no address re-announced), only a differing one is applied
+            status = lifecycle.monitor(spec, node)
+            if status.health is not Health.RUNNING:
+                status = lifecycle.start(spec, node)
+        except PlanError as exc:
+            outcome.unplannable[rid] = str(exc)
+            continue
+        except netns.DataplaneError as exc:
+            outcome.failed[rid] = str(exc)
+            continue
+        if status.health is Health.RUNNING:
+            outcome.converged.append(rid)
+        else:
+            outcome.failed[rid] = "; ".join(status.problems) or status.health.value
+    return outcome
+
+
+def remove_all(shard: int, shards: int, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Stop: take every namespace of the shard away (whatever the database says)."""
+    gone = []
+    for ns, rid in sorted(namespaces_of(shard, shards, prefix).items()):
+        lifecycle.stop(ns)
+        gone.append(rid)
+    return gone
