@@ -314,3 +314,25 @@ def test_a_port_whose_filter_cannot_be_loaded_is_neither_plugged_nor_active(
     hosts.agents["hv1"] = hosts.agent("hv1", NftApplier(in_namespace(hv), nft="false"))
     hosts.converge("hv1")
     assert tenant.show(p1)["status"] == "DOWN"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_port_moved_to_another_host_is_down_until_that_host_has_plugged_it(
+        hosts: Hosts, tenant: Tenant) -> None:
+    """Evacuation's order: the old host's ACTIVE must never be what compute sees on
+    the new host, and the old host must neither mark nor keep plugging the port."""
+    p1 = tenant.port("hv1")
+    hosts.guest("hv1", p1)
+    rounds_until(hosts, lambda: tenant.show(p1)["status"] == "ACTIVE")
+
+    moved = api(tenant.services, "PUT", f"/v2.0/ports/{p1['id']}",
+                {"port": {"binding:host_id": "hv2"}})["port"]
+    assert moved["status"] == "DOWN"
+    hosts.converge("hv1")  # the host it left: unplugs it, does not mark it
+    assert tenant.show(p1)["status"] == "DOWN"
+    assert links(hosts.ns["hv1"])[tap_name(p1["id"])].get("master") is None
+    hosts.guest("hv2", p1)
+    hosts.converge("hv2")
+    assert tenant.show(p1)["status"] == "ACTIVE"
+    assert links(hosts.ns["hv2"])[tap_name(p1["id"])]["master"] == bridge_name(
+        tenant.network["id"])
