@@ -211,7 +211,7 @@ def cmd_network_agent(args: argparse.Namespace) -> int:
 
     from core.common.bus import make_bus
     from core.common.server import wait_for_signal
-    from core.network.agent.agent import RUN_DIR, NetworkAgent, heartbeat_path
+    from core.network.agent.agent import NetworkAgent, heartbeat_path
     from core.network.agent.iproute import LinuxBridgeDriver
     from core.network.agent.linuxbridge import host_config
 
@@ -219,9 +219,10 @@ def cmd_network_agent(args: argparse.Namespace) -> int:
     setup_logging(cfg.log.level, cfg.log.file)
     host = host_config(cfg.network.datapath)
     db = open_database(cfg)
-    RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)  # dnsmasq must pass through
+    run_dir = Path(cfg.network.agent_run_dir)
+    run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)  # dnsmasq must pass through
     agent = NetworkAgent(db, cfg.compute_host, host.local_vtep, LinuxBridgeDriver(host),
-                         RUN_DIR)
+                         run_dir)
     # A nudge only starts the next round sooner; the database stays the truth, so
     # without a bus (the local one cannot reach another process) rounds just wait.
     bus = None if cfg.bus.driver == "local" else make_bus(

@@ -54,10 +54,6 @@ from core.network.agent.servicens import ServiceNamespaces, inner_name
 
 LOG = logging.getLogger(__name__)
 
-RUN_DIR = Path("/run/haven/network-agent")
-"""The agent's files (dnsmasq's per network, the service namespaces' markers): runtime
-state, gone with a reboot as the namespaces and dnsmasqs are; readable by dnsmasq's
-user on the way down (it re-reads its hosts file after dropping root)."""
 
 
 @dataclass
