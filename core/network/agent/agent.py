@@ -13,7 +13,9 @@ round itself reads back). One round, in this order:
    plugged, and every guest port here is set DOWN;
 3. the service namespaces (veth, DHCP port's addresses, METADATA_ADDRESS/32);
 4. the data path: VTEP registered, bridges, VXLAN devices, forwarding entries,
-   taps plugged (:mod:`core.network.agent.datapath`'s driver);
+   taps plugged (the :class:`DataPathDriver`), but only the taps of ports the
+   loaded ruleset covers (a port bound here after the ruleset was read waits for
+   the next round) and the DHCP ports' (never filtered, as in Neutron);
 5. dnsmasq per network, inside its service namespace; namespaces of networks no
    longer carried removed;
 6. each guest port's ``status``: ACTIVE when its tap is in its network's bridge
@@ -125,6 +127,8 @@ class NetworkAgent:
         dhcp_ports = {s.dhcp_port_id for s in services}
         if result.filter_error is not None:
             desired = self._only_plugged(desired, dhcp_ports)
+        else:  # a port bound here after the ruleset was read has no chains in it yet
+            desired = _only(desired, filtered | dhcp_ports)
         self.driver.sync(desired)
 
         dhcp_nets = [DhcpNetwork(s.network_id, inner_name(s.dhcp_port_id),
@@ -211,3 +215,10 @@ class NetworkAgent:
     def stop(self) -> None:
         self._stop.set()
         self._nudge.set()
+
+
+def _only(desired: HostState, port_ids: set[str]) -> HostState:
+    """The desired state with only these ports' taps plugged."""
+    return HostState(desired.host, desired.networks,
+                     tuple(p for p in desired.ports if p.port_id in port_ids),
+                     desired.remote_ports)
