@@ -255,6 +255,16 @@ def test_two_hypervisors_dhcp_vxlan_security_groups_and_port_status(
         assert lease is not None, (host, hosts.agents[host].dhcp.log_path(net_id).read_text())
         assert lease.ip == p["fixed_ips"][0]["ip_address"]
         assert lease.serverid == server[host]
+        # every subnet's guests are routed to this host's metadata address
+        assert lease.staticroutes.startswith(f"169.254.169.254/32 {server[host]} "), lease
+
+    # the metadata address answers from the service namespace (what compute serves
+    # there), over the route the guest was given
+    svc1 = hosts.service_ns("hv1", net_id)
+    served = hosts.serve(svc1, "169.254.169.254")
+    sh("ip", "-n", g1, "route", "add", "169.254.169.254/32", "via", server["hv1"])
+    assert hosts.connects(g1, "169.254.169.254", timeout=60)
+    assert served.read_text().splitlines() == [p1["fixed_ips"][0]["ip_address"]]
 
     # ingress is refused by default (the SYN went over VXLAN and was dropped at g2)...
     ip2 = p2["fixed_ips"][0]["ip_address"]

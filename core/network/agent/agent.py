@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.common.db import Database
-from core.common.hostnet import METADATA_ADDRESS, service_namespace
+from core.common.hostnet import service_namespace
 from core.network.agent.desired import desired_state, register_vtep
 from core.network.agent.dhcp import DhcpNetwork
 from core.network.agent.dhcp_supervisor import DnsmasqSupervisor
@@ -131,10 +131,14 @@ class NetworkAgent:
             desired = _only(desired, filtered | dhcp_ports)
         self.driver.sync(desired)
 
-        dhcp_nets = [DhcpNetwork(s.network_id, inner_name(s.dhcp_port_id),
-                                 s.addresses[0].split("/")[0], s.mtu, s.subnets, s.ports,
-                                 metadata_address=METADATA_ADDRESS)
-                     for s in services if s.addresses and s.subnets]
+        # Metadata is answered on every hypervisor, in the service namespace: every
+        # subnet's guests get a route to it through the DHCP port (Neutron's
+        # force_metadata), not through a router that may live on another node.
+        dhcp_nets = [DhcpNetwork(s.network_id, inner_name(s.dhcp_port_id), server, s.mtu,
+                                 s.subnets, s.ports, metadata_address=server,
+                                 force_metadata=True)
+                     for s in services if s.addresses and s.subnets
+                     for server in [s.addresses[0].split("/")[0]]]
         dhcp = self.dhcp.sync(dhcp_nets)
         result.dhcp_refused = dict(dhcp.refused)
         wanted = {s.network_id for s in services}
