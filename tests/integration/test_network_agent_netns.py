@@ -187,10 +187,13 @@ class Tenant:
         return dict(api(self.services, "GET", f"/v2.0/ports/{port['id']}")["port"])
 
     def dhcp_ports(self) -> dict[str, dict[str, Any]]:
-        found = api(self.services, "GET", "/v2.0/ports?device_owner=network:dhcp")["ports"]
-        return {p["binding:host_id"]: p for p in found
-                if p["network_id"] == self.network["id"]
-                and p["device_owner"] == "network:dhcp"}
+        """The network's DHCP ports by host (one per host, or the test fails)."""
+        found = [p for p in api(self.services, "GET", "/v2.0/ports")["ports"]
+                 if p["network_id"] == self.network["id"]
+                 and p["device_owner"] == "network:dhcp"]
+        by_host = {p["binding:host_id"]: p for p in found}
+        assert len(by_host) == len(found), found
+        return by_host
 
 
 @pytest.fixture
@@ -230,6 +233,8 @@ def test_two_hypervisors_dhcp_vxlan_security_groups_and_port_status(
     assert links(hosts.ns["hv2"])[tap_name(p2["id"])].get("master") is None
 
     rounds_until(hosts, lambda: {tenant.show(p)["status"] for p in (p1, p2)} == {"ACTIVE"})
+    for result in hosts.converge().values():  # a converged round changes nothing
+        assert not result.changed and not result.dhcp_refused and not result.filter_error
     for host, p in (("hv1", p1), ("hv2", p2)):
         assert links(hosts.ns[host])[tap_name(p["id"])]["master"] == bridge_name(net_id)
 
