@@ -217,6 +217,12 @@ def cmd_network_agent(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     setup_logging(cfg.log.level, cfg.log.file)
+    if cfg.network.datapath.mechanism != "linuxbridge":
+        # Fail closed: the security groups are nftables rules on the bridges' netfilter
+        # hooks, which Open vSwitch bypasses; its ports would be ACTIVE and unfiltered.
+        raise UsageError(f"network.datapath.mechanism {cfg.network.datapath.mechanism!r}: "
+                         "the network agent enforces security groups on Linux bridges "
+                         "only; use linuxbridge")
     host = host_config(cfg.network.datapath)
     db = open_database(cfg)
     run_dir = Path(cfg.network.agent_run_dir)
