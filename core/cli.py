@@ -205,6 +205,51 @@ def cmd_compute_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_network_agent(args: argparse.Namespace) -> int:
+    """Run this hypervisor's network agent in the foreground until SIGTERM/SIGINT."""
+    import threading
+
+    from core.common.bus import make_bus
+    from core.common.server import wait_for_signal
+    from core.network.agent.agent import NetworkAgent, heartbeat_path
+    from core.network.agent.iproute import LinuxBridgeDriver
+    from core.network.agent.linuxbridge import host_config
+
+    cfg = config_from_args(args)
+    setup_logging(cfg.log.level, cfg.log.file)
+    if cfg.network.datapath.mechanism != "linuxbridge":
+        # Fail closed: the security groups are nftables rules on the bridges' netfilter
+        # hooks, which Open vSwitch bypasses; its ports would be ACTIVE and unfiltered.
+        raise UsageError(f"network.datapath.mechanism {cfg.network.datapath.mechanism!r}: "
+                         "the network agent enforces security groups on Linux bridges "
+                         "only; use linuxbridge")
+    host = host_config(cfg.network.datapath)
+    db = open_database(cfg)
+    run_dir = Path(cfg.network.agent_run_dir)
+    run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)  # dnsmasq must pass through
+    agent = NetworkAgent(db, cfg.compute_host, host.local_vtep, LinuxBridgeDriver(host),
+                         run_dir)
+    # A nudge only starts the next round sooner; the database stays the truth, so
+    # without a bus (the local one cannot reach another process) rounds just wait.
+    bus = None if cfg.bus.driver == "local" else make_bus(
+        cfg.bus.driver, cfg.bus.urls, f"network-{cfg.compute_host}", cfg.tls.ca_file)
+    subscription = None if bus is None else bus.subscribe(
+        f"network-agent.{cfg.compute_host}", lambda _message: agent.nudge())
+    loop = threading.Thread(target=agent.run, name="network-agent", daemon=True,
+                            args=(cfg.network.agent_interval, heartbeat_path(cfg.state_path)))
+    loop.start()
+    try:
+        wait_for_signal()
+    finally:
+        agent.stop()
+        if subscription is not None:
+            subscription.stop()
+        loop.join(timeout=30)
+        if bus is not None:
+            bus.close()
+    return 0
+
+
 def cmd_all_in_one(args: argparse.Namespace) -> int:
     from core.allinone import run_all_in_one
 
@@ -324,6 +369,10 @@ def add_commands(sub: Any, extensions: Extensions = NO_EXTENSIONS) -> None:
     p = sub.add_parser("compute-agent", help="run this hypervisor's compute agent")
     common_options(p)
     p.set_defaults(func=cmd_compute_agent)
+
+    p = sub.add_parser("network-agent", help="run this hypervisor's network agent")
+    common_options(p)
+    p.set_defaults(func=cmd_network_agent)
 
     p = sub.add_parser("all-in-one", help="run the whole cloud in one process (make run)")
     p.add_argument("--no-compute", action="store_true",

@@ -7,13 +7,14 @@ services), or ``haven compute-agent``. The agent:
 * start: validates, starts the process in its own session (so stop can end
   the whole group), records its pid, and waits until the service really
   answers (its ``/healthcheck`` says 200; for the compute agent, a fresh
-  heartbeat), bounded by the action's timeout. Starting a running service
-  succeeds at once.
+  heartbeat; for the network agent, a completed round), bounded by the action's
+  timeout. Starting a running service succeeds at once.
 * stop: TERM to the process group, KILL after a grace period; success when
   nothing is left, also when nothing was running or the configuration is bad.
 * monitor depth 0: the recorded process is alive (and is a haven process).
   depth 10: the service answers ``/healthcheck`` with 200 (database and bus
-  reachable); for the compute agent, its heartbeat is fresh.
+  reachable); for the compute agent, its heartbeat is fresh; for the network
+  agent, its last complete round is recent.
 * validate-all: the config file loads (ERR_CONFIGURED naming the bad key), the
   ``haven`` binary exists (ERR_INSTALLED).
 """
@@ -147,6 +148,8 @@ class HavenServiceAgent:
                     str(self.agent.param("threads")), *config]
         if self.service == "evacuator":
             return [binary, "evacuator", "run", *config]
+        if self.service == "network-agent":
+            return [binary, "network-agent", *config]
         return [binary, "compute-agent", *config]
 
     def health_url(self) -> str:
@@ -247,6 +250,8 @@ class HavenServiceAgent:
         """None when the service answers healthy; else what is wrong."""
         if self.service == "evacuator":
             return self._loop_fresh()
+        if self.service == "network-agent":
+            return self._rounds_fresh()
         if self.service not in API_SERVICES:
             return self._heartbeat_fresh()
         try:
@@ -282,6 +287,26 @@ class HavenServiceAgent:
         if time.time() - age < spawned - 1:
             return "the controller has not completed an iteration since it was started"
         return None if age < 30 else f"the controller's last iteration was {age:.0f} s ago"
+
+    def _rounds_fresh(self) -> str | None:
+        """The network agent touches a file after each complete round: none since the
+        process started means it has not converged this host yet (start waits for
+        it); an old one means its rounds fail or hang (the log says which)."""
+        from core.network.agent.agent import heartbeat_path
+
+        cfg = self.load_config()
+        try:
+            age = time.time() - heartbeat_path(cfg.state_path).stat().st_mtime
+        except FileNotFoundError:
+            return "the network agent has not completed a round yet"
+        try:
+            spawned = self.proc().pidfile.stat().st_mtime
+        except FileNotFoundError:
+            spawned = 0.0
+        if time.time() - age < spawned - 1:
+            return "the network agent has not completed a round since it was started"
+        limit = max(30.0, 5 * cfg.network.agent_interval)
+        return None if age < limit else f"the network agent's last round was {age:.0f} s ago"
 
     def _heartbeat_fresh(self) -> str | None:
         from sqlalchemy import select

@@ -308,6 +308,14 @@ class NetworkConfig:
     )
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     datapath: DataPathConfig = field(default_factory=DataPathConfig)
+    agent_interval: float = field(default=2.0, metadata=_doc(
+        "Seconds between two rounds of a hypervisor's network agent (data path, DHCP, "
+        "security groups, port status); a bus nudge starts one sooner.",
+        lambda v: None if 0.1 <= v <= 600 else f"must be between 0.1 and 600, got {v}"))
+    agent_run_dir: str = field(default="/run/haven/network-agent", metadata=_doc(
+        "The network agent's runtime files (dnsmasq's per network, its namespaces' "
+        "markers): gone with a reboot, as the namespaces are; every directory down to it "
+        "must let dnsmasq's user through."))
 
 
 @dataclass

@@ -66,6 +66,14 @@ def shown(p: Port) -> dict[str, Any]:
         policy.allowed(auth(), "network:get_port:binding"))
 
 
+def rebind(p: Port, host: str) -> None:
+    """A port bound to another host is DOWN until that host's network agent has plugged
+    and filtered it (compute waits for ACTIVE: an old host's ACTIVE must not count)."""
+    if host != p.host_id:
+        p.status = "DOWN"
+    p.host_id = host
+
+
 def writable_port(port_id: str, action: str) -> tuple[Port, dict[str, Any]]:
     ctx = writer()
     p, target = load_port(port_id)
@@ -150,7 +158,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             "description": lambda v: setattr(p, "description", v),
             "device_id": lambda v: setattr(p, "device_id", v),
             "device_owner": lambda v: setattr(p, "device_owner", v),
-            "binding:host_id": lambda v: setattr(p, "host_id", v),
+            "binding:host_id": lambda v: rebind(p, v),
             "status": lambda v: setattr(p, "status", v),
         }
         port_security.on_update(session(), auth(), body, p, target, bool(fixed_ips(p.id)))

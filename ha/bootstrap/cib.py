@@ -231,9 +231,18 @@ def haven_services(plan: ClusterPlan) -> list[Command]:
                          f"config={plan.haven_config}", "op", "start", "timeout=90s",
                          "op", "monitor", "interval=10s", "timeout=20s",
                          "clone", "interleave=true"])
+        # The hypervisor's network agent (data path, DHCP, security groups, port status):
+        # its stop leaves the guests' networking as it is, a restart reconverges.
+        commands.append(["pcs", "resource", "create", "haven-network-agent",
+                         "ocf:haven:haven-network-agent", f"config={plan.haven_config}",
+                         "op", "start", "timeout=90s",
+                         "op", "monitor", "interval=10s", "timeout=20s", "OCF_CHECK_LEVEL=0",
+                         "op", "monitor", "interval=30s", "timeout=30s", "OCF_CHECK_LEVEL=10",
+                         "clone", "interleave=true"])
         for node in plan.nodes:
             if node not in plan.hypervisors:
                 commands.append(avoid("haven-compute-clone", node))
+                commands.append(avoid("haven-network-agent-clone", node))
         # One evacuation controller for the cluster: a primitive, so Pacemaker moves it
         # (it resumes from its records) instead of running two.
         commands.append(["pcs", "resource", "create", "haven-evacuator",
@@ -286,7 +295,7 @@ def constraints(plan: ClusterPlan) -> list[Command]:
     commands: list[Command] = []
     services = [f"haven-{s}-clone" for s in API_SERVICES]
     if plan.hypervisors:
-        services.append("haven-compute-clone")
+        services += ["haven-compute-clone", "haven-network-agent-clone"]
     for svc in services:
         # Each service uses its own node's Galera member: only where it is promoted
         # (synced, in the primary component), started after it.

@@ -66,6 +66,23 @@ def test_compute_agents_run_only_on_hypervisors() -> None:
     assert not any("ocf:haven:haven-compute " in t + " " for t in lines(plan(hypervisors=())))
 
 
+def test_network_agents_run_as_a_clone_only_on_hypervisors_after_their_database() -> None:
+    text = lines(plan())
+    agent = next(t for t in text if "ocf:haven:haven-network-agent" in t)
+    assert agent.startswith("pcs resource create haven-network-agent ")
+    assert "OCF_CHECK_LEVEL=0" in agent and "OCF_CHECK_LEVEL=10" in agent
+    assert agent.endswith("clone interleave=true")
+    assert ("pcs constraint location add location-haven-network-agent-clone-n1--INFINITY "
+            "haven-network-agent-clone n1 -- -INFINITY") in text
+    assert not any("haven-network-agent-clone n2" in t or "haven-network-agent-clone n3" in t
+                   for t in text)
+    assert ("pcs constraint order promote galera-clone then start haven-network-agent-clone "
+            "id=order-galera-clone-haven-network-agent-clone-mandatory") in text
+    assert ("pcs constraint order start rabbitmq-clone then start haven-network-agent-clone "
+            "kind=Optional id=order-rabbitmq-clone-haven-network-agent-clone-Optional") in text
+    assert not any("haven-network-agent" in t for t in lines(plan(hypervisors=())))
+
+
 @pytest.mark.parametrize(("kw", "message"), [
     ({"nodes": ("a", "a")}, "distinct"),
     ({"vip": "10.0.0.1"}, "ADDRESS/PREFIX"),

@@ -37,7 +37,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,13 +78,16 @@ class DnsmasqSupervisor:
 
     ``command_prefix`` runs dnsmasq elsewhere than in the agent's own network
     namespace (``("ip", "netns", "exec", name)``; the tests' hypervisors are
-    namespaces). ``log_dhcp`` makes each dnsmasq log its DHCP exchanges to
-    ``<network dir>/log``.
+    namespaces). ``namespace_of``, if given, names the network namespace each
+    network's dnsmasq runs in (the network agent's service namespace, where the
+    DHCP port's address lives); it comes after ``command_prefix``. ``log_dhcp``
+    makes each dnsmasq log its DHCP exchanges to ``<network dir>/log``.
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], *, user: str = DEFAULT_USER,
                  binary: str = DNSMASQ, command_prefix: Sequence[str] = (),
-                 log_dhcp: bool = False) -> None:
+                 log_dhcp: bool = False,
+                 namespace_of: Callable[[str], str] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.user = user
         entry = pwd.getpwnam(user)  # KeyError: no such user, refuse early
@@ -93,6 +96,7 @@ class DnsmasqSupervisor:
         self.binary = binary
         self.command_prefix = tuple(command_prefix)
         self.log_dhcp = log_dhcp
+        self.namespace_of = namespace_of
 
     # --- paths -------------------------------------------------------------------------
     def network_dir(self, network_id: str) -> Path:
@@ -188,7 +192,9 @@ class DnsmasqSupervisor:
             (d / "pid").unlink()
         # dnsmasq's parent exits only once the daemon has bound its sockets (or
         # failed to: then with the reason on stderr), so its status is the answer.
-        done = subprocess.run([*self.command_prefix, self.binary,
+        inside = (("ip", "netns", "exec", self.namespace_of(network_id))
+                  if self.namespace_of is not None else ())
+        done = subprocess.run([*self.command_prefix, *inside, self.binary,
                                f"--conf-file={d / 'dnsmasq.conf'}"],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:

@@ -81,6 +81,10 @@ class NftApplier:
             self.run([self.nft, "-f", "-"], set_update(members))
 
     def remove(self) -> None:
+        """Delete the tables if they are loaded (nothing is written when they are not)."""
+        tables = self.run([self.nft, "list", "tables"], None)
+        if f"inet {TABLE}" not in tables and f"bridge {TABLE}" not in tables:
+            return
         self.run([self.nft, "-f", "-"], f"table inet {TABLE}\ndelete table inet {TABLE}\n"
                  f"table bridge {TABLE}\ndelete table bridge {TABLE}\n")
 
