@@ -65,6 +65,9 @@ class ClusterPlan:
     fence_password_files: bool = False
     network_nodes: tuple[str, ...] = ()  # where routers may run (empty: every node)
     l3_shards: int = 3  # how many haven-l3 resources the routers are spread over
+    # the hypervisors' network agents (tenant data path, DHCP, security groups, ports'
+    # status): off only where guests use no tenant network (the lab's stack, for now)
+    network_agents: bool = True
 
     @property
     def router_nodes(self) -> tuple[str, ...]:
@@ -233,16 +236,18 @@ def haven_services(plan: ClusterPlan) -> list[Command]:
                          "clone", "interleave=true"])
         # The hypervisor's network agent (data path, DHCP, security groups, port status):
         # its stop leaves the guests' networking as it is, a restart reconverges.
-        commands.append(["pcs", "resource", "create", "haven-network-agent",
-                         "ocf:haven:haven-network-agent", f"config={plan.haven_config}",
-                         "op", "start", "timeout=90s",
-                         "op", "monitor", "interval=10s", "timeout=20s", "OCF_CHECK_LEVEL=0",
-                         "op", "monitor", "interval=30s", "timeout=30s", "OCF_CHECK_LEVEL=10",
-                         "clone", "interleave=true"])
+        if plan.network_agents:
+            commands.append(["pcs", "resource", "create", "haven-network-agent",
+                             "ocf:haven:haven-network-agent", f"config={plan.haven_config}",
+                             "op", "start", "timeout=90s",
+                             "op", "monitor", "interval=10s", "timeout=20s", "OCF_CHECK_LEVEL=0",
+                             "op", "monitor", "interval=30s", "timeout=30s", "OCF_CHECK_LEVEL=10",
+                             "clone", "interleave=true"])
         for node in plan.nodes:
             if node not in plan.hypervisors:
                 commands.append(avoid("haven-compute-clone", node))
-                commands.append(avoid("haven-network-agent-clone", node))
+                if plan.network_agents:
+                    commands.append(avoid("haven-network-agent-clone", node))
         # One evacuation controller for the cluster: a primitive, so Pacemaker moves it
         # (it resumes from its records) instead of running two.
         commands.append(["pcs", "resource", "create", "haven-evacuator",
@@ -295,7 +300,9 @@ def constraints(plan: ClusterPlan) -> list[Command]:
     commands: list[Command] = []
     services = [f"haven-{s}-clone" for s in API_SERVICES]
     if plan.hypervisors:
-        services += ["haven-compute-clone", "haven-network-agent-clone"]
+        services.append("haven-compute-clone")
+    if plan.hypervisors and plan.network_agents:
+        services.append("haven-network-agent-clone")
     for svc in services:
         # Each service uses its own node's Galera member: only where it is promoted
         # (synced, in the primary component), started after it.

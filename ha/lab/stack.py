@@ -108,6 +108,9 @@ def lab_plan(st: state.LabState, shared_dir: Path,
         addresses={n: nd.address for n, nd in st.nodes.items()},
         cluster_name="haven-lab", db_buffer_pool="64M", shared_dir=str(shared_dir),
         api_workers=1,
+        # No routers and no network agents yet: the lab's guests use the flat provider
+        # network only, until the lab tests of tenant networks come (issue 11).
+        l3_shards=0, network_agents=False,
         # A lab node reports the whole machine; keep hypervisors honest and small.
         # Guests are niced to the lowest priority: twenty TCG guests booting after an
         # evacuation (about 14 CPU-seconds in the first 13 s, measured with the bench's
@@ -128,6 +131,7 @@ def plan_yaml(plan: ClusterPlan) -> str:
         "addresses": plan.addresses, "cluster_name": plan.cluster_name,
         "db_buffer_pool": plan.db_buffer_pool, "shared_dir": plan.shared_dir,
         "api_workers": plan.api_workers, "compute_overrides": plan.compute_overrides,
+        "l3_shards": plan.l3_shards, "network_agents": plan.network_agents,
     }, sort_keys=False)
 
 

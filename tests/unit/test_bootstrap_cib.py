@@ -174,3 +174,12 @@ def test_a_rerun_retires_the_mandatory_bus_orders_of_before() -> None:
     assert "order-rabbitmq-clone-haven-compute-clone-mandatory" in ids
     created = {obj.id for c in all_commands(plan()) if (obj := created_object(c))}
     assert ids.isdisjoint(created)
+
+
+def test_network_agents_run_on_hypervisors_unless_the_plan_turns_them_off() -> None:
+    on = [c for c in lines(plan()) if "haven-network-agent" in c]
+    assert any(c.startswith("pcs resource create haven-network-agent ") for c in on)
+    assert any("location-haven-network-agent-clone-n1--INFINITY" in c for c in on)
+    off = [c for c in lines(plan(network_agents=False, l3_shards=0))
+           if "haven-network-agent" in c or "haven-l3" in c]
+    assert off == []

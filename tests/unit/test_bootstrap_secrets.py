@@ -44,6 +44,8 @@ def settled_cluster() -> str:
     rows = [f'<resource id="{r}" role="{"Promoted" if r == "galera" else "Started"}" '
             f'active="true" failed="false"><node name="{n}"/></resource>'
             for r in RESOURCES for n in NODES if r != "haven-compute" or n in PLAN.hypervisors]
+    rows += [f'<resource id="haven-l3-{k}" role="Started" active="true" failed="false">'
+             '<node name="n1"/></resource>' for k in range(PLAN.l3_shards)]  # one node each
     return ('<pacemaker-result><summary><current_dc present="true" name="n1" '
             f'with_quorum="true"/></summary><resources>{"".join(rows)}</resources>'
             "</pacemaker-result>")
