@@ -85,8 +85,12 @@ class Bench(StackLab):
         Running, not only active: Haven starts a guest paused, renices it, resumes it."""
         where = {}
         for nd in self.survivors(victim):
-            out = node.exec_in(nd, ["virsh", "list", "--state-running", "--name"],
-                               check=False, timeout=20).stdout
+            try:
+                out = node.exec_in(nd, ["virsh", "list", "--state-running", "--name"],
+                                   check=False, timeout=20).stdout
+            except LabError as exc:  # libvirtd busy starting guests: this poll sees
+                log(f"poll of {nd.name}: {exc}")  # nothing there, the next one may
+                continue
             for name in out.split():
                 where[name] = nd.name
         return where
