@@ -143,6 +143,8 @@ class Record:
                                                   sample.at, sample.at)
             life.last_seen = sample.at
             life.seen_stopped |= q.stopped
+            if life.node == "?":  # placed later than first seen (see Scanner.scan)
+                life.node = q.node
             for instance in q.instances:
                 by_instance.setdefault(instance, {})[q.ident] = q
         found = [Double(sample.at, instance, tuple(sorted(qs.values(), key=lambda q: q.pid)))
@@ -245,6 +247,9 @@ class Scanner:
                 if known is None:
                     continue
                 start, instances, node = known
+            if node == "?":  # not placeable at first sight (a rebooted node the lab
+                node = self.node_of(pid)  # state did not name yet): ask again each scan
+                self._known[key] = (start, instances, node)
             found.append(Qemu(pid, start, instances, node, stopped=st[0] in ("T", "t")))
         for gone in [k for k in self._known if k[0] not in live]:
             del self._known[gone]

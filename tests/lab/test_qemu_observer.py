@@ -190,3 +190,20 @@ def test_a_stopped_qemu_is_still_seen_and_marked_stopped(tmp_path: Path) -> None
         guest.kill()
         guest.wait(timeout=30)
         assert not [x for x in scanner.scan().qemus if instance in x.instances]
+
+
+@needs_qemu
+def test_a_qemu_first_seen_on_no_known_node_is_placed_once_its_node_is_known() -> None:
+    """A QEMU that starts on a rebooted node before the lab state names that node's new
+    init is "?" at first sight; the observer must place it once it can, not keep "?"
+    for the QEMU's life (running_on(node) would never list it)."""
+    from tests.lab.qemu_observer import Scanner
+    known = {"yet": False}
+    scanner = Scanner(lambda _pid: "node1" if known["yet"] else "?")
+    instance = str(uuid.uuid4())
+    with fake_guest(instance):
+        first = [q for q in scanner.scan().qemus if instance in q.instances]
+        assert [q.node for q in first] == ["?"]
+        known["yet"] = True
+        later = [q for q in scanner.scan().qemus if instance in q.instances]
+        assert [q.node for q in later] == ["node1"]
