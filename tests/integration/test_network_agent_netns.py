@@ -37,7 +37,7 @@ from core.network.agent.secgroup_apply import NftApplier, in_namespace
 from core.network.agent.servicens import inner_name
 from tests.conftest import Services
 from tests.integration.test_dhcp_netns import dhcp, wait_forwarding
-from tests.integration.test_secgroup_enforcement import CLIENT, SERVER
+from tests.integration.test_secgroup_enforcement import CLIENT, listen
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft")
@@ -74,7 +74,7 @@ class Hosts:
     made: list[str] = field(default_factory=list)
     ns: dict[str, str] = field(default_factory=dict)  # host -> its namespace
     agents: dict[str, NetworkAgent] = field(default_factory=dict)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def add_ns(self, role: str) -> str:
         name = f"{self.prefix}-{role}"
@@ -122,9 +122,7 @@ class Hosts:
     def serve(self, guest: str, address: str) -> Path:
         log = self.state / f"{guest}.accepted"
         log.touch()
-        self.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", guest, sys.executable, "-c", SERVER, address, str(PORT),
-             str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(listen(guest, address, PORT, log))
         return log
 
     def connects(self, guest: str, address: str, timeout: float) -> bool:

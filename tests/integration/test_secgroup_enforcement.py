@@ -40,6 +40,7 @@ import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
 log = open(sys.argv[3], "a", buffering=1)
+print("ready", flush=True)
 while True:
     c, peer = s.accept(); log.write(peer[0] + "\\n"); c.close()
 """
@@ -50,6 +51,17 @@ try:
 except OSError as exc:
     print(exc); sys.exit(1)
 """
+
+
+def listen(ns: str, address: str, port: int, log: Path) -> subprocess.Popen[str]:
+    """A listener in ``ns`` that logs each peer's address to ``log``, returned once
+    it listens: a connect before that would be refused and prove nothing."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, address,
+                             str(port), str(log)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", \
+        f"no listener at {address}:{port} in {ns}"
+    return proc
 
 
 def sh(*argv: str) -> None:
@@ -63,7 +75,7 @@ class Lab:
     prefix: str
     hv: str
     guests: list[str]
-    servers: list[subprocess.Popen[bytes]]
+    servers: list[subprocess.Popen[str]]
     logs: Path
 
     def guest(self, name: str, tap: str, mac: str, address: str) -> str:
@@ -82,9 +94,7 @@ class Lab:
     def serve(self, ns: str, address: str, port: int) -> Path:
         log = self.logs / f"{ns}-{port}.log"
         log.touch()
-        self.servers.append(subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, address, str(port),
-             str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.servers.append(listen(ns, address, port, log))
         return log
 
     def connects(self, ns: str, address: str, port: int, timeout: float) -> bool:
