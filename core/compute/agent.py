@@ -8,6 +8,12 @@ message, a duplicate one) the next run finishes the job exactly once, because
 each finishing step is a compare-and-swap on the instance row that also checks
 the instance is still on this host.
 
+A guest with a port is started paused and runs only once its port is plugged
+(:mod:`core.compute.vifs`: the port is bound to this host, the network agent
+reports it ACTIVE); a config drive, when asked for, is built before the domain is
+defined. The agent also serves its guests' metadata, one listener per network in
+the network's service namespace (:mod:`core.compute.guestdata`).
+
 The reconciliation also sweeps libvirt: a Haven domain whose instance is
 deleted, unknown, or recorded on another host (evacuated away while this host
 was dead) is destroyed and undefined, never started. Its disk is left alone:
@@ -33,16 +39,23 @@ from core.common.bus.base import Message
 from core.common.clients import ServiceCallError, ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
+from core.common.hostnet import METADATA_ADDRESS, service_namespace
 from core.common.private import private_dir
 from core.common.settings import cloud_id
 from core.common.timeutil import now
-from core.compute import messages, ports, scheduler, states
+from core.compute import guestdata, messages, ports, scheduler, states, vifs
 from core.compute.images import ImageCache
+from core.compute.metadata.app import MetadataApp
+from core.compute.metadata.configdrive import ConfigDriveError
+from core.compute.metadata.configdrive import build as build_config_drive
+from core.compute.metadata.listener import MetadataListeners
+from core.compute.metadata.lookup import CallableLookup
 from core.compute.models import ComputeService, Instance, Migration
 from core.compute.virt.hostconf import QEMU_USER
 from core.compute.virt.libvirt import (
     DomainSpec,
     LibvirtDriver,
+    Nic,
     VirtError,
     disk_free_gb,
     read_console,
@@ -79,6 +92,8 @@ class ComputeAgent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscription: Subscription | None = None
+        lookup = CallableLookup(guestdata.HostLookup(self.clients, db, self.host))
+        self.metadata = MetadataListeners(MetadataApp(lookup), METADATA_ADDRESS)
 
     # ---- life cycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -105,6 +120,7 @@ class ComputeAgent:
         for thread in self._threads:
             thread.join(timeout=10)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.metadata.stop()
 
     def _every(self, period: float, fn: Any) -> None:
         while not self._stop.wait(period):
@@ -189,6 +205,20 @@ class ComputeAgent:
         for future in futures:
             future.result()
         self._clear_tombstones()
+        self.serve_metadata()
+
+    def serve_metadata(self) -> None:
+        """One metadata listener per network with an instance on this host, bound in
+        the network's service namespace (made by the network agent: a namespace not
+        there yet is retried on the next round)."""
+        def networks(sess: Session) -> set[str]:
+            return {n for n in sess.scalars(select(Instance.network_id).where(
+                Instance.host == self.host, Instance.deleted.is_(False),
+                Instance.network_id.is_not(None))) if n}
+
+        wanted = {n: service_namespace(n) for n in self.db.run_in_transaction(networks)}
+        for network_id, exc in self.metadata.reconcile(wanted).items():
+            LOG.info("metadata for network %s not served yet: %s", network_id, exc)
 
     def _clear_tombstones(self) -> None:
         """Mark the tombstones of instances evacuated away from this host cleaned once
@@ -280,16 +310,38 @@ class ComputeAgent:
         directory = self.instances / inst.id
         return directory, directory / "disk", directory / "console.log"
 
-    def _spec(self, inst: Instance) -> DomainSpec:
+    def _spec(self, inst: Instance, nics: tuple[Nic, ...],
+              config_drive: Path | None) -> DomainSpec:
         _, disk, console = self._paths(inst)
         return DomainSpec(uuid=inst.id, name=inst.name, vcpus=inst.vcpus,
                           memory_mb=inst.memory_mb, disk_path=disk, console_path=console,
                           mac_address=inst.mac_address, project_id=inst.project_id,
-                          cloud_id=self.driver.cloud_id or "")
+                          cloud_id=self.driver.cloud_id or "", nics=nics,
+                          config_drive=config_drive)
+
+    def _config_drive_path(self, inst: Instance) -> Path:
+        return self.instances / inst.id / "disk.config"  # Nova's name
 
     def _ensure_defined(self, inst: Instance) -> None:
-        if not self.driver.exists(inst.id):
-            self.driver.define(self._spec(inst))
+        """Define a domain that went missing (its port bound here already)."""
+        if self.driver.exists(inst.id):
+            return
+        nics: tuple[Nic, ...] = ()
+        if inst.port_id:
+            nics = (vifs.bind(self.clients, inst.port_id, self.host).nic,)
+        drive = self._config_drive_path(inst)
+        self.driver.define(self._spec(inst, nics, drive if drive.exists() else None))
+
+    def _build_config_drive(self, inst: Instance) -> Path:
+        """The instance's config drive, built afresh from the database and the network
+        API (on every spawn and rebuild: an evacuated guest's drive is the new host's)."""
+        record = self.db.run_in_transaction(lambda s: guestdata.load_record(s, inst.id))
+        if record is None:
+            raise VirtError(f"instance {inst.id} vanished while its config drive was built")
+        path = build_config_drive(guestdata.describe(self.clients, record),
+                                  self._config_drive_path(inst))
+        give_disk(path, self.qemu)
+        return path
 
     def _spawn(self, inst: Instance, rebuild: bool) -> None:
         task = inst.task_state
@@ -308,16 +360,28 @@ class ComputeAgent:
                     raise VirtError(f"disk {disk} of evacuated instance not found on shared "
                                     "storage; refusing to create an empty one")
                 self._create_disk(inst, disk)
+            port = vifs.bind(self.clients, inst.port_id, self.host) if inst.port_id else None
+            drive = None
+            if guestdata.wants_config_drive(inst, self.cfg.compute.force_config_drive):
+                drive = self._build_config_drive(inst)
             t_define = time.monotonic()
-            self.driver.define(self._spec(inst))
+            self.driver.define(self._spec(inst, (port.nic,) if port else (), drive))
             t_start = time.monotonic()
             start = not (rebuild and inst.vm_state == states.STOPPED)
             if start:
-                self.driver.start(inst.id, self.cfg.compute.guest_nice)
+                wait = port is not None and self.cfg.compute.vif_plugging_timeout > 0
+                self.driver.start(inst.id, self.cfg.compute.guest_nice, paused=wait)
+                if port is not None and wait and not self._plugged(inst, task, port):
+                    return
             t_started = time.monotonic()
-        except (VirtError, ServiceCallError, OSError, subprocess.CalledProcessError) as exc:
+        except (VirtError, ServiceCallError, OSError, subprocess.CalledProcessError,
+                ConfigDriveError) as exc:
             LOG.error("spawning %s failed: %s", inst.id, exc)
+            self._destroy_paused(inst)
             self._fail(inst, task, f"Build of instance {inst.id} failed: {exc}")
+            return
+        except vifs.Interrupted as exc:
+            LOG.info("instance %s left paused for its next convergence: %s", inst.id, exc)
             return
         vm_state = states.STOPPED if not start else states.ACTIVE
         power = states.RUNNING if start else states.SHUTDOWN
@@ -331,6 +395,40 @@ class ComputeAgent:
             LOG.info("instance %s %s on %s (define %.2f s, start %.2f s)", inst.id,
                      "rebuilt" if rebuild else "spawned", self.host, t_start - t_define,
                      t_started - t_start)
+
+    def _destroy_paused(self, inst: Instance) -> None:
+        """A failed build never leaves its guest paused (and waiting for nobody)."""
+        try:
+            if self.driver.is_paused(inst.id):
+                self.driver.destroy(inst.id)
+        except VirtError as exc:
+            LOG.error("paused domain of failed build %s not destroyed: %s", inst.id, exc)
+
+    def _plugged(self, inst: Instance, task: str | None, port: vifs.BoundPort) -> bool:
+        """Wait, the domain paused, for the port to be plugged, then let it run. On a
+        timeout with ``vif_plugging_is_fatal`` the domain is destroyed and the instance
+        goes to ERROR (False); otherwise the guest runs unplugged, with a warning."""
+        c = self.cfg.compute
+
+        def still_wanted() -> bool:
+            row = self.db.run_in_transaction(lambda s: s.get(Instance, inst.id))
+            return (row is not None and not row.deleted and row.host == self.host
+                    and row.task_state == task)
+
+        try:
+            vifs.wait_plugged(self.clients, port.id, self.host, c.vif_plugging_timeout,
+                              self._stop, still_wanted)
+        except vifs.PlugTimeout as exc:
+            if c.vif_plugging_is_fatal:
+                LOG.error("instance %s: %s; destroying it", inst.id, exc)
+                self.driver.undefine(inst.id)
+                self._fail(inst, task, f"Build of instance {inst.id} failed: virtual "
+                           f"interface creation failed: {exc}")
+                return False
+            LOG.warning("instance %s: %s; running it anyway (vif_plugging_is_fatal is "
+                        "false)", inst.id, exc)
+        self.driver.resume(inst.id)
+        return True
 
     def _create_disk(self, inst: Instance, disk: Path) -> None:
         base, fmt = self.images.ensure(inst.image_id)
