@@ -92,6 +92,8 @@ class ComputeAgent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscription: Subscription | None = None
+        self._awaiting: set[str] = set()  # started paused, a waiter thread on their port
+        self._waiters: list[threading.Thread] = []
         lookup = CallableLookup(guestdata.HostLookup(self.clients, db, self.host))
         self.metadata = MetadataListeners(MetadataApp(lookup), METADATA_ADDRESS)
 
@@ -120,6 +122,8 @@ class ComputeAgent:
         for thread in self._threads:
             thread.join(timeout=10)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for waiter in self._waiters:
+            waiter.join(timeout=10)
         self.metadata.stop()
 
     def _every(self, period: float, fn: Any) -> None:
@@ -345,6 +349,9 @@ class ComputeAgent:
 
     def _spawn(self, inst: Instance, rebuild: bool) -> None:
         task = inst.task_state
+        with self._locks_guard:
+            if inst.id in self._awaiting:
+                return  # started paused; its waiter lets it run or fails it
         directory, disk, console = self._paths(inst)
         try:
             self.db.run_in_transaction(lambda s: s.execute(
@@ -368,11 +375,9 @@ class ComputeAgent:
             self.driver.define(self._spec(inst, (port.nic,) if port else (), drive))
             t_start = time.monotonic()
             start = not (rebuild and inst.vm_state == states.STOPPED)
+            wait = start and port is not None and self.cfg.compute.vif_plugging_timeout > 0
             if start:
-                wait = port is not None and self.cfg.compute.vif_plugging_timeout > 0
                 self.driver.start(inst.id, self.cfg.compute.guest_nice, paused=wait)
-                if port is not None and wait and not self._plugged(inst, task, port):
-                    return
             t_started = time.monotonic()
         except (VirtError, ServiceCallError, OSError, subprocess.CalledProcessError,
                 ConfigDriveError) as exc:
@@ -380,11 +385,18 @@ class ComputeAgent:
             self._destroy_paused(inst)
             self._fail(inst, task, f"Build of instance {inst.id} failed: {exc}")
             return
-        except vifs.Interrupted as exc:
-            LOG.info("instance %s left paused for its next convergence: %s", inst.id, exc)
-            return
-        vm_state = states.STOPPED if not start else states.ACTIVE
-        power = states.RUNNING if start else states.SHUTDOWN
+        LOG.info("instance %s defined on %s (define %.2f s, start %.2f s)%s", inst.id,
+                 self.host, t_start - t_define, t_started - t_start,
+                 ", paused until its port is plugged" if wait else "")
+        if wait and port is not None:
+            self._await_plugging(inst, task, port, rebuild)
+        else:
+            self._spawned(inst, task, rebuild, start)
+
+    def _spawned(self, inst: Instance, task: str | None, rebuild: bool, started: bool) -> None:
+        """Record the instance built (running, or stopped if it was and is rebuilt)."""
+        vm_state = states.ACTIVE if started else states.STOPPED
+        power = states.RUNNING if started else states.SHUTDOWN
         if self._finish(inst, task, vm_state=vm_state, power_state=power, launched_at=now()):
             if rebuild:
                 self.db.run_in_transaction(lambda s: s.execute(
@@ -392,9 +404,8 @@ class ComputeAgent:
                                             Migration.dest_host == self.host,
                                             Migration.status == "accepted")
                     .values(status="done", updated_at=now())))
-            LOG.info("instance %s %s on %s (define %.2f s, start %.2f s)", inst.id,
-                     "rebuilt" if rebuild else "spawned", self.host, t_start - t_define,
-                     t_started - t_start)
+            LOG.info("instance %s %s on %s", inst.id, "rebuilt" if rebuild else "spawned",
+                     self.host)
 
     def _destroy_paused(self, inst: Instance) -> None:
         """A failed build never leaves its guest paused (and waiting for nobody)."""
@@ -404,31 +415,64 @@ class ComputeAgent:
         except VirtError as exc:
             LOG.error("paused domain of failed build %s not destroyed: %s", inst.id, exc)
 
-    def _plugged(self, inst: Instance, task: str | None, port: vifs.BoundPort) -> bool:
-        """Wait, the domain paused, for the port to be plugged, then let it run. On a
-        timeout with ``vif_plugging_is_fatal`` the domain is destroyed and the instance
-        goes to ERROR (False); otherwise the guest runs unplugged, with a warning."""
+    def _still_building(self, instance_id: str, task: str | None) -> bool:
+        row = self.db.run_in_transaction(lambda s: s.get(Instance, instance_id))
+        return (row is not None and not row.deleted and row.host == self.host
+                and row.task_state == task)
+
+    def _await_plugging(self, inst: Instance, task: str | None, port: vifs.BoundPort,
+                        rebuild: bool) -> None:
+        """Wait for the port in a thread of its own: the build workers and the
+        reconciliation go on (an evacuation's twenty guests wait side by side)."""
+        thread = threading.Thread(target=self._plug_then_run, args=(inst, task, port, rebuild),
+                                  name=f"plug-{inst.id[:8]}", daemon=True)
+        with self._locks_guard:
+            self._awaiting.add(inst.id)
+            self._waiters = [t for t in self._waiters if t.is_alive()] + [thread]
+        thread.start()
+
+    def _plug_then_run(self, inst: Instance, task: str | None, port: vifs.BoundPort,
+                       rebuild: bool) -> None:
+        """Let the paused guest run once its port is plugged. On a timeout with
+        ``vif_plugging_is_fatal`` the domain is destroyed and undefined and the instance
+        goes to ERROR; otherwise the guest runs unplugged, with a warning. A stopping
+        agent or a superseded build (the server deleted) leaves it to the next run."""
         c = self.cfg.compute
-
-        def still_wanted() -> bool:
-            row = self.db.run_in_transaction(lambda s: s.get(Instance, inst.id))
-            return (row is not None and not row.deleted and row.host == self.host
-                    and row.task_state == task)
-
         try:
-            vifs.wait_plugged(self.clients, port.id, self.host, c.vif_plugging_timeout,
-                              self._stop, still_wanted)
-        except vifs.PlugTimeout as exc:
-            if c.vif_plugging_is_fatal:
-                LOG.error("instance %s: %s; destroying it", inst.id, exc)
-                self.driver.undefine(inst.id)
-                self._fail(inst, task, f"Build of instance {inst.id} failed: virtual "
-                           f"interface creation failed: {exc}")
-                return False
-            LOG.warning("instance %s: %s; running it anyway (vif_plugging_is_fatal is "
-                        "false)", inst.id, exc)
-        self.driver.resume(inst.id)
-        return True
+            timeout: vifs.PlugTimeout | None = None
+            try:
+                vifs.wait_plugged(self.clients, port.id, self.host, c.vif_plugging_timeout,
+                                  self._stop, lambda: self._still_building(inst.id, task))
+            except vifs.PlugTimeout as exc:
+                timeout = exc
+            except vifs.Interrupted as exc:
+                LOG.info("instance %s: %s", inst.id, exc)
+                return
+            with self._lock(inst.id):
+                if not self._still_building(inst.id, task):
+                    return
+                if timeout is not None and c.vif_plugging_is_fatal:
+                    LOG.error("instance %s: %s; destroying it", inst.id, timeout)
+                    self.driver.undefine(inst.id)
+                    self._fail(inst, task, f"Build of instance {inst.id} failed: virtual "
+                               f"interface creation failed: {timeout}")
+                    return
+                if timeout is not None:
+                    LOG.warning("instance %s: %s; running it anyway (vif_plugging_is_fatal "
+                                "is false)", inst.id, timeout)
+                try:
+                    self.driver.resume(inst.id)
+                except VirtError as exc:
+                    self._destroy_paused(inst)
+                    self._fail(inst, task, f"Build of instance {inst.id} failed: {exc}")
+                    return
+                self._spawned(inst, task, rebuild, True)
+        except Exception:
+            LOG.exception("waiting for the port of %s failed; the next reconciliation "
+                          "retries", inst.id)
+        finally:
+            with self._locks_guard:
+                self._awaiting.discard(inst.id)
 
     def _create_disk(self, inst: Instance, disk: Path) -> None:
         base, fmt = self.images.ensure(inst.image_id)

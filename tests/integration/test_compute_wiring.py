@@ -204,9 +204,9 @@ def test_evacuation_moves_the_binding_keeps_the_port_and_rebuilds_the_drive(
         assert cloud.instance(server_id).host == OTHER
         assert other.driver.is_running(server_id) and not other.driver.is_paused(server_id)
     finally:
-        agent.stop()
         if other is not None:
             other.stop()
+        agent.stop()
 
 
 def test_evacuated_guest_whose_port_never_plugs_is_destroyed(cloud: Cloud) -> None:
@@ -242,9 +242,9 @@ def test_evacuated_guest_whose_port_never_plugs_is_destroyed(cloud: Cloud) -> No
         assert "not plugged" in (cloud.instance(server_id).fault or "")
         assert not other.driver.exists(server_id)
     finally:
-        agent.stop()
         if other is not None:
             other.stop()
+        agent.stop()
 
 
 def test_metadata_lookup_answers_for_the_port_holding_the_address(cloud: Cloud) -> None:
