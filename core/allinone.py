@@ -158,6 +158,9 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
             started = ensure_libvirtd(cfg.compute.libvirt_uri, leases_of(cfg))
             if started:
                 notes.append(f"started {' and '.join(started)}")
+            # No network agent runs in the all-in-one (its taps are plugged into
+            # nothing): nobody would report a port ACTIVE, so guests are not waited for.
+            cfg.compute.vif_plugging_timeout = 0
             agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,
                                                               cfg.compute.virt_type), clients)
             agent.start()

@@ -364,6 +364,15 @@ class ComputeConfig:
         "Niceness given to guests' QEMU threads (0: as host services). A positive value "
         "keeps the agent, libvirtd and the database responsive when many guests start at "
         "once (an evacuation) on a host without cgroup CPU reservations.", _between(0, 19)))
+    vif_plugging_timeout: int = field(default=300, metadata=_doc(
+        "Seconds a new or moved guest waits, paused, for the network agent to report its "
+        "port ACTIVE (tap plugged and filtered) before it runs (Nova's option of the same "
+        "name; 0: do not wait).", _between(0, 3600)))
+    vif_plugging_is_fatal: bool = field(default=True, metadata=_doc(
+        "Whether a port not ACTIVE within vif_plugging_timeout fails the build (the instance "
+        "goes to ERROR and its domain is destroyed) rather than running the guest unplugged."))
+    force_config_drive: bool = field(default=False, metadata=_doc(
+        "Give every guest a config drive, not only those whose server asked for one."))
     cpu_allocation_ratio: float = field(default=4.0, metadata=_doc("vCPU overcommit ratio."))
     ram_allocation_ratio: float = field(default=1.0, metadata=_doc("RAM overcommit ratio."))
     reserved_host_memory_mb: int = field(

@@ -8,6 +8,12 @@ message, a duplicate one) the next run finishes the job exactly once, because
 each finishing step is a compare-and-swap on the instance row that also checks
 the instance is still on this host.
 
+A guest with a port is started paused and runs only once its port is plugged
+(:mod:`core.compute.vifs`: the port is bound to this host, the network agent
+reports it ACTIVE); a config drive, when asked for, is built before the domain is
+defined. The agent also serves its guests' metadata, one listener per network in
+the network's service namespace (:mod:`core.compute.guestdata`).
+
 The reconciliation also sweeps libvirt: a Haven domain whose instance is
 deleted, unknown, or recorded on another host (evacuated away while this host
 was dead) is destroyed and undefined, never started. Its disk is left alone:
@@ -33,16 +39,23 @@ from core.common.bus.base import Message
 from core.common.clients import ServiceCallError, ServiceClients
 from core.common.config import HavenConfig
 from core.common.db import Database, rowcount
+from core.common.hostnet import METADATA_ADDRESS, service_namespace
 from core.common.private import private_dir
 from core.common.settings import cloud_id
 from core.common.timeutil import now
-from core.compute import messages, ports, scheduler, states
+from core.compute import guestdata, messages, ports, scheduler, states, vifs
 from core.compute.images import ImageCache
+from core.compute.metadata.app import MetadataApp
+from core.compute.metadata.configdrive import ConfigDriveError
+from core.compute.metadata.configdrive import build as build_config_drive
+from core.compute.metadata.listener import MetadataListeners
+from core.compute.metadata.lookup import CallableLookup
 from core.compute.models import ComputeService, Instance, Migration
 from core.compute.virt.hostconf import QEMU_USER
 from core.compute.virt.libvirt import (
     DomainSpec,
     LibvirtDriver,
+    Nic,
     VirtError,
     disk_free_gb,
     read_console,
@@ -79,6 +92,10 @@ class ComputeAgent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscription: Subscription | None = None
+        self._awaiting: set[str] = set()  # started paused, a waiter thread on their port
+        self._waiters: list[threading.Thread] = []
+        lookup = CallableLookup(guestdata.HostLookup(self.clients, db, self.host))
+        self.metadata = MetadataListeners(MetadataApp(lookup), METADATA_ADDRESS)
 
     # ---- life cycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -105,6 +122,9 @@ class ComputeAgent:
         for thread in self._threads:
             thread.join(timeout=10)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for waiter in self._waiters:
+            waiter.join(timeout=10)
+        self.metadata.stop()
 
     def _every(self, period: float, fn: Any) -> None:
         while not self._stop.wait(period):
@@ -189,6 +209,20 @@ class ComputeAgent:
         for future in futures:
             future.result()
         self._clear_tombstones()
+        self.serve_metadata()
+
+    def serve_metadata(self) -> None:
+        """One metadata listener per network with an instance on this host, bound in
+        the network's service namespace (made by the network agent: a namespace not
+        there yet is retried on the next round)."""
+        def networks(sess: Session) -> set[str]:
+            return {n for n in sess.scalars(select(Instance.network_id).where(
+                Instance.host == self.host, Instance.deleted.is_(False),
+                Instance.network_id.is_not(None))) if n}
+
+        wanted = {n: service_namespace(n) for n in self.db.run_in_transaction(networks)}
+        for network_id, exc in self.metadata.reconcile(wanted).items():
+            LOG.info("metadata for network %s not served yet: %s", network_id, exc)
 
     def _clear_tombstones(self) -> None:
         """Mark the tombstones of instances evacuated away from this host cleaned once
@@ -280,19 +314,44 @@ class ComputeAgent:
         directory = self.instances / inst.id
         return directory, directory / "disk", directory / "console.log"
 
-    def _spec(self, inst: Instance) -> DomainSpec:
+    def _spec(self, inst: Instance, nics: tuple[Nic, ...],
+              config_drive: Path | None) -> DomainSpec:
         _, disk, console = self._paths(inst)
         return DomainSpec(uuid=inst.id, name=inst.name, vcpus=inst.vcpus,
                           memory_mb=inst.memory_mb, disk_path=disk, console_path=console,
                           mac_address=inst.mac_address, project_id=inst.project_id,
-                          cloud_id=self.driver.cloud_id or "")
+                          cloud_id=self.driver.cloud_id or "", nics=nics,
+                          config_drive=config_drive)
+
+    def _config_drive_path(self, inst: Instance) -> Path:
+        return self.instances / inst.id / "disk.config"  # Nova's name
 
     def _ensure_defined(self, inst: Instance) -> None:
-        if not self.driver.exists(inst.id):
-            self.driver.define(self._spec(inst))
+        """Define a domain that went missing (its port bound here already)."""
+        if self.driver.exists(inst.id):
+            return
+        nics: tuple[Nic, ...] = ()
+        if inst.port_id:
+            nics = (vifs.bind(self.clients, inst.port_id, self.host).nic,)
+        drive = self._config_drive_path(inst)
+        self.driver.define(self._spec(inst, nics, drive if drive.exists() else None))
+
+    def _build_config_drive(self, inst: Instance) -> Path:
+        """The instance's config drive, built afresh from the database and the network
+        API (on every spawn and rebuild: an evacuated guest's drive is the new host's)."""
+        record = self.db.run_in_transaction(lambda s: guestdata.load_record(s, inst.id))
+        if record is None:
+            raise VirtError(f"instance {inst.id} vanished while its config drive was built")
+        path = build_config_drive(guestdata.describe(self.clients, record),
+                                  self._config_drive_path(inst))
+        give_disk(path, self.qemu)
+        return path
 
     def _spawn(self, inst: Instance, rebuild: bool) -> None:
         task = inst.task_state
+        with self._locks_guard:
+            if inst.id in self._awaiting:
+                return  # started paused; its waiter lets it run or fails it
         directory, disk, console = self._paths(inst)
         try:
             self.db.run_in_transaction(lambda s: s.execute(
@@ -308,19 +367,36 @@ class ComputeAgent:
                     raise VirtError(f"disk {disk} of evacuated instance not found on shared "
                                     "storage; refusing to create an empty one")
                 self._create_disk(inst, disk)
+            port = vifs.bind(self.clients, inst.port_id, self.host) if inst.port_id else None
+            drive = None
+            if guestdata.wants_config_drive(inst, self.cfg.compute.force_config_drive):
+                drive = self._build_config_drive(inst)
             t_define = time.monotonic()
-            self.driver.define(self._spec(inst))
+            self.driver.define(self._spec(inst, (port.nic,) if port else (), drive))
             t_start = time.monotonic()
             start = not (rebuild and inst.vm_state == states.STOPPED)
+            wait = start and port is not None and self.cfg.compute.vif_plugging_timeout > 0
             if start:
-                self.driver.start(inst.id, self.cfg.compute.guest_nice)
+                self.driver.start(inst.id, self.cfg.compute.guest_nice, paused=wait)
             t_started = time.monotonic()
-        except (VirtError, ServiceCallError, OSError, subprocess.CalledProcessError) as exc:
+        except (VirtError, ServiceCallError, OSError, subprocess.CalledProcessError,
+                ConfigDriveError) as exc:
             LOG.error("spawning %s failed: %s", inst.id, exc)
+            self._destroy_paused(inst)
             self._fail(inst, task, f"Build of instance {inst.id} failed: {exc}")
             return
-        vm_state = states.STOPPED if not start else states.ACTIVE
-        power = states.RUNNING if start else states.SHUTDOWN
+        LOG.info("instance %s defined on %s (define %.2f s, start %.2f s)%s", inst.id,
+                 self.host, t_start - t_define, t_started - t_start,
+                 ", paused until its port is plugged" if wait else "")
+        if wait and port is not None:
+            self._await_plugging(inst, task, port, rebuild)
+        else:
+            self._spawned(inst, task, rebuild, start)
+
+    def _spawned(self, inst: Instance, task: str | None, rebuild: bool, started: bool) -> None:
+        """Record the instance built (running, or stopped if it was and is rebuilt)."""
+        vm_state = states.ACTIVE if started else states.STOPPED
+        power = states.RUNNING if started else states.SHUTDOWN
         if self._finish(inst, task, vm_state=vm_state, power_state=power, launched_at=now()):
             if rebuild:
                 self.db.run_in_transaction(lambda s: s.execute(
@@ -328,9 +404,75 @@ class ComputeAgent:
                                             Migration.dest_host == self.host,
                                             Migration.status == "accepted")
                     .values(status="done", updated_at=now())))
-            LOG.info("instance %s %s on %s (define %.2f s, start %.2f s)", inst.id,
-                     "rebuilt" if rebuild else "spawned", self.host, t_start - t_define,
-                     t_started - t_start)
+            LOG.info("instance %s %s on %s", inst.id, "rebuilt" if rebuild else "spawned",
+                     self.host)
+
+    def _destroy_paused(self, inst: Instance) -> None:
+        """A failed build never leaves its guest paused (and waiting for nobody)."""
+        try:
+            if self.driver.is_paused(inst.id):
+                self.driver.destroy(inst.id)
+        except VirtError as exc:
+            LOG.error("paused domain of failed build %s not destroyed: %s", inst.id, exc)
+
+    def _still_building(self, instance_id: str, task: str | None) -> bool:
+        row = self.db.run_in_transaction(lambda s: s.get(Instance, instance_id))
+        return (row is not None and not row.deleted and row.host == self.host
+                and row.task_state == task)
+
+    def _await_plugging(self, inst: Instance, task: str | None, port: vifs.BoundPort,
+                        rebuild: bool) -> None:
+        """Wait for the port in a thread of its own: the build workers and the
+        reconciliation go on (an evacuation's twenty guests wait side by side)."""
+        thread = threading.Thread(target=self._plug_then_run, args=(inst, task, port, rebuild),
+                                  name=f"plug-{inst.id[:8]}", daemon=True)
+        with self._locks_guard:
+            self._awaiting.add(inst.id)
+            self._waiters = [t for t in self._waiters if t.is_alive()] + [thread]
+        thread.start()
+
+    def _plug_then_run(self, inst: Instance, task: str | None, port: vifs.BoundPort,
+                       rebuild: bool) -> None:
+        """Let the paused guest run once its port is plugged. On a timeout with
+        ``vif_plugging_is_fatal`` the domain is destroyed and undefined and the instance
+        goes to ERROR; otherwise the guest runs unplugged, with a warning. A stopping
+        agent or a superseded build (the server deleted) leaves it to the next run."""
+        c = self.cfg.compute
+        try:
+            timeout: vifs.PlugTimeout | None = None
+            try:
+                vifs.wait_plugged(self.clients, port.id, self.host, c.vif_plugging_timeout,
+                                  self._stop, lambda: self._still_building(inst.id, task))
+            except vifs.PlugTimeout as exc:
+                timeout = exc
+            except vifs.Interrupted as exc:
+                LOG.info("instance %s: %s", inst.id, exc)
+                return
+            with self._lock(inst.id):
+                if not self._still_building(inst.id, task):
+                    return
+                if timeout is not None and c.vif_plugging_is_fatal:
+                    LOG.error("instance %s: %s; destroying it", inst.id, timeout)
+                    self.driver.undefine(inst.id)
+                    self._fail(inst, task, f"Build of instance {inst.id} failed: virtual "
+                               f"interface creation failed: {timeout}")
+                    return
+                if timeout is not None:
+                    LOG.warning("instance %s: %s; running it anyway (vif_plugging_is_fatal "
+                                "is false)", inst.id, timeout)
+                try:
+                    self.driver.resume(inst.id)
+                except VirtError as exc:
+                    self._destroy_paused(inst)
+                    self._fail(inst, task, f"Build of instance {inst.id} failed: {exc}")
+                    return
+                self._spawned(inst, task, rebuild, True)
+        except Exception:
+            LOG.exception("waiting for the port of %s failed; the next reconciliation "
+                          "retries", inst.id)
+        finally:
+            with self._locks_guard:
+                self._awaiting.discard(inst.id)
 
     def _create_disk(self, inst: Instance, disk: Path) -> None:
         base, fmt = self.images.ensure(inst.image_id)

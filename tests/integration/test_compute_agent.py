@@ -83,6 +83,8 @@ def make_cloud(tmp_path: Path, bus_driver: str, urls: list[str]) -> Cloud:
         "state_dir": str(tmp_path / "state"), "log.level": "WARNING",
         "compute.host": HOST, "compute.shutdown_timeout": 0,
         "compute.reconcile_interval": 3600, "bus.driver": bus_driver, "bus.urls": urls,
+        # no network agent here reports ports plugged (test_compute_wiring.py waits)
+        "compute.vif_plugging_timeout": 0,
     }
     for service in ("identity", "compute", "image", "network"):
         overrides[f"{service}.listen"] = f"127.0.0.1:{free_port()}"

@@ -8,8 +8,11 @@ after a crash.
 
 Disks are qcow2 overlays in ``<instances>/<uuid>/disk`` over a cached base
 image; the serial console is appended to ``<instances>/<uuid>/console.log``.
-NICs are tap devices (``type='ethernet'``) with the port's MAC: plugged into
-nothing in the all-in-one, so no guest traffic leaves the machine.
+NICs are tap devices (``type='ethernet'``) named after the port
+(:func:`core.common.hostnet.tap_name`), with the port's MAC and the network's MTU:
+libvirt makes the tap, the network agent plugs it into the network's bridge and
+filters it. A config drive is a read-only IDE CD-ROM (the guests' kernels look
+for a ``config-2`` labelled ISO9660 there, as on Nova's ``pc`` machines).
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ class VirtError(Exception):
 
 
 @dataclass(frozen=True)
+class Nic:
+    """One guest NIC: the tap device libvirt makes, the port's MAC, the network's MTU."""
+
+    tap: str
+    mac_address: str
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     uuid: str
     name: str
@@ -45,6 +57,8 @@ class DomainSpec:
     mac_address: str | None
     project_id: str
     cloud_id: str
+    nics: tuple[Nic, ...] = ()  # when empty, ``mac_address`` alone makes a NIC (legacy)
+    config_drive: Path | None = None  # the config-2 ISO, attached as a read-only cdrom
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,21 @@ def domain_xml(spec: DomainSpec, virt_type: str) -> str:
     ET.SubElement(disk, "driver", name="qemu", type="qcow2", cache="none")
     ET.SubElement(disk, "source", file=str(spec.disk_path))
     ET.SubElement(disk, "target", dev="vda", bus="virtio")
-    if spec.mac_address:
+    if spec.config_drive is not None:
+        cdrom = ET.SubElement(devices, "disk", type="file", device="cdrom")
+        ET.SubElement(cdrom, "driver", name="qemu", type="raw")
+        ET.SubElement(cdrom, "source", file=str(spec.config_drive))
+        ET.SubElement(cdrom, "target", dev="hdd", bus="ide")  # Nova's config drive device
+        ET.SubElement(cdrom, "readonly")
+    for nic_spec in spec.nics:
+        nic = ET.SubElement(devices, "interface", type="ethernet")
+        ET.SubElement(nic, "mac", address=nic_spec.mac_address)
+        # managed='no' would make libvirt expect an existing tap: it makes this one
+        ET.SubElement(nic, "target", dev=nic_spec.tap)
+        ET.SubElement(nic, "model", type="virtio")
+        if nic_spec.mtu:
+            ET.SubElement(nic, "mtu", size=str(nic_spec.mtu))
+    if not spec.nics and spec.mac_address:
         nic = ET.SubElement(devices, "interface", type="ethernet")
         ET.SubElement(nic, "mac", address=spec.mac_address)
         ET.SubElement(nic, "model", type="virtio")
@@ -176,22 +204,56 @@ class LibvirtDriver:
         except libvirt.libvirtError as exc:
             raise VirtError(f"cannot define {spec.uuid}: {exc}") from exc
 
-    def start(self, uuid: str, nice: int = 0) -> None:
+    def start(self, uuid: str, nice: int = 0, paused: bool = False) -> None:
         """Start the domain; with ``nice``, its QEMU is started paused, reniced, then
         resumed, so the guest never runs at the host services' priority. A domain
-        left paused (an agent that died between the two) is resumed."""
+        left paused (an agent that died between the two) is resumed, unless
+        ``paused``: then it is started (or left) paused, its taps made, for
+        :meth:`resume` once its ports are plugged (Nova's vif plugging)."""
         dom = self._lookup(uuid)
         if dom is None:
             raise VirtError(f"domain {uuid} is not defined")
         try:
             if not dom.isActive():
-                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if nice else 0)
+                self._create(dom, paused=bool(nice or paused))
             if nice:
                 self.lower_priority(uuid, nice)
-            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            if not paused and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
         except libvirt.libvirtError as exc:
             raise VirtError(f"cannot start {uuid}: {exc}") from exc
+
+    def _create(self, dom: libvirt.virDomain, paused: bool) -> None:
+        if paused and self.uri.startswith("test:"):
+            # libvirt's test driver (the agent's tests) has no START_PAUSED; it runs no
+            # guest either, so started-then-suspended is the same state there
+            dom.create()
+            dom.suspend()
+            return
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+
+    def resume(self, uuid: str) -> None:
+        """Let a paused domain run (no-op when it runs already)."""
+        dom = self._lookup(uuid)
+        if dom is None or not dom.isActive():
+            raise VirtError(f"domain {uuid} is not running: cannot resume it")
+        try:
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+        except libvirt.libvirtError as exc:
+            raise VirtError(f"cannot resume {uuid}: {exc}") from exc
+
+    def is_paused(self, uuid: str) -> bool:
+        dom = self._lookup(uuid)
+        return bool(dom is not None and dom.isActive()
+                    and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED)
+
+    def xml(self, uuid: str) -> str:
+        """The domain's live XML (what libvirt made of the definition)."""
+        dom = self._lookup(uuid)
+        if dom is None:
+            raise VirtError(f"domain {uuid} is not defined")
+        return str(dom.XMLDesc(0))
 
     def lower_priority(self, uuid: str, nice: int, run_dir: Path = Path("/run/libvirt/qemu"),
                        ) -> int:
