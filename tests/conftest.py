@@ -116,6 +116,12 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     server.close()
 
 
+#: For a test of what a stock client (the openstack CLI, openstacksdk) makes of an API:
+#: the client's side does not change with the database behind the API, whose own
+#: behaviour the API tests check on both backends. One run, on SQLite.
+CLIENT_ON_SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database URL on each backend."""

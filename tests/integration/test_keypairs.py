@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 from core.compute.keypair_models import KeyPair
 from core.compute.models import Instance
-from tests.conftest import ADMIN_PASSWORD, Services
+from tests.conftest import ADMIN_PASSWORD, CLIENT_ON_SQLITE, Services
 from tests.integration.computeapi import Compute
 from tests.integration.test_quotas import openstack_cli, project_id, race
 
@@ -384,6 +384,7 @@ def test_refused_creates_name_the_field_and_leave_nothing(compute: Compute,
 
 
 # ---- the stock clients -------------------------------------------------------------------
+@CLIENT_ON_SQLITE
 def test_stock_cli_keypairs_and_server_create(compute: Compute, tmp_path: Path) -> None:
     services = compute.services
     key = ssh_keygen(tmp_path, "cli")
@@ -448,6 +449,7 @@ def test_stock_cli_keypairs_and_server_create(compute: Compute, tmp_path: Path) 
     assert over.returncode != 0 and "too many key pairs" in over.stderr, over.stderr
 
 
+@CLIENT_ON_SQLITE
 def test_openstacksdk_generates_a_key_and_boots_with_it(compute: Compute,
                                                         tmp_path: Path) -> None:
     services = compute.services

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Services
+from tests.conftest import CLIENT_ON_SQLITE, Services
 from tests.integration.segments_cloud import segments_cloud
 from tests.integration.test_quotas import openstack_cli
 
@@ -166,6 +166,7 @@ def test_binding_attributes_are_the_admins(cloud: Services) -> None:
         "ports"] == []
 
 
+@CLIENT_ON_SQLITE
 def test_stock_openstack_cli_creates_provider_networks(cloud: Services) -> None:
     made = openstack_cli(cloud, "network", "create", "--provider-network-type", "vxlan",
                          "--provider-segment", "4242", "-f", "json", "cli-net")

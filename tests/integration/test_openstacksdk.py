@@ -6,7 +6,7 @@ import openstack
 import pytest
 from openstack import exceptions
 
-from tests.conftest import ADMIN_PASSWORD, IdentityServer
+from tests.conftest import ADMIN_PASSWORD, CLIENT_ON_SQLITE, IdentityServer
 
 
 def connect(server: IdentityServer, user: str, password: str,
@@ -17,6 +17,7 @@ def connect(server: IdentityServer, user: str, password: str,
         identity_api_version="3", load_yaml_config=False, load_envvars=False)
 
 
+@CLIENT_ON_SQLITE
 def test_sdk_admin_workflow_and_member_refusal(identity: IdentityServer) -> None:
     admin = connect(identity, "admin", ADMIN_PASSWORD, "admin")
     assert admin.authorize()
@@ -42,6 +43,7 @@ def test_sdk_admin_workflow_and_member_refusal(identity: IdentityServer) -> None
     assert admin.identity.find_project("sdk-proj") is None
 
 
+@CLIENT_ON_SQLITE
 def test_sdk_wrong_password_is_401(identity: IdentityServer) -> None:
     with pytest.raises(exceptions.SDKException, match=r"HTTP 401"):
         connect(identity, "admin", "wrong", "admin").authorize()

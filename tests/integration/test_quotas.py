@@ -26,7 +26,7 @@ from sqlalchemy import update
 
 from core.common.timeutil import now
 from core.compute.models import ComputeService, Instance
-from tests.conftest import ADMIN_PASSWORD, Services
+from tests.conftest import ADMIN_PASSWORD, CLIENT_ON_SQLITE, Services
 from tests.integration.computeapi import Compute
 
 BIN = Path(sys.executable).parent
@@ -361,6 +361,7 @@ def openstack_cli(services: Services, *args: str, user: str = "admin",
                           env=env, timeout=120)
 
 
+@CLIENT_ON_SQLITE
 def test_stock_openstack_quota_show_and_set(compute: Compute) -> None:
     """``openstack quota set --instances 3 --ports 10 PROJECT`` and ``quota show`` work
     unchanged (there is no volume service in the catalog: the CLI skips it); a member

@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from tests.conftest import ADMIN_PASSWORD, Services
+from tests.conftest import ADMIN_PASSWORD, CLIENT_ON_SQLITE, Services
 
 BIN = Path(sys.executable).parent
 
@@ -289,6 +289,7 @@ def test_router_and_floatingip_quotas(services: Services) -> None:
     assert details["floatingip"] == {"limit": 1, "used": 1, "reserved": 0}
 
 
+@CLIENT_ON_SQLITE
 def test_extensions_the_cli_looks_up(services: Services) -> None:
     admin = Net(services)
     aliases = {e["alias"] for e in ok(admin("GET", "/v2.0/extensions"))["extensions"]}
@@ -311,6 +312,7 @@ def openstack(services: Services, *args: str, user: str = "admin",
     return done.stdout
 
 
+@CLIENT_ON_SQLITE
 def test_stock_cli(services: Services) -> None:
     """The issue's tenant commands, unchanged (``server add floating ip`` needs compute:
     ``floating ip set --port`` is what it does on the network side)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from tests.conftest import Services
+from tests.conftest import CLIENT_ON_SQLITE, Services
 from tests.integration.test_network_api import Caller, network_with_subnet
 
 BIN = Path(sys.executable).parent
@@ -316,6 +316,7 @@ def openstack(services: Services, *args: str, user: str, project: str
                           env=env, timeout=120)
 
 
+@CLIENT_ON_SQLITE
 def test_stock_openstack_security_group_cli(services: Services) -> None:
     """The issue's own steps: ``security group rule create --protocol tcp --dst-port 22
     default`` and friends, as a project member."""

@@ -3,6 +3,7 @@ tests run them for real: tests/lab/test_stack.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -169,3 +170,13 @@ def test_a_hypervisor_gets_disk_leases_on_the_shared_instances(tmp_path: Path) -
     assert hostconf.missing_settings(etc, Path("/srv/haven/instances/.leases")) == []
     nodeconf.write_node_files(PLAN, "n1", SECRETS, CA, tmp_path / "n1")
     assert not (tmp_path / "n1" / "etc" / "libvirt").exists()
+
+
+def test_hypervisors_wait_for_their_ports_only_where_a_network_agent_plugs_them(
+        tmp_path: Path) -> None:
+    path = tmp_path / "haven.yaml"
+    path.write_text(nodeconf.haven_config(PLAN, "n2", SECRETS))
+    assert load_config(str(path)).compute.vif_plugging_timeout == 300
+    without = dataclasses.replace(PLAN, network_agents=False, l3_shards=0)
+    path.write_text(nodeconf.haven_config(without, "n2", SECRETS))
+    assert load_config(str(path)).compute.vif_plugging_timeout == 0
