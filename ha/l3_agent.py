@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
     from core.common.config import HavenConfig
     from core.network.routerns.shards import Outcome
 
+# How long a start waits for the network agent to make the routers' bridges: well
+# within the shard's start timeout (120 s), several of the agent's rounds.
+BRIDGE_WAIT = 60.0
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -66,6 +70,10 @@ class L3Agent:
                             default="/run/haven")
         agent.add_parameter("namespace_prefix", "Prefix of the routers' namespace names "
                             "(Neutron's qrouter-)", default="qrouter-")
+        agent.add_parameter("bridge_wait", "Seconds a router may wait for this node's "
+                            "network agent to make a bridge its legs go into (at start, "
+                            "and for a new interface) before the shard fails here",
+                            default=str(int(BRIDGE_WAIT)), content_type="integer")
         agent.add_action("start", self.start, timeout=120)
         agent.add_action("stop", self.stop, timeout=120)
         agent.add_monitor(0, self.monitor, timeout=60, interval=5)
@@ -91,6 +99,13 @@ class L3Agent:
                                                 "digits, '_', '.', '-' (at most 64)")
         return prefix
 
+    def bridge_wait(self) -> float:
+        raw = self.agent.param("bridge_wait") or str(int(BRIDGE_WAIT))
+        if not raw.isdigit() or int(raw) > 3600:
+            raise OcfError(Exit.ERR_CONFIGURED, f"bridge_wait must be an integer from 0 to "
+                                                f"3600 (seconds), got {raw!r}")
+        return float(raw)
+
     def load_config(self) -> HavenConfig:
         from core.common.config import ConfigError, load_config
 
@@ -110,6 +125,7 @@ class L3Agent:
     def validate(self) -> int:
         self.numbers()
         self.prefix()
+        self.bridge_wait()
         self.load_config()
         return Exit.SUCCESS
 
@@ -124,11 +140,16 @@ class L3Agent:
         db = Database(cfg.database_url, pool_size=1, max_retries=1,
                       ssl_ca=cfg.database.ssl_ca)
         try:
-            outcome = shards.converge(db, shard, count, bridge_name, prefix=self.prefix())
+            outcome = shards.converge(db, shard, count, bridge_name, prefix=self.prefix(),
+                                      host=cfg.compute_host)
         finally:
             db.dispose()
         for rid in outcome.removed:
             self.agent.log.info("router %s is gone: its namespace removed", rid)
+        if outcome.bound:
+            self.agent.log.info("bound %d router ports here", len(outcome.bound))
+        for rid, why in sorted(outcome.waiting.items()):
+            self.agent.log.warning("router %s waits for the network agent: %s", rid, why)
         for rid, why in sorted(outcome.unplannable.items()):
             self.agent.log.error("router %s cannot be carried out (on any node): %s", rid, why)
         return outcome
@@ -142,14 +163,29 @@ class L3Agent:
 
     def start(self) -> int:
         self.validate()
-        try:
-            outcome = self._converge()
-        except OcfError:
-            raise
-        except Exception as exc:  # the database cannot be read: nothing to build from
-            raise OcfError(Exit.ERR_GENERIC, f"start: the database cannot be read: "
-                                             f"{type(exc).__name__}: {exc}"[:400]) from None
+        # The routers' ports are bound here by the first convergence; this node's
+        # network agent then makes their networks' bridges at its next round. A start
+        # waits for them (within its timeout), then fails, so Pacemaker tries another node.
+        wait = self.bridge_wait()
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                outcome = self._converge()
+            except OcfError:
+                raise
+            except Exception as exc:  # the database cannot be read: nothing to build from
+                raise OcfError(Exit.ERR_GENERIC, f"start: the database cannot be read: "
+                                                 f"{type(exc).__name__}: {exc}"[:400]) from None
+            if not outcome.waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
         self._fail_on_node_problems("start", outcome)
+        if outcome.waiting:
+            rid, why = sorted(outcome.waiting.items())[0]
+            raise OcfError(Exit.ERR_GENERIC, f"start: router {rid}: {why} after "
+                                             f"{wait:.0f} s (is haven-network-agent "
+                                             f"running here?)"[:400])
+        self.waiting_since().unlink(missing_ok=True)
         marker = self.marker()
         marker.parent.mkdir(parents=True, exist_ok=True)
         shard, count = self.numbers()
@@ -170,6 +206,7 @@ class L3Agent:
             return Exit.SUCCESS
         gone = shards.remove_all(shard, count, prefix)
         self.marker().unlink(missing_ok=True)
+        self.waiting_since().unlink(missing_ok=True)
         self.agent.log.info("released shard %d: %d namespaces removed", shard, len(gone))
         return Exit.SUCCESS
 
@@ -199,7 +236,32 @@ class L3Agent:
                                    "as they are", type(exc).__name__, exc)
             return Exit.SUCCESS
         self._fail_on_node_problems("monitor", outcome)
+        self._fail_on_a_long_wait(outcome)
         return Exit.SUCCESS
+
+    def waiting_since(self) -> Path:
+        marker = self.marker()
+        return marker.with_name(marker.name + ".waiting")
+
+    def _fail_on_a_long_wait(self, outcome: Outcome) -> None:
+        """A router waiting for a bridge (a new interface, a bridge removed by hand) is
+        fine for ``bridge_wait`` seconds: the network agent makes it at its next round.
+        Longer, this node cannot carry the shard (its network agent is not doing its
+        job), and the monitor fails so that Pacemaker recovers it."""
+        since = self.waiting_since()
+        if not outcome.waiting:
+            since.unlink(missing_ok=True)
+            return
+        if not since.exists():
+            since.write_text(f"{time.time()}\n")
+        try:
+            waited = time.time() - float(since.read_text())
+        except ValueError:
+            waited = float("inf")  # unreadable: the wait cannot be shown short
+        if waited >= self.bridge_wait():
+            rid, why = sorted(outcome.waiting.items())[0]
+            raise OcfError(Exit.ERR_GENERIC, f"monitor: router {rid}: {why} for "
+                                             f"{waited:.0f} s"[:400])
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from core.common.config import HavenConfig
 from core.network import segments
 from core.network.models import Network
-from core.network.networks import create_network_row
+from core.network.networks import PROVIDER_PHYSNET, create_network_row
 from core.network.subnets import create_subnet_row
 
 
@@ -27,7 +27,7 @@ def ensure_provider_network(session: Session, cfg: HavenConfig, admin_project_id
     policy = segments.parse(cfg.network.segments)
     if segments.segment_of(session, net.id) is None:  # new, or made before segments
         wanted = segments.validate(policy, segments.SegmentRequest(
-            "flat", net.physical_network or "provider"))
+            "flat", net.physical_network or PROVIDER_PHYSNET))
         segments.allocate(session, policy, net.id, wanted)
     segments.adopt_unsegmented(session, policy)  # the provider's physical network first
     return net

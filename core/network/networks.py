@@ -28,9 +28,13 @@ from core.network.access import (
 from core.network.models import Network, Port, Subnet
 from core.network.views import network_view
 
+#: The physical network of the provider network bootstrap makes: a deployment maps it to
+#: an interface (``network.datapath.physical_interface_mappings``).
+PROVIDER_PHYSNET = "provider"
+
 
 def create_network_row(s: Any, name: str, project_id: str | None, shared: bool,
-                       external: bool = False, physical: str | None = "provider",
+                       external: bool = False, physical: str | None = PROVIDER_PHYSNET,
                        network_type: str = "flat", mtu: int = 1500) -> Network:
     ts = now()
     net = Network(name=name, project_id=project_id, shared=shared, external=external,

@@ -68,10 +68,19 @@ class ClusterPlan:
     # the hypervisors' network agents (tenant data path, DHCP, security groups, ports'
     # status): off only where guests use no tenant network (the lab's stack, for now)
     network_agents: bool = True
+    # physical network -> the interface carrying it on every node (the provider
+    # network's ``provider``, flat networks, VLANs); the VXLAN underlay is the cluster
+    # network (each node's address in ``addresses``)
+    physical_interfaces: dict[str, str] = field(default_factory=dict)
 
     @property
     def router_nodes(self) -> tuple[str, ...]:
         return self.network_nodes or self.nodes
+
+    @property
+    def l3_nodes(self) -> tuple[str, ...]:
+        """The nodes that may carry routers (none without shards)."""
+        return self.router_nodes if self.l3_shards else ()
 
     def __post_init__(self) -> None:
         if len(self.nodes) < 1 or len(set(self.nodes)) != len(self.nodes):
@@ -246,7 +255,7 @@ def haven_services(plan: ClusterPlan) -> list[Command]:
         for node in plan.nodes:
             if node not in plan.hypervisors:
                 commands.append(avoid("haven-compute-clone", node))
-                if plan.network_agents:
+                if plan.network_agents and node not in plan.l3_nodes:
                     commands.append(avoid("haven-network-agent-clone", node))
         # One evacuation controller for the cluster: a primitive, so Pacemaker moves it
         # (it resumes from its records) instead of running two.
@@ -318,6 +327,12 @@ def constraints(plan: ClusterPlan) -> list[Command]:
     for shard in l3_shard_ids(plan):
         commands.append(order("promote", "galera-clone", "start", shard))
         commands.append(colocate(shard, "galera-clone", "Promoted"))
+        if plan.hypervisors and plan.network_agents:
+            # the node's network agent makes the bridges the routers' legs go into; a
+            # restart of the agent leaves the bridges, so it need not restart the routers
+            commands.append(order("start", "haven-network-agent-clone", "start", shard,
+                                  kind="Optional"))
+            commands.append(colocate(shard, "haven-network-agent-clone"))
     commands.append(colocate("vip", "haven-identity-clone"))
     commands.append(order("start", "haven-identity-clone", "start", "vip"))
     return commands

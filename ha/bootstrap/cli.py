@@ -23,7 +23,7 @@ from ha.bootstrap.nodeconf import Secrets, write_node_files
 PLAN_KEYS = {"nodes", "vip", "vip_nic", "haven_config", "fence_agent", "fence_options",
              "hypervisors", "addresses", "cluster_name", "db_buffer_pool", "shared_dir",
              "api_workers", "compute_overrides", "fence_password_files",
-             "network_nodes", "l3_shards", "network_agents"}
+             "network_nodes", "l3_shards", "network_agents", "physical_interfaces"}
 DEFAULT_SAVE = "/etc/haven/cluster-bootstrap.sh"
 DEFAULT_CA_DIR = "/etc/haven/cluster-ca"
 
@@ -68,7 +68,9 @@ def load_plan(path: Path) -> ClusterPlan:
             fence_password_files=bool(data.get("fence_password_files", False)),
             network_nodes=tuple(str(n) for n in data.get("network_nodes") or ()),
             l3_shards=int(data.get("l3_shards", 3)),
-            network_agents=bool(data.get("network_agents", True)))
+            network_agents=bool(data.get("network_agents", True)),
+            physical_interfaces={str(k): str(v) for k, v in
+                                 (data.get("physical_interfaces") or {}).items()})
     except (TypeError, ValueError, AttributeError) as exc:
         raise UsageError(f"{path}: {exc}") from None
 

@@ -268,7 +268,16 @@ def haven_config(plan: ClusterPlan, node: str, secrets: Secrets) -> str:
                          "store_dir": str(Path(plan.shared_dir) / "images")}
         data["compute"] = {**data["compute"],  # type: ignore[dict-item]
                            "instances_dir": str(Path(plan.shared_dir) / "instances")}
-    if not plan.network_agents:
+    if plan.network_agents:
+        # the tenant networks' data path: VXLAN over the cluster network (a node the
+        # plan gives no address carries no VXLAN network), the physical networks on the
+        # interfaces the plan names
+        datapath: dict[str, object] = {"physical_interface_mappings": [
+            f"{net}:{nic}" for net, nic in sorted(plan.physical_interfaces.items())]}
+        if node in plan.addresses:
+            datapath["local_ip"] = plan.addresses[node]
+        data["network"] = {**data["network"], "datapath": datapath}  # type: ignore[dict-item]
+    else:
         # No network agent plugs a port in this cluster, so nobody would report one
         # ACTIVE: a hypervisor that waited for its guests' ports would fail every boot.
         data["compute"] = {**data["compute"],  # type: ignore[dict-item]

@@ -147,7 +147,8 @@ def cmd_kill_service(args: argparse.Namespace) -> int:
 def cmd_stack(args: argparse.Namespace) -> int:
     from ha.lab import stack
 
-    seconds = stack.up_stack(_lab_dir(args), progress=_progress, timeout=args.timeout)
+    seconds = stack.up_stack(_lab_dir(args), progress=_progress, timeout=args.timeout,
+                             networking=args.networking)
     st = state.load(_lab_dir(args))
     assert st is not None
     p = stack.paths(_lab_dir(args))
@@ -223,6 +224,10 @@ def add_commands(sub: Any) -> None:
     p = leaf("stack", cmd_stack, "bootstrap Galera, RabbitMQ, the Haven services and the VIP "
              "on the lab (haven cluster bootstrap)", with_node=False)
     p.add_argument("--timeout", type=float, default=900.0, help="seconds (default %(default)s)")
+    p.add_argument("--networking", action="store_true",
+                   help="also tenant networks, DHCP, security groups, routers and floating "
+                        "IPs (a network agent per node, router shards, the provider network "
+                        "on each node's eth1; floating IPs reached from the switch namespace)")
     p = leaf("client", cmd_client, "run a client command where the VIP is reachable (the "
              "switch namespace), with the lab's clouds.yaml: client -- CMD...", with_node=False)
     p.add_argument("argv", nargs=argparse.REMAINDER, help="the command")

@@ -18,6 +18,16 @@ from ha.lab.commands import LabError, run
 
 RUN_NETNS = Path("/run/netns")
 NODE_IFNAME = "eth0"
+# The provider network's cable: a second bridge in the switch namespace and a second
+# NIC per node, without an address (the node's network agent puts it into the
+# provider network's bridge). The switch namespace holds the "outside" on it.
+EXT_BRIDGE = "br-ext"
+EXT_IFNAME = "eth1"
+
+
+def ext_cable(veth: str) -> str:
+    """The switch-side end of a node's provider cable (``veth-node1`` -> ``ext-node1``)."""
+    return "ext-" + veth.removeprefix("veth-")
 
 
 def netns_exists(name: str) -> bool:
@@ -41,27 +51,35 @@ def create_switch(switch_ns: str, bridge: str) -> None:
     """The switch: a namespace with one bridge, no address, spanning tree off (so a
     plugged cable forwards at once)."""
     add_netns(switch_ns)
-    result = run(["ip", "-n", switch_ns, "link", "show", bridge], check=False)
-    if result.returncode != 0:
-        run(["ip", "-n", switch_ns, "link", "add", bridge, "type", "bridge",
-             "stp_state", "0", "forward_delay", "0"])
-    run(["ip", "-n", switch_ns, "link", "set", bridge, "up"])
+    for name in (bridge, EXT_BRIDGE):
+        result = run(["ip", "-n", switch_ns, "link", "show", name], check=False)
+        if result.returncode != 0:
+            run(["ip", "-n", switch_ns, "link", "add", name, "type", "bridge",
+                 "stp_state", "0", "forward_delay", "0"])
+        run(["ip", "-n", switch_ns, "link", "set", name, "up"])
 
 
 def plug_node(switch_ns: str, bridge: str, node_ns: str, veth: str, address: str,
               prefixlen: int) -> None:
-    """Give the node its namespace and a cable into the bridge, address on eth0."""
+    """Give the node its namespace, a cable into the bridge (address on eth0) and one
+    into the provider bridge (eth1, no address)."""
     add_netns(node_ns)
-    if run(["ip", "-n", switch_ns, "link", "show", veth], check=False).returncode != 0:
-        run(["ip", "-n", switch_ns, "link", "add", veth, "type", "veth",
-             "peer", "name", NODE_IFNAME, "netns", node_ns])
-    run(["ip", "-n", switch_ns, "link", "set", veth, "master", bridge, "up"])
+    for cable, bridge_of, ifname in ((veth, bridge, NODE_IFNAME),
+                                     (ext_cable(veth), EXT_BRIDGE, EXT_IFNAME)):
+        if run(["ip", "-n", switch_ns, "link", "show", cable], check=False).returncode != 0:
+            run(["ip", "-n", switch_ns, "link", "add", cable, "type", "veth",
+                 "peer", "name", ifname, "netns", node_ns])
+        run(["ip", "-n", switch_ns, "link", "set", cable, "master", bridge_of, "up"])
+        run(["ip", "-n", node_ns, "link", "set", ifname, "up"])
     run(["ip", "-n", node_ns, "addr", "replace", f"{address}/{prefixlen}", "dev", NODE_IFNAME])
-    run(["ip", "-n", node_ns, "link", "set", NODE_IFNAME, "up"])
 
 
 def set_link(switch_ns: str, veth: str, up: bool) -> None:
-    run(["ip", "-n", switch_ns, "link", "set", veth, "up" if up else "down"])
+    """Plug or unplug both of the node's cables at the switch (a cut node hears
+    nothing, on any network)."""
+    for cable in (veth, ext_cable(veth)):
+        run(["ip", "-n", switch_ns, "link", "set", cable, "up" if up else "down"],
+            check=cable == veth)  # a lab made before the provider cable has none
 
 
 def link_is_up(switch_ns: str, veth: str) -> bool | None:

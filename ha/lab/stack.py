@@ -27,13 +27,15 @@ from typing import Any
 
 import yaml
 
+from core.common.config import NetworkConfig
 from core.common.files import write_private
+from core.network.networks import PROVIDER_PHYSNET
 from ha.bootstrap.cib import ClusterPlan
 from ha.bootstrap.nodeconf import API_PORTS, Secrets, write_node_files
 from ha.bootstrap.tls import CA_CERT, load_or_create_ca
 from ha.lab import config, node, state
 from ha.lab.commands import LabError, run
-from ha.lab.network import NODE_IFNAME
+from ha.lab.network import EXT_BRIDGE, EXT_IFNAME, NODE_IFNAME
 
 VIP_HOST = 100  # .100 of the lab subnet
 CLIENT_HOST = 2  # the bridge's address: where lab clients run from
@@ -93,11 +95,16 @@ def vip_address(st: state.LabState) -> str:
 
 
 def lab_plan(st: state.LabState, shared_dir: Path,
-             compute_overrides: Mapping[str, Any] | None = None) -> ClusterPlan:
+             compute_overrides: Mapping[str, Any] | None = None,
+             networking: bool = False) -> ClusterPlan:
     """Every node is a controller; with libvirt, every node is a hypervisor too.
     Lean settings: one gunicorn worker per API, a small InnoDB buffer pool.
     ``compute_overrides`` replace the lab's compute settings below (a benchmark that
-    must treat Haven's guests as it treats another's sets ``guest_nice``)."""
+    must treat Haven's guests as it treats another's sets ``guest_nice``).
+    ``networking``: tenant networks, DHCP, security groups, routers and floating IPs
+    (the network agent on every node, two router shards, the provider network on each
+    node's second cable); without it guests are not waited for, their taps plugged
+    into nothing."""
     names = tuple(st.nodes)
     prefix = config.prefix_length(st.subnet)
     return ClusterPlan(
@@ -108,9 +115,8 @@ def lab_plan(st: state.LabState, shared_dir: Path,
         addresses={n: nd.address for n, nd in st.nodes.items()},
         cluster_name="haven-lab", db_buffer_pool="64M", shared_dir=str(shared_dir),
         api_workers=1,
-        # No routers and no network agents yet: the lab's guests use the flat provider
-        # network only, until the lab tests of tenant networks come (issue 11).
-        l3_shards=0, network_agents=False,
+        l3_shards=2 if networking else 0, network_agents=networking,
+        physical_interfaces={PROVIDER_PHYSNET: EXT_IFNAME} if networking else {},
         # A lab node reports the whole machine; keep hypervisors honest and small.
         # Guests are niced to the lowest priority: twenty TCG guests booting after an
         # evacuation (about 14 CPU-seconds in the first 13 s, measured with the bench's
@@ -123,6 +129,13 @@ def lab_plan(st: state.LabState, shared_dir: Path,
                            **(compute_overrides or {})})
 
 
+def outside_address() -> str:
+    """The provider subnet's gateway (Haven's default provider CIDR), with its prefix:
+    the lab's outside, which IPAM never hands out."""
+    net = ipaddress.ip_network(NetworkConfig().provider_cidr)
+    return f"{next(net.hosts())}/{net.prefixlen}"
+
+
 def plan_yaml(plan: ClusterPlan) -> str:
     return yaml.safe_dump({
         "nodes": list(plan.nodes), "vip": plan.vip, "vip_nic": plan.vip_nic,
@@ -132,6 +145,7 @@ def plan_yaml(plan: ClusterPlan) -> str:
         "db_buffer_pool": plan.db_buffer_pool, "shared_dir": plan.shared_dir,
         "api_workers": plan.api_workers, "compute_overrides": plan.compute_overrides,
         "l3_shards": plan.l3_shards, "network_agents": plan.network_agents,
+        "physical_interfaces": plan.physical_interfaces,
     }, sort_keys=False)
 
 
@@ -169,9 +183,9 @@ def _fernet_keys(target: Path) -> None:
 
 def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
              timeout: float = 900.0, compute_overrides: Mapping[str, Any] | None = None,
-             ) -> float:
+             networking: bool = False) -> float:
     """Configure every node and bootstrap the cluster from the first; returns seconds.
-    ``compute_overrides``: see ``lab_plan``."""
+    ``compute_overrides``, ``networking``: see ``lab_plan``."""
     t0 = time.monotonic()
     st = state.load(lab_dir)
     if st is None:
@@ -182,7 +196,7 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     p.root.mkdir(exist_ok=True)
     for sub in ("images", "instances"):
         (p.shared / sub).mkdir(parents=True, exist_ok=True)
-    plan = lab_plan(st, p.shared, compute_overrides)
+    plan = lab_plan(st, p.shared, compute_overrides, networking)
     p.plan.write_text(plan_yaml(plan))
     if not p.secrets.exists():
         write_private(p.secrets, Secrets.generate().to_yaml())
@@ -202,6 +216,11 @@ def up_stack(lab_dir: Path, progress: Callable[[str], None] = lambda _m: None,
     progress(f"node configuration written for {', '.join(plan.nodes)}")
     client = f"{host_address(st.subnet, CLIENT_HOST)}/{config.prefix_length(st.subnet)}"
     run(["ip", "-n", st.switch_ns, "addr", "replace", client, "dev", st.bridge])
+    if networking:
+        # the outside world of the provider network: its gateway address, on the
+        # provider bridge of the switch (floating IPs are reached from here)
+        run(["ip", "-n", st.switch_ns, "addr", "replace", outside_address(), "dev",
+             EXT_BRIDGE])
     write_private(p.clouds_yaml, clouds_yaml(auth_url(st), password, p.ca / CA_CERT))
     first = st.nodes[plan.nodes[0]]
     # `haven bootstrap` takes the admin password from the node's state directory (a

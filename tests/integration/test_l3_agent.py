@@ -57,6 +57,7 @@ class Node:
     fip: str
     alice: Net
     tenant_bridge: str
+    host: str  # the node's name, as its network agent knows it (compute.host)
     servers: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def params(self, **over: str) -> dict[str, str]:
@@ -122,6 +123,7 @@ def node(services: Services, tmp_path: Path) -> Iterator[Node]:
     config = tmp_path / "haven.yaml"
     config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
                                       "log": {"level": "WARNING"},
+                                      "compute": {"host": f"l3node-{tag}"},
                                       "database": {"url": services.cfg.database_url}}))
     # ocf-tester runs the agent as nobody too: a directory nobody may enter
     wrapper_dir = Path(tempfile.mkdtemp(prefix="haven-t-l3-"))
@@ -135,7 +137,7 @@ def node(services: Services, tmp_path: Path) -> Iterator[Node]:
     n = Node(tag, *made, wrapper=wrapper, config=config, state_dir=tmp_path / "run",
              prefix=f"haven-t-{tag}-q", shard=shard, router_id=str(router["id"]),
              fip=fip["floating_ip_address"], alice=alice,
-             tenant_bridge=bridge_name(net))
+             tenant_bridge=bridge_name(net), host=f"l3node-{tag}")
     try:
         for ns in made:
             netns.run(["ip", "netns", "add", ns])
@@ -191,6 +193,11 @@ def test_a_shard_lives_start_reconcile_fail_stop(node: Node) -> None:
     assert neighbour_mac(node.outside, node.fip) == gw_port["mac_address"]
     seen = node.connect(node.fip, 8080)
     assert seen == "203.0.113.1", seen  # the outside reaches the guest at its floating IP
+    # the router's ports are bound to this node (its network agent carries their
+    # networks; the other hosts tunnel the router's MACs here)
+    ports = ok(admin("GET", f"/v2.0/ports?device_id={node.router_id}"))["ports"]
+    assert len(ports) == 2
+    assert {p["binding:host_id"] for p in ports} == {node.host}
 
     # a router created through the API in this shard appears at the next monitor,
     # one in another shard does not; deleted, its namespace goes
@@ -209,11 +216,23 @@ def test_a_shard_lives_start_reconcile_fail_stop(node: Node) -> None:
     assert node.run("monitor", 5000).returncode == 0
     assert node.connect(node.fip, 8080) == "203.0.113.1"
 
-    # a router this node cannot make (its tenant bridge is gone) fails the monitor
+    # a router whose bridge is gone waits for the network agent to make it again
+    # (bridge_wait seconds, 60 by default), then fails the monitor
     netns.ip(node.node, "link", "del", node.tenant_bridge)
+    waiting = node.run("monitor", 5000)
+    assert waiting.returncode == 0, waiting.stderr
+    assert (node.state_dir / f"haven-l3-{node.shard}.l3-held.waiting").exists()  # since when
+    failed = node.run("monitor", 5000, bridge_wait="0")
+    assert failed.returncode == 1, failed.stderr
+    assert (f"ocf-exit-reason:monitor: router {node.router_id}: bridge {node.tenant_bridge} "
+            "does not exist for") in failed.stderr
+    # ...and a node that has a bridge but cannot plug into it as planned fails at once
+    netns.ip(node.node, "link", "add", node.tenant_bridge, "type", "veth", "peer", "name",
+             f"p{node.tag}")  # there, but no bridge
     failed = node.run("monitor", 5000)
     assert failed.returncode == 1, failed.stderr
     assert f"ocf-exit-reason:monitor: router {node.router_id} not as planned" in failed.stderr
+    netns.ip(node.node, "link", "del", node.tenant_bridge)
 
     stopped = node.run("stop")
     assert stopped.returncode == 0, stopped.stderr
@@ -246,6 +265,7 @@ def test_namespaces_without_the_marker_are_never_not_running(node: Node) -> None
     ({"config": "/nonexistent/haven.yaml"},
      "config file '/nonexistent/haven.yaml' does not exist"),
     ({"namespace_prefix": "a b"}, "namespace_prefix"),
+    ({"bridge_wait": "soon"}, "bridge_wait must be an integer from 0 to 3600"),
 ])
 def test_bad_parameters_are_err_configured_yet_stop_succeeds(node: Node, over: dict[str, str],
                                                              reason: str) -> None:
@@ -266,6 +286,6 @@ def test_meta_data_is_valid(node: Node) -> None:
     root = ET.fromstring(result.stdout.split("\n", 2)[2])
     params = {p.get("name"): p.get("required") for p in root.iter("parameter")}
     assert params == {"config": "1", "shard": "1", "shards": "0", "state_dir": "0",
-                      "namespace_prefix": "0"}
+                      "namespace_prefix": "0", "bridge_wait": "0"}
     monitor = next(a for a in root.iter("action") if a.get("name") == "monitor")
     assert monitor.get("interval") == "5s"

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from core.network.routerns import shards
 from ha import crm, service_agent
 from ha.bootstrap import nodeconf
 from ha.lab import faults, lifecycle, node, proc, stack, state
@@ -55,8 +56,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[StackLab]:
     with lab_session(request, LAB_DIR, "stack lab", TIMINGS):
         report = lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
         TIMINGS["haven lab up --libvirt"] = f"{report.seconds_total:.1f} s"
-        seconds = stack.up_stack(LAB_DIR)
-        TIMINGS["haven lab stack (Galera, RabbitMQ, Haven, VIP)"] = f"{seconds:.1f} s"
+        seconds = stack.up_stack(LAB_DIR, networking=True)
+        TIMINGS["haven lab stack (Galera, RabbitMQ, Haven, VIP, networking)"] = \
+            f"{seconds:.1f} s"
         yield StackLab(LAB_DIR)
 
 
@@ -276,6 +278,131 @@ def rows_on(lab: StackLab, name: str, table: str) -> set[int]:
         "mysql", "-N", "-B", DURABILITY_DB, "-e",
         f"SET SESSION wsrep_sync_wait = 1; SELECT id FROM {table}"]).stdout
     return {int(x) for x in out.split()}
+
+
+class Tenant:
+    """A VM on a tenant network behind a router, with a floating IP, an injected key
+    and user data: the way a tenant reaches a pet VM, driven by the stock CLI."""
+
+    def __init__(self, lab: StackLab, tmp: Path) -> None:
+        self.lab, self.key, self.known = lab, tmp / "id_ed25519", tmp / "known_hosts"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)],
+                       check=True)
+        self.token = os.urandom(8).hex()
+        self.user_data = tmp / "init.sh"
+        self.user_data.write_text(f"#!/bin/sh\necho {self.token} > /root/proof\n")
+        self.fip = ""
+
+    def build(self, image: str) -> dict[str, str]:
+        os_ = self.lab.openstack
+        os_("keypair", "create", "--public-key", f"{self.key}.pub", "k1")
+        os_("network", "create", "net1")
+        os_("subnet", "create", "--network", "net1", "--subnet-range", "10.0.0.0/24", "sub1")
+        os_("router", "create", "r1")
+        os_("router", "set", "--external-gateway", "provider", "r1")
+        os_("router", "add", "subnet", "r1", "sub1")
+        os_("security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "22",
+            "default")
+        server = json.loads(os_("server", "create", "--image", image, "--flavor", "m1.tiny",
+                                "--network", "net1", "--key-name", "k1", "--user-data",
+                                str(self.user_data), "--wait", "vm1", "-f", "json",
+                                timeout=240))
+        assert server["status"] == "ACTIVE", server
+        self.fip = os_("floating", "ip", "create", "provider", "-f", "value", "-c",
+                       "floating_ip_address").strip()
+        os_("server", "add", "floating", "ip", "vm1", self.fip)
+        return dict(server)
+
+    def trust_host_key(self, seen: int = 0) -> int:
+        """known_hosts from the newest HAVEN-TINY-HOSTKEY console line, as a careful
+        user does, once the console shows more than ``seen`` of them (the guest's root
+        is a RAM disk: every boot makes a new host key). Returns how many it saw."""
+        found: list[str] = []
+
+        def printed() -> bool:
+            log = self.lab.openstack("console", "log", "show", "vm1")
+            found[:] = [ln.split(" ", 1)[1].strip() for ln in log.splitlines()
+                        if ln.startswith("HAVEN-TINY-HOSTKEY ")]
+            return len(found) > seen
+        wait_until(printed, 300, "vm1's host key on its console", interval=3)
+        self.known.write_text(f"{self.fip} {found[-1]}\n")
+        return len(found)
+
+    def ssh(self, command: str) -> subprocess.CompletedProcess[str]:
+        """OpenSSH from the outside (the switch namespace, on the provider network) to
+        the floating IP, with the tenant's key, trusting only the console's host key."""
+        return self.lab.client(
+            "ssh", "-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={self.known}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{self.fip}", command,
+            timeout=60, check=False)
+
+    def wait_reachable(self, timeout: float, what: str) -> list[str]:
+        """Wait until SSH at the floating IP works; the guest's fixed address, the user
+        data's proof and its hostname, as it answers."""
+        answer: list[str] = []
+
+        def logged_in() -> bool:
+            done = self.ssh(r"ip -4 addr show eth0 | sed -n 's/.*inet \([0-9.]*\).*/\1/p'; "
+                            "cat /root/proof; hostname")
+            answer[:] = done.stdout.split() if done.returncode == 0 else []
+            return bool(answer)
+        wait_until(logged_in, timeout, what, interval=1)
+        return answer
+
+
+def shard_node(lab: StackLab, router_id: str) -> str:
+    view = lab.view()
+    assert view is not None
+    [where] = view.running_on(f"haven-l3-{shards.shard_of(router_id, 2)}")
+    return str(where)
+
+
+def test_a_tenant_vm_is_reached_at_its_floating_ip_and_keeps_it_when_its_node_dies(
+        lab: StackLab, tmp_path: Path) -> None:
+    """The issue's tenant walk-through, verbatim CLI: key, network, router to the
+    provider network, SSH allowed, a VM with the key and user data, a floating IP;
+    SSH from outside the cloud (the provider network's own side) logs in with the key
+    and finds the user data's proof. Then the router's shard is moved onto the VM's
+    hypervisor and that node loses power: the router starts on a survivor (after the
+    fence), the VM is evacuated to one, and the same floating IP reaches the same VM
+    (its fixed address, its user data, its name) again."""
+    lab.wait_stack(NODES, 180)
+    tenant = Tenant(lab, tmp_path)
+    server = tenant.build(tiny_image(lab))
+    host, server_id = server["OS-EXT-SRV-ATTR:host"], server["id"]
+    router_id = lab.openstack("router", "show", "r1", "-f", "value", "-c", "id").strip()
+    keys = tenant.trust_host_key()
+    t0 = time.monotonic()
+    first = tenant.wait_reachable(240, "SSH to vm1 at its floating IP")
+    TIMINGS["tenant VM: SSH at the floating IP after ACTIVE"] = f"{time.monotonic() - t0:.1f} s"
+    assert first[0].startswith("10.0.0.") and first[1] == tenant.token, first
+
+    # the router onto the VM's node, so one power loss takes both
+    nd = lab.state().nodes[host]
+    shard = f"haven-l3-{shards.shard_of(router_id, 2)}"
+    if shard_node(lab, router_id) != host:
+        node.exec_in(nd, ["pcs", "resource", "move", shard, host], timeout=60)
+        lab.wait_view(lambda v: v.running_on(shard) == [host], 120, f"{shard} on {host}")
+        node.exec_in(nd, ["pcs", "resource", "clear", shard], timeout=60)
+        tenant.wait_reachable(120, "SSH after the router moved")
+
+    fences_before = len(lab.fences(host))
+    assert faults.kill(LAB_DIR, host)
+    t_kill = time.monotonic()
+    tenant.trust_host_key(keys)  # the evacuated guest's boot
+    again = tenant.wait_reachable(300, "SSH at the same floating IP after the node died")
+    TIMINGS["tenant VM: node power loss to SSH at the floating IP again"] = \
+        f"{time.monotonic() - t_kill:.1f} s"
+    assert again == first, (first, again)  # the same VM: address, user data, name
+    events = lab.wait_new_fence(host, fences_before, timeout=60)
+    assert events[0].delegate != host, events
+    moved = json.loads(lab.openstack("server", "show", server_id, "-f", "json"))
+    assert moved["OS-EXT-SRV-ATTR:host"] not in ("", host), moved
+    assert shard_node(lab, router_id) != host
+    lab.power_on_all(120)
+    lab.wait_stack(NODES, 300)
+    lab.openstack("server", "delete", "--wait", "vm1", timeout=180)
 
 
 def test_rows_committed_through_a_node_are_on_the_survivors_after_its_power_loss(

@@ -67,7 +67,7 @@ def test_compute_agents_run_only_on_hypervisors() -> None:
 
 
 def test_network_agents_run_as_a_clone_only_on_hypervisors_after_their_database() -> None:
-    text = lines(plan())
+    text = lines(plan(l3_shards=0))
     agent = next(t for t in text if "ocf:haven:haven-network-agent" in t)
     assert agent.startswith("pcs resource create haven-network-agent ")
     assert "OCF_CHECK_LEVEL=0" in agent and "OCF_CHECK_LEVEL=10" in agent
@@ -81,6 +81,19 @@ def test_network_agents_run_as_a_clone_only_on_hypervisors_after_their_database(
     assert ("pcs constraint order start rabbitmq-clone then start haven-network-agent-clone "
             "kind=Optional id=order-rabbitmq-clone-haven-network-agent-clone-Optional") in text
     assert not any("haven-network-agent" in t for t in lines(plan(hypervisors=())))
+
+
+def test_router_nodes_run_a_network_agent_and_shards_go_where_it_runs() -> None:
+    # n1 is no hypervisor but may carry routers: its agent makes their bridges
+    text = lines(plan())
+    assert not any("haven-network-agent-clone n1" in t for t in text)
+    assert ("pcs constraint colocation add haven-l3-0 with haven-network-agent-clone INFINITY "
+            "id=colocation-haven-l3-0-haven-network-agent-clone-INFINITY") in text
+    assert ("pcs constraint order start haven-network-agent-clone then start haven-l3-0 "
+            "kind=Optional id=order-haven-network-agent-clone-haven-l3-0-Optional") in text
+    only_n2 = lines(plan(network_nodes=("n2",)))
+    assert ("pcs constraint location add location-haven-network-agent-clone-n1--INFINITY "
+            "haven-network-agent-clone n1 -- -INFINITY") in only_n2
 
 
 @pytest.mark.parametrize(("kw", "message"), [
@@ -177,7 +190,7 @@ def test_a_rerun_retires_the_mandatory_bus_orders_of_before() -> None:
 
 
 def test_network_agents_run_on_hypervisors_unless_the_plan_turns_them_off() -> None:
-    on = [c for c in lines(plan()) if "haven-network-agent" in c]
+    on = [c for c in lines(plan(l3_shards=0)) if "haven-network-agent" in c]
     assert any(c.startswith("pcs resource create haven-network-agent ") for c in on)
     assert any("location-haven-network-agent-clone-n1--INFINITY" in c for c in on)
     off = [c for c in lines(plan(network_agents=False, l3_shards=0))

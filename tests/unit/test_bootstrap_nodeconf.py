@@ -180,3 +180,13 @@ def test_hypervisors_wait_for_their_ports_only_where_a_network_agent_plugs_them(
     without = dataclasses.replace(PLAN, network_agents=False, l3_shards=0)
     path.write_text(nodeconf.haven_config(without, "n2", SECRETS))
     assert load_config(str(path)).compute.vif_plugging_timeout == 0
+
+
+def test_network_agents_tunnel_over_the_cluster_network_and_map_the_plans_interfaces(
+        tmp_path: Path) -> None:
+    path = tmp_path / "haven.yaml"
+    plan = dataclasses.replace(PLAN, physical_interfaces={"provider": "eth1"})
+    path.write_text(nodeconf.haven_config(plan, "n2", SECRETS))
+    datapath = load_config(str(path)).network.datapath
+    assert (datapath.local_ip, datapath.physical_interface_mappings) == (
+        "10.9.0.2", ["provider:eth1"])

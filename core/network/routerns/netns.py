@@ -29,6 +29,11 @@ class DataplaneError(RuntimeError):
     """A command that should have worked did not (the message carries its stderr)."""
 
 
+class BridgeMissing(DataplaneError):
+    """The bridge a router's leg goes into is not on this node (yet): the network agent
+    makes a network's bridge once a port of it is bound here."""
+
+
 def run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> str:
     done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
                           timeout=60)
@@ -139,7 +144,7 @@ def _ensure_device(ns: str, node: str | None, dev: Device, present: dict[str, An
            "netns", ns)
     ip(ns, "link", "set", dev.name, "address", dev.mac)
     if dev.bridge not in links(node):
-        raise DataplaneError(f"bridge {dev.bridge} does not exist")
+        raise BridgeMissing(f"bridge {dev.bridge} does not exist")
     ip(node, "link", "set", dev.peer, "master", dev.bridge, "up")
     have = {f"{i['local']}/{i['prefixlen']}" for a in json.loads(
         ip(ns, "-j", "addr", "show", "dev", dev.name)) for i in a.get("addr_info", [])

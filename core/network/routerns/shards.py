@@ -33,7 +33,7 @@ from core.network.l3_models import Router
 from core.network.routerns import lifecycle, netns
 from core.network.routerns.lifecycle import Health
 from core.network.routerns.plan import PlanError, RouterSpec
-from core.network.routerns.source import router_spec
+from core.network.routerns.source import bind_to, router_spec
 
 DEFAULT_PREFIX = "qrouter-"
 
@@ -66,34 +66,46 @@ def namespaces_of(shard: int, shards: int, prefix: str = DEFAULT_PREFIX) -> dict
 @dataclass
 class Outcome:
     """What one :func:`converge` did: routers made, namespaces removed, routers this node
-    could not make as planned (``failed``: another node might), and routers whose own
-    description cannot be carried out (``unplannable``: no node can)."""
+    could not make as planned (``failed``: another node might), routers whose own
+    description cannot be carried out (``unplannable``: no node can), routers waiting
+    for a network's bridge that this node's network agent has not made yet
+    (``waiting``: it makes it at its next round, for the ports just ``bound`` here)."""
 
     converged: list[str] = field(default_factory=list)
+    bound: list[str] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unplannable: dict[str, str] = field(default_factory=dict)
 
 
 def converge(db: Database, shard: int, shards: int, bridge_for: Callable[[str], str],
-             node: str | None = None, prefix: str = DEFAULT_PREFIX) -> Outcome:
+             node: str | None = None, prefix: str = DEFAULT_PREFIX,
+             host: str | None = None) -> Outcome:
     """Make the shard's routers on this node what the database says.
 
     The routers are read in one transaction; a database error propagates (the caller
-    decides what an unreadable database means).
+    decides what an unreadable database means). With ``host`` (this node's name as
+    its network agent knows it), the routers' ports are bound to it in that same
+    transaction (:func:`~core.network.routerns.source.bind_to`).
     One router that cannot be made does not stop the others: its error is in the outcome.
     """
+    bound: list[str] = []
+
     def read(s: Session) -> dict[str, RouterSpec | LookupError]:
         specs: dict[str, RouterSpec | LookupError] = {}
+        bound.clear()  # the transaction may be retried
         for rid in routers_of(s, shard, shards):
             try:
                 specs[rid] = router_spec(s, rid, bridge_for, namespace=prefix + rid)
             except LookupError as exc:  # deleted meanwhile, or a port without an address
                 specs[rid] = exc
+            if host is not None and not isinstance(specs[rid], LookupError):
+                bound.extend(bind_to(s, rid, host))
         return specs
 
     specs = db.run_in_transaction(read)
-    outcome = Outcome()
+    outcome = Outcome(bound=list(bound))
     for ns, rid in sorted(namespaces_of(shard, shards, prefix).items()):
         if rid not in specs:
             lifecycle.stop(ns)  # the router was deleted: its addresses must go too
@@ -110,6 +122,9 @@ def converge(db: Database, shard: int, shards: int, bridge_for: Callable[[str], 
                 status = lifecycle.start(spec, node)
         except PlanError as exc:
             outcome.unplannable[rid] = str(exc)
+            continue
+        except netns.BridgeMissing as exc:
+            outcome.waiting[rid] = str(exc)
             continue
         except netns.DataplaneError as exc:
             outcome.failed[rid] = str(exc)

@@ -4,6 +4,14 @@ The network service's tables say everything the data plane needs: the gateway an
 interface ports (MAC, address, subnet), the floating IPs associated through the
 router, ``enable_snat`` and ``admin_state_up``. Which bridge carries a network on
 this node is the L2 data path's business: the caller passes ``bridge_for``.
+
+:func:`bind_to` binds a router's ports (``binding:host_id``) to the node carrying
+it, as Neutron's L3 agent does: that node's network agent then carries the
+router's networks (their bridges, VXLAN devices, uplinks) and marks the ports
+``ACTIVE`` once the router's devices are plugged, and every other hypervisor sends
+the router's MACs to that node's tunnel endpoint. A port bound elsewhere before (a
+failover) is set ``DOWN`` in the same write, so the old node's ``ACTIVE`` is never
+taken for the new node's plugging.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.common.timeutil import now
 from core.network import l3
 from core.network.l3_models import INTERFACE, FloatingIP, Router
 from core.network.models import IPAllocation, Port, Subnet
@@ -23,6 +32,23 @@ from core.network.routerns.plan import FloatingMap, Gateway, Leg, RouterSpec
 def namespace_of(router_id: str) -> str:
     """Neutron's name for a router's namespace."""
     return f"qrouter-{router_id}"
+
+
+def router_port_list(s: Session, router_id: str) -> list[Port]:
+    """The router's gateway port (if any), then its interfaces."""
+    gateway = l3.gateway_port(s, router_id)
+    return ([gateway] if gateway is not None else []) + l3.router_ports(s, router_id, INTERFACE)
+
+
+def bind_to(s: Session, router_id: str, host: str) -> list[str]:
+    """Bind every port of the router to ``host``; returns the ids of those that moved."""
+    moved = []
+    for port in router_port_list(s, router_id):
+        if port.host_id != host:
+            port.host_id, port.status, port.updated_at = host, "DOWN", now()
+            moved.append(port.id)
+    s.flush()
+    return moved
 
 
 def _leg(s: Session, port: Port, bridge_for: Callable[[str], str]) -> tuple[Leg, Subnet]:
