@@ -35,6 +35,7 @@ from core.network.agent.iproute import IpRoute2, LinuxBridgeDriver
 from core.network.agent.linuxbridge import HostConfig, bridge_name
 from core.network.agent.secgroup_apply import NftApplier, in_namespace
 from core.network.agent.servicens import inner_name
+from core.network.routerns.source import bind_to
 from tests.conftest import Services
 from tests.integration.test_dhcp_netns import dhcp, wait_forwarding
 from tests.integration.test_secgroup_enforcement import CLIENT, listen
@@ -349,3 +350,30 @@ def test_a_port_moved_to_another_host_is_down_until_that_host_has_plugged_it(
     assert tenant.show(p1)["status"] == "ACTIVE"
     assert links(hosts.ns["hv2"])[tap_name(p1["id"])]["master"] == bridge_name(
         tenant.network["id"])
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_routers_leg_bound_here_is_carried_unfiltered_and_kept_plugged(
+        hosts: Hosts, tenant: Tenant) -> None:
+    """A router's shard binds its ports to its node (core/network/routerns/source.py):
+    that node's agent makes the network's bridge for it, keeps the leg the shard
+    plugged into it (never unplugs it as a stranger: it has no filter, being the
+    cloud's own device), marks it ACTIVE, and makes no DHCP port for it."""
+    router = api(tenant.services, "POST", "/v2.0/routers", {"router": {"name": "r1"}},
+                 tenant.token, 201)["router"]
+    leg = api(tenant.services, "PUT", f"/v2.0/routers/{router['id']}/add_router_interface",
+              {"subnet_id": tenant.subnet["id"]}, tenant.token)
+    moved = tenant.services.db.run_in_transaction(lambda s: bind_to(s, router["id"], "hv1"))
+    assert moved == [leg["port_id"]]
+    hv, bridge = hosts.ns["hv1"], bridge_name(tenant.network["id"])
+    hosts.converge("hv1")
+    assert bridge in links(hv)
+    # what the shard does: its leg's peer, named as a tap, into the bridge
+    hosts.guest("hv1", {"id": leg["port_id"], "mac_address": "fa:16:3e:00:00:01"})
+    sh("ip", "-n", hv, "link", "set", tap_name(leg["port_id"]), "master", bridge)
+    for _ in range(2):
+        result = hosts.converge("hv1")["hv1"]
+        assert result.filter_error is None
+        assert links(hv)[tap_name(leg["port_id"])].get("master") == bridge
+    assert tenant.show({"id": leg["port_id"]})["status"] == "ACTIVE"
+    assert tenant.dhcp_ports() == {}

@@ -42,6 +42,7 @@ from core.network.agent.dhcp import DhcpNetwork
 from core.network.agent.dhcp_supervisor import DnsmasqSupervisor
 from core.network.agent.driver import DataPathDriver, HostState, LocalPort
 from core.network.agent.hostdb import (
+    cloud_ports,
     guests_not_in,
     secgroup_inputs,
     set_statuses,
@@ -124,11 +125,13 @@ class NetworkAgent:
         for svc in services:
             self.namespaces.ensure(svc.network_id, svc.dhcp_port_id, svc.dhcp_mac,
                                    svc.addresses, svc.mtu)
-        dhcp_ports = {s.dhcp_port_id for s in services}
+        # the cloud's own devices (DHCP ports, routers' legs) are never filtered
+        unfiltered = {s.dhcp_port_id for s in services} | self.db.run_in_transaction(
+            lambda s: cloud_ports(s, self.host))
         if result.filter_error is not None:
-            desired = self._only_plugged(desired, dhcp_ports)
+            desired = self._only_plugged(desired, unfiltered)
         else:  # a port bound here after the ruleset was read has no chains in it yet
-            desired = _only(desired, filtered | dhcp_ports)
+            desired = _only(desired, filtered | unfiltered)
         self.driver.sync(desired)
 
         # Metadata is answered on every hypervisor, in the service namespace: every
@@ -150,7 +153,7 @@ class NetworkAgent:
         for port in desired.ports:
             link = observed.get(port.device)
             plugged = link is not None and link.master == bridge_name(port.network_id)
-            ok = plugged and (port.port_id in dhcp_ports or (
+            ok = plugged and (port.port_id in unfiltered or (
                 result.filter_error is None and port.port_id in filtered))
             result.statuses[port.port_id] = "ACTIVE" if ok else "DOWN"
         carried = {p.port_id for p in desired.ports}

@@ -194,6 +194,13 @@ def set_statuses(session: Session, host: str, statuses: Mapping[str, str]) -> li
     return changed
 
 
+def cloud_ports(session: Session, host: str) -> set[str]:
+    """The cloud's own devices bound here (DHCP ports, router interfaces and gateways):
+    never filtered, as in Neutron; the router's are plugged by the router's shard."""
+    return {p.id for p in session.scalars(select(Port).where(Port.host_id == host))
+            if not is_guest(p)}
+
+
 def guests_not_in(session: Session, host: str, carried: set[str]) -> list[str]:
     """Guest ports bound here that the data path does not carry (admin down, or a
     network without a segment): they are DOWN."""
