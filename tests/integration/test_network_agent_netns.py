@@ -321,6 +321,16 @@ def test_two_hypervisors_dhcp_vxlan_security_groups_and_port_status(
     assert hosts.connects(g1, ip2, timeout=60)
     assert accepted.read_text().splitlines() == [p1["fixed_ips"][0]["ip_address"]]
 
+    # a port's bridge deleted by hand is made again by the next round, the tap back in
+    # it and the guest reachable again
+    sh("ip", "-n", hosts.ns["hv2"], "link", "del", hosts.bridge_of("hv2", p2))
+    hosts.converge("hv2")
+    assert links(hosts.ns["hv2"])[tap_name(p2["id"])]["master"] == hosts.bridge_of("hv2", p2)
+    assert tenant.show(p2)["status"] == "ACTIVE"
+    hosts.wait_plugged("hv2", p2)
+    assert hosts.connects(g1, ip2, timeout=60)
+    assert accepted.read_text().splitlines() == [p1["fixed_ips"][0]["ip_address"]] * 2
+
     # the last port of the network on hv2 goes: its tap leaves the bridge, the
     # namespace, the DHCP port and dnsmasq go; hv1 keeps all of its own
     api(tenant.services, "DELETE", f"/v2.0/ports/{p2['id']}", token=tenant.token, status=204)
