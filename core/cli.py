@@ -212,22 +212,18 @@ def cmd_network_agent(args: argparse.Namespace) -> int:
     from core.common.bus import make_bus
     from core.common.server import wait_for_signal
     from core.network.agent.agent import NetworkAgent, heartbeat_path
-    from core.network.agent.iproute import LinuxBridgeDriver
-    from core.network.agent.linuxbridge import host_config
+    from core.network.agent.mechanism import build_driver
 
     cfg = config_from_args(args)
     setup_logging(cfg.log.level, cfg.log.file)
-    if cfg.network.datapath.mechanism != "linuxbridge":
-        # Fail closed: the security groups are nftables rules on the bridges' netfilter
-        # hooks, which Open vSwitch bypasses; its ports would be ACTIVE and unfiltered.
-        raise UsageError(f"network.datapath.mechanism {cfg.network.datapath.mechanism!r}: "
-                         "the network agent enforces security groups on Linux bridges "
-                         "only; use linuxbridge")
-    host = host_config(cfg.network.datapath)
+    # Either mechanism is filtered: the security groups are nftables rules on Linux
+    # bridges' hooks, and Open vSwitch puts each tap in a Linux bridge of its own
+    # (hybrid plugging) for them, as Neutron's iptables_hybrid driver did.
+    driver = build_driver(cfg.network.datapath)  # checks local_ip and the mappings
     db = open_database(cfg)
     run_dir = Path(cfg.network.agent_run_dir)
     run_dir.mkdir(mode=0o755, parents=True, exist_ok=True)  # dnsmasq must pass through
-    agent = NetworkAgent(db, cfg.compute_host, host.local_vtep, LinuxBridgeDriver(host),
+    agent = NetworkAgent(db, cfg.compute_host, cfg.network.datapath.local_ip, driver,
                          run_dir)
     # A nudge only starts the next round sooner; the database stays the truth, so
     # without a bus (the local one cannot reach another process) rounds just wait.

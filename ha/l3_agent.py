@@ -126,7 +126,11 @@ class L3Agent:
         self.numbers()
         self.prefix()
         self.bridge_wait()
-        self.load_config()
+        mechanism = self.load_config().network.datapath.mechanism
+        if mechanism != "linuxbridge":
+            # the routers' legs go into the networks' Linux bridges (brq...)
+            raise OcfError(Exit.ERR_CONFIGURED, f"network.datapath.mechanism {mechanism}: "
+                                                "routers run on linuxbridge nodes only")
         return Exit.SUCCESS
 
     def _converge(self) -> Outcome:

@@ -287,7 +287,8 @@ class DataPathConfig:
     mechanism: str = field(default="linuxbridge", metadata=_doc(
         "The data-path mechanism: linuxbridge (a bridge per network) or openvswitch (one "
         "integration bridge, br-int, a local VLAN tag per network, VXLAN ports per peer "
-        "host; flat and VXLAN networks only).", _one_of("linuxbridge", "openvswitch")))
+        "host; flat and VXLAN networks only; each tap in a Linux bridge of its own, "
+        "qbr, where the security groups filter it).", _one_of("linuxbridge", "openvswitch")))
     ovs_datapath_type: str = field(default="auto", metadata=_doc(
         "Open vSwitch only: system (the kernel module), netdev (the userspace datapath; "
         "its VXLAN needs the VTEP address on an OVS bridge holding the underlay "

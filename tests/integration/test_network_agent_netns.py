@@ -3,6 +3,11 @@ against the real network API and database, with guests that get their address by
 DHCP from their own hypervisor, reach each other over VXLAN as their security
 group allows, and whose ports turn ACTIVE only once plugged and filtered.
 
+Every test runs once per data-path mechanism: Linux bridges, and Open vSwitch
+(userspace, an ovsdb-server and ovs-vswitchd per hypervisor namespace:
+tests/integration/ovs_switch.py) with each tap in a Linux bridge of its own where
+the same nftables filter runs (hybrid plugging).
+
 Every hypervisor, guest and service namespace is a network namespace this test
 makes (``haven-t-*``, removed at the end); the hypervisors' underlay is a veth
 between two of them. Nothing is created in the machine's own namespace and no
@@ -31,12 +36,16 @@ import pytest
 
 from core.common.hostnet import tap_name
 from core.network.agent.agent import NetworkAgent, RoundResult
+from core.network.agent.driver import DataPathDriver
 from core.network.agent.iproute import IpRoute2, LinuxBridgeDriver
 from core.network.agent.linuxbridge import HostConfig, bridge_name
+from core.network.agent.openvswitch import OvsHostConfig
+from core.network.agent.ovsctl import OpenVSwitchDriver
 from core.network.agent.secgroup_apply import NftApplier, in_namespace
 from core.network.agent.servicens import inner_name
 from core.network.routerns.source import bind_to
 from tests.conftest import Services
+from tests.integration.ovs_switch import Switch, have_ovs
 from tests.integration.test_dhcp_netns import dhcp, wait_forwarding
 from tests.integration.test_secgroup_enforcement import CLIENT, listen
 
@@ -46,6 +55,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs root, iproute2, nftables, busybox and dnsmasq-base (appliance/setup.sh)")
 
 VTEPS = {"hv1": "172.30.0.1", "hv2": "172.30.0.2"}
+MECHANISMS = [pytest.param("linuxbridge"), pytest.param("openvswitch", marks=pytest.mark.skipif(
+    not have_ovs(), reason="needs Open vSwitch (appliance/setup.sh installs it)"))]
 CIDR = "10.44.0.0/24"
 PORT = 8080
 
@@ -71,6 +82,8 @@ class Hosts:
 
     services: Services
     state: Path
+    mechanism: str = "linuxbridge"
+    switches: dict[str, Switch] = field(default_factory=dict)
     prefix: str = field(default_factory=lambda: f"haven-t-na{uuid.uuid4().hex[:6]}")
     made: list[str] = field(default_factory=list)
     ns: dict[str, str] = field(default_factory=dict)  # host -> its namespace
@@ -94,18 +107,42 @@ class Hosts:
         sh("ip", "-n", hv1, "link", "add", "und", "type", "veth", "peer", "name", "und",
            "netns", hv2)
         for host, ns in self.ns.items():
-            sh("ip", "-n", ns, "addr", "add", f"{VTEPS[host]}/24", "dev", "und")
             sh("ip", "-n", ns, "link", "set", "und", "mtu", "1500", "up")
+            if self.mechanism == "openvswitch":
+                rundir = self.state / f"ovs-{host}"
+                rundir.mkdir()
+                self.switches[host] = Switch(ns, rundir)
+                self.switches[host].start()
+                self.switches[host].underlay("und", VTEPS[host])
+            else:
+                sh("ip", "-n", ns, "addr", "add", f"{VTEPS[host]}/24", "dev", "und")
             self.agents[host] = self.agent(host)
+
+    def driver(self, host: str) -> DataPathDriver:
+        if self.mechanism == "openvswitch":
+            return OpenVSwitchDriver(OvsHostConfig(VTEPS[host], {}, "netdev"),
+                                     self.switches[host].ctl())
+        return LinuxBridgeDriver(HostConfig(VTEPS[host]), IpRoute2(self.ns[host]))
 
     def agent(self, host: str, applier: NftApplier | None = None) -> NetworkAgent:
         ns = self.ns[host]
         state = self.state / host
         return NetworkAgent(
-            self.services.db, host, VTEPS[host],
-            LinuxBridgeDriver(HostConfig(VTEPS[host]), IpRoute2(ns)), state, host_netns=ns,
+            self.services.db, host, VTEPS[host], self.driver(host), state, host_netns=ns,
             namespace_of=lambda net, h=host: self.service_ns(h, net), applier=applier,
             log_dhcp=True)
+
+    def bridge_of(self, host: str, port: dict[str, Any]) -> str:
+        """The Linux bridge the port's tap must be in: where its filter runs."""
+        return self.agents[host].driver.filter_bridge(port["id"], port["network_id"])
+
+    def wait_plugged(self, host: str, port: dict[str, Any]) -> None:
+        """Every member of the port's bridge forwarding (its tap, and on Open vSwitch
+        the veth to br-int)."""
+        bridge = self.bridge_of(host, port)
+        for name, link in links(self.ns[host]).items():
+            if link.get("master") == bridge:
+                wait_forwarding(self.ns[host], name)
 
     def converge(self, *hosts: str) -> dict[str, RoundResult]:
         return {h: self.agents[h].converge() for h in (hosts or tuple(self.agents))}
@@ -140,16 +177,18 @@ class Hosts:
             agent.dhcp.stop_all()
             for network_id in agent.namespaces.managed():
                 agent.namespaces.remove(network_id)
+        for switch in self.switches.values():
+            switch.stop()
         for name in reversed(self.made):
             sh("ip", "netns", "del", name, check=False)
 
 
-@pytest.fixture
-def hosts(services: Services) -> Iterator[Hosts]:
+@pytest.fixture(params=MECHANISMS)
+def hosts(services: Services, request: pytest.FixtureRequest) -> Iterator[Hosts]:
     # dnsmasq, once it has dropped root, must still read its hosts file: not tmp_path
     state = Path(tempfile.mkdtemp(prefix="haven-t-netagent-"))
     state.chmod(0o755)
-    made = Hosts(services, state)
+    made = Hosts(services, state, request.param)
     try:
         made.build()
         yield made
@@ -235,7 +274,7 @@ def test_two_hypervisors_dhcp_vxlan_security_groups_and_port_status(
     for result in hosts.converge().values():  # a converged round changes nothing
         assert not result.changed and not result.dhcp_refused and not result.filter_error
     for host, p in (("hv1", p1), ("hv2", p2)):
-        assert links(hosts.ns[host])[tap_name(p["id"])]["master"] == bridge_name(net_id)
+        assert links(hosts.ns[host])[tap_name(p["id"])]["master"] == hosts.bridge_of(host, p)
 
     # one DHCP port per (network, host), its address in the subnet, in the host's
     # service namespace with the metadata address
@@ -254,7 +293,7 @@ def test_two_hypervisors_dhcp_vxlan_security_groups_and_port_status(
 
     # each guest gets its own address from its own hypervisor's dnsmasq
     for host, guest, p in (("hv1", g1, p1), ("hv2", g2, p2)):
-        wait_forwarding(hosts.ns[host], tap_name(p["id"]))
+        hosts.wait_plugged(host, p)
         lease = dhcp(guest, hosts.state, tries=10, wait=1)
         assert lease is not None, (host, hosts.agents[host].dhcp.log_path(net_id).read_text())
         assert lease.ip == p["fixed_ips"][0]["ip_address"]
@@ -283,13 +322,23 @@ def test_two_hypervisors_dhcp_vxlan_security_groups_and_port_status(
     assert hosts.connects(g1, ip2, timeout=60)
     assert accepted.read_text().splitlines() == [p1["fixed_ips"][0]["ip_address"]]
 
+    # a port's bridge deleted by hand is made again by the next round, the tap back in
+    # it and the guest reachable again
+    sh("ip", "-n", hosts.ns["hv2"], "link", "del", hosts.bridge_of("hv2", p2))
+    hosts.converge("hv2")
+    assert links(hosts.ns["hv2"])[tap_name(p2["id"])]["master"] == hosts.bridge_of("hv2", p2)
+    assert tenant.show(p2)["status"] == "ACTIVE"
+    hosts.wait_plugged("hv2", p2)
+    assert hosts.connects(g1, ip2, timeout=60)
+    assert accepted.read_text().splitlines() == [p1["fixed_ips"][0]["ip_address"]] * 2
+
     # the last port of the network on hv2 goes: its tap leaves the bridge, the
     # namespace, the DHCP port and dnsmasq go; hv1 keeps all of its own
     api(tenant.services, "DELETE", f"/v2.0/ports/{p2['id']}", token=tenant.token, status=204)
     hosts.converge()
     hv2 = links(hosts.ns["hv2"])
     assert hv2[tap_name(p2["id"])].get("master") is None
-    assert bridge_name(net_id) not in hv2
+    assert hosts.bridge_of("hv2", p2) not in hv2
     assert not netns_exists(hosts.service_ns("hv2", net_id))
     assert set(tenant.dhcp_ports()) == {"hv1"}
     assert hosts.agents["hv2"].dhcp.running_pid(net_id) is None
@@ -322,7 +371,7 @@ def test_a_port_whose_filter_cannot_be_loaded_is_neither_plugged_nor_active(
     hosts.agents["hv1"] = hosts.agent("hv1")
     assert hosts.converge("hv1")["hv1"].filter_error is None
     assert tenant.show(p1)["status"] == "ACTIVE"
-    assert links(hv)[tap_name(p1["id"])]["master"] == bridge_name(tenant.network["id"])
+    assert links(hv)[tap_name(p1["id"])]["master"] == hosts.bridge_of("hv1", p1)
 
     # a later ruleset that does not load takes ACTIVE away (its rules are not in force)
     hosts.agents["hv1"] = hosts.agent("hv1", NftApplier(in_namespace(hv), nft="false"))
@@ -348,10 +397,10 @@ def test_a_port_moved_to_another_host_is_down_until_that_host_has_plugged_it(
     hosts.guest("hv2", p1)
     hosts.converge("hv2")
     assert tenant.show(p1)["status"] == "ACTIVE"
-    assert links(hosts.ns["hv2"])[tap_name(p1["id"])]["master"] == bridge_name(
-        tenant.network["id"])
+    assert links(hosts.ns["hv2"])[tap_name(p1["id"])]["master"] == hosts.bridge_of("hv2", p1)
 
 
+@pytest.mark.parametrize("hosts", ["linuxbridge"], indirect=True)  # routers: Linux bridges
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_routers_leg_bound_here_is_carried_unfiltered_and_kept_plugged(
         hosts: Hosts, tenant: Tenant) -> None:

@@ -75,7 +75,8 @@ def test_ports_come_before_the_flows_that_name_them() -> None:
                                                  frozenset({"tappa", "tappb"})), CFG))
     assert 'ovs-vsctl add-port br-int tappa -- set port tappa tag=1 external_ids=' \
            '{"haven-net"="' + NET_A + '","haven-port"="pa"} -- set interface tappa ' \
-           'mtu_request=1450' in commands
+           'mtu_request=1450 external_ids={"attached-mac"="fa:16:3e:00:00:01",' \
+           '"iface-id"="pa","iface-status"="active"}' in commands
     assert f'ovs-vsctl add-port br-int {VX_PEER} -- set port {VX_PEER} tag=[] ' \
            f'external_ids={{"haven-peer"="{PEER}"}} -- set interface {VX_PEER} type=vxlan ' \
            f'options={{"key"="flow","local_ip"="198.51.100.1","remote_ip"="{PEER}"}}' \
@@ -219,3 +220,17 @@ def test_the_mechanism_is_chosen_by_configuration(tmp_path: Path) -> None:
                                                                   "system")
     with pytest.raises(ConfigError, match=r"network\.datapath\.mechanism"):
         load_config(overrides={"network.datapath.mechanism": "macvtap"})
+
+
+def test_an_instances_port_carries_the_ids_neutrons_agent_reads() -> None:
+    """os-vif's ``external_ids`` on the interface: a hand-edited one is put back."""
+    desired = HostState("hv1", (VX_A,), (replace(TAP_A, device_id="vm-1"),))
+    observed = converge(desired, devices=frozenset({"tappa"}))
+    assert dict(observed.ports["tappa"].iface_external_ids) == {
+        "iface-id": "pa", "iface-status": "active", "attached-mac": "fa:16:3e:00:00:01",
+        "vm-uuid": "vm-1"}
+    ports = dict(observed.ports)
+    ports["tappa"] = replace(ports["tappa"], iface_external_ids={"iface-id": "other"})
+    assert text(plan(desired, replace(observed, ports=ports), CFG)) == [
+        'ovs-vsctl set interface tappa external_ids={"attached-mac"="fa:16:3e:00:00:01",'
+        '"iface-id"="pa","iface-status"="active","vm-uuid"="vm-1"}']

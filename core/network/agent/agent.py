@@ -18,22 +18,27 @@ round itself reads back). One round, in this order:
    the next round) and the DHCP ports' (never filtered, as in Neutron);
 5. dnsmasq per network, inside its service namespace; namespaces of networks no
    longer carried removed;
-6. each guest port's ``status``: ACTIVE when its tap is in its network's bridge
-   and this round's ruleset (which has its chains) is loaded; DOWN otherwise.
+6. each guest port's ``status``: ACTIVE when the driver has plugged it (its tap in
+   its filter bridge, joined to the network: ``DataPathDriver.plugged``) and this
+   round's ruleset (which has its chains) is loaded; DOWN otherwise.
    Only ports bound to this host are written (compare on the binding).
 
 The contract compute relies on (Nova's ``network-vif-plugged``): a guest port
 bound to this host turns ACTIVE only after its tap is plugged into its bridge
-and its security group filter is in the kernel. See docs/architecture.md.
+and its security group filter is in the kernel. The filter runs on the Linux bridge
+the driver names for the tap (``DataPathDriver.filter_bridge``): the network's bridge
+with Linux bridges, the port's own ``qbr`` bridge with Open vSwitch (hybrid plugging,
+:mod:`core.network.agent.hybrid`), so both mechanisms are filtered alike. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.common.db import Database
 from core.common.hostnet import service_namespace
@@ -48,8 +53,6 @@ from core.network.agent.hostdb import (
     set_statuses,
     sync_service_ports,
 )
-from core.network.agent.iproute import IpRoute2
-from core.network.agent.linuxbridge import bridge_name
 from core.network.agent.secgroup_apply import ApplyError, NftApplier, in_namespace
 from core.network.agent.secgroup_nft import CompileError
 from core.network.agent.secgroup_source import host_ports
@@ -103,7 +106,6 @@ class NetworkAgent:
         self.host = host
         self.vtep = vtep
         self.driver = driver
-        self.ip = IpRoute2(host_netns)
         if applier is None:
             applier = NftApplier(in_namespace(host_netns)) if host_netns else NftApplier()
         self.applier = applier
@@ -149,11 +151,9 @@ class NetworkAgent:
             self.namespaces.remove(network_id)
         result.service_networks = sorted(wanted)
 
-        observed = self.ip.observe().links
+        plugged = self.driver.plugged(desired)
         for port in desired.ports:
-            link = observed.get(port.device)
-            plugged = link is not None and link.master == bridge_name(port.network_id)
-            ok = plugged and (port.port_id in unfiltered or (
+            ok = port.port_id in plugged and (port.port_id in unfiltered or (
                 result.filter_error is None and port.port_id in filtered))
             result.statuses[port.port_id] = "ACTIVE" if ok else "DOWN"
         carried = {p.port_id for p in desired.ports}
@@ -167,14 +167,13 @@ class NetworkAgent:
     def _apply_filters(self, desired: HostState, result: RoundResult) -> set[str]:
         """Load the ruleset; the ids of the ports it covers (those it filters and those
         that need no filter: port security off). Empty on failure, with the reason."""
-        zones = {n.network_id: (bridge_name(n.network_id),
-                                zone_of(n.network_type, n.segmentation_id))
+        zones = {n.network_id: zone_of(n.network_type, n.segmentation_id)
                  for n in desired.networks}
         try:
             local, groups, members = self.db.run_in_transaction(
                 lambda s: secgroup_inputs(s, self.host))
             compiled = host_ports(local, groups, members,
-                                  bridge=lambda p: zones.get(p["network_id"], ("", 0)))
+                                  bridge=lambda p: self._filter_at(p, zones))
             if compiled.ports:
                 self.applier.apply(compiled)
             else:
@@ -186,16 +185,22 @@ class NetworkAgent:
             return set()
         return {p["id"] for p in local}
 
+    def _filter_at(self, port: Mapping[str, Any], zones: Mapping[str, int]
+                   ) -> tuple[str, int]:
+        """The port's filter bridge and its network's conntrack zone ("", 0: a port of
+        a network this host does not carry)."""
+        zone = zones.get(port["network_id"])
+        if zone is None:
+            return "", 0
+        return self.driver.filter_bridge(port["id"], port["network_id"]), zone
+
     def _only_plugged(self, desired: HostState, unfiltered: set[str]) -> HostState:
-        """The desired state without guest taps that are not in their bridge yet: a
-        port whose filter is not loaded must not be connected (the DHCP ports, which
-        are never filtered, are kept)."""
-        links = self.ip.observe().links
+        """The desired state without guest taps that are not plugged yet: a port whose
+        filter is not loaded must not be connected (the DHCP ports, which are never
+        filtered, are kept)."""
+        plugged = self.driver.plugged(desired)
         keep: tuple[LocalPort, ...] = tuple(
-            p for p in desired.ports
-            if p.port_id in unfiltered or (
-                (link := links.get(p.device)) is not None
-                and link.master == bridge_name(p.network_id)))
+            p for p in desired.ports if p.port_id in unfiltered or p.port_id in plugged)
         return HostState(desired.host, desired.networks, keep, desired.remote_ports)
 
     # ---- the loop --------------------------------------------------------------------

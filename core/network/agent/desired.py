@@ -48,7 +48,8 @@ def desired_state(session: Session, host: str) -> HostState:
     for missing in set(net_ids) - set(networks):
         LOG.warning("network %s has no segment: its ports on %s stay unplugged",
                     missing, host)
-    ports = tuple(LocalPort(p.id, p.network_id, p.mac_address.lower(), tap_name(p.id))
+    ports = tuple(LocalPort(p.id, p.network_id, p.mac_address.lower(), tap_name(p.id),
+                            p.device_id if p.device_owner.startswith("compute:") else "")
                   for p in mine if p.network_id in networks)
     tunnelled = [i for i, n in networks.items() if n.network_type == "vxlan"]
     remote: list[RemotePort] = []

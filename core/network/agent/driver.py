@@ -35,12 +35,14 @@ class NetworkSpec:
 
 @dataclass(frozen=True)
 class LocalPort:
-    """A port bound to this host: the hypervisor made ``device`` (its tap) for it."""
+    """A port bound to this host: the hypervisor made ``device`` (its tap) for it.
+    ``device_id`` is the instance's id for a guest's port ("" for the cloud's own)."""
 
     port_id: str
     network_id: str
     mac: str
     device: str
+    device_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,17 @@ class DataPathDriver(Protocol):
     def sync(self, desired: HostState) -> SyncResult:
         """Make the host carry exactly ``desired``: idempotent, removes stale state it
         owns (never a device it did not make, never the physical interfaces)."""
+        ...
+
+    def filter_bridge(self, port_id: str, network_id: str) -> str:
+        """The Linux bridge a port's tap is a member of: the one whose netfilter hooks
+        see every frame to and from the port, where its security groups run (the
+        network's ``brq`` bridge, or the port's own ``qbr`` one on Open vSwitch)."""
+        ...
+
+    def plugged(self, desired: HostState) -> frozenset[str]:
+        """The ids of ``desired``'s ports that the host has plugged: the tap in its
+        filter bridge and that bridge joined to the network (what ACTIVE promises)."""
         ...
 
 

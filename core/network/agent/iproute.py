@@ -22,6 +22,7 @@ from core.network.agent.linuxbridge import (
     HostConfig,
     Link,
     Observed,
+    bridge_name,
     plan,
 )
 
@@ -103,3 +104,12 @@ class LinuxBridgeDriver:
             LOG.info("data path %s: %s", desired.host, " ".join(command))
             self.ip.run(command)
         return SyncResult(tuple(commands))
+
+    def filter_bridge(self, port_id: str, network_id: str) -> str:
+        return bridge_name(network_id)
+
+    def plugged(self, desired: HostState) -> frozenset[str]:
+        links = self.ip.observe().links
+        return frozenset(p.port_id for p in desired.ports
+                         if (link := links.get(p.device)) is not None
+                         and link.master == bridge_name(p.network_id))

@@ -8,9 +8,13 @@ Laid out as Neutron's openvswitch agent does it in spirit, on one bridge:
 * each network a *local* VLAN tag on this host (1..4094), kept while any port of the
   network carries it (``external_ids:haven-net``) and otherwise the lowest free one:
   stable across syncs and agent restarts because it is read back from the bridge;
-* each local port's tap an access port with its network's tag and the network's MTU
-  (``mtu_request``); a flat network's physical interface an access port too (its MTU
-  left alone: it is the underlay's);
+* each local port's device an access port with its network's tag and the network's
+  MTU (``mtu_request``), its interface's ``external_ids`` as os-vif sets them for
+  Neutron (``iface-id``, ``iface-status``, ``attached-mac``, ``vm-uuid``); the device
+  is the port's ``qvo`` veth end, never the tap itself: the driver plugs each tap into
+  a Linux bridge of its own where the security groups filter it
+  (:mod:`core.network.agent.hybrid`); a flat network's physical interface an access
+  port too (its MTU left alone: it is the underlay's);
 * one VXLAN port per peer hypervisor (``vx`` + the peer's address), ``options:key=flow``
   with ``remote_ip`` and ``local_ip``: ports grow with the peers, not with
   peers x networks, and the VNI is chosen per frame by the flows below.
@@ -49,7 +53,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from core.network.agent.driver import DataPathError, HostState, NetworkSpec
+from core.network.agent.driver import DataPathError, HostState, LocalPort, NetworkSpec
 
 INTEGRATION_BRIDGE = "br-int"
 NET_KEY = "haven-net"
@@ -82,6 +86,7 @@ class OvsPort:
     mtu_request: int | None = None
     external_ids: Mapping[str, str] = field(default_factory=dict)
     ofport: int = -1  # the OpenFlow port number; -1 while the device is not open
+    iface_external_ids: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,15 @@ def allocate_tags(desired: HostState, observed: Observed) -> dict[str, int]:
     return tags
 
 
+def neutron_ids(port: LocalPort) -> dict[str, str]:
+    """The interface's ``external_ids`` as os-vif writes them for Neutron's agent (what
+    tools that read br-int expect to find)."""
+    ids = {"iface-id": port.port_id, "iface-status": "active", "attached-mac": port.mac}
+    if port.device_id:
+        ids["vm-uuid"] = port.device_id
+    return ids
+
+
 def desired_ports(desired: HostState, observed: Observed, cfg: OvsHostConfig,
                   tags: Mapping[str, int]) -> dict[str, OvsPort]:
     """The ports br-int must have (taps only once their device exists)."""
@@ -199,7 +213,8 @@ def desired_ports(desired: HostState, observed: Observed, cfg: OvsHostConfig,
         if net is None or port.device not in observed.devices:
             continue
         out[port.device] = OvsPort(port.device, tags[net.network_id], "", {}, net.mtu,
-                                   {NET_KEY: net.network_id, PORT_KEY: port.port_id})
+                                   {NET_KEY: net.network_id, PORT_KEY: port.port_id},
+                                   iface_external_ids=neutron_ids(port))
     for net in nets.values():
         if net.network_type == "flat":
             interface = cfg.physical_interfaces[net.physical_network or ""]
@@ -238,6 +253,9 @@ def _port_commands(want: OvsPort, have: OvsPort | None) -> list[Command]:
         iface_set.append(f"options={_map(want.options)}")
     if want.mtu_request is not None and (have is None or have.mtu_request != want.mtu_request):
         iface_set.append(f"mtu_request={want.mtu_request}")
+    if (want.iface_external_ids if have is None
+            else dict(have.iface_external_ids) != dict(want.iface_external_ids)):
+        iface_set.append(f"external_ids={_map(want.iface_external_ids)}")
     out: list[str] = []
     if have is None:
         out += ["add-port", INTEGRATION_BRIDGE, want.name]

@@ -7,7 +7,9 @@ its commands. It talks to one Open vSwitch: the default one, or the one whose OV
 socket (``db``) and run directory (``rundir``: where ovs-vswitchd keeps the bridges'
 OpenFlow sockets) are given, in the network namespace ``netns`` (how the tests run a
 whole hypervisor, with its own ovsdb-server and ovs-vswitchd, in a namespace).
-:class:`OpenVSwitchDriver` is the :class:`~core.network.agent.driver.DataPathDriver`.
+:class:`OpenVSwitchDriver` is the :class:`~core.network.agent.driver.DataPathDriver`;
+it lays each port's tap into a Linux bridge of its own (``ip``, through
+:class:`~core.network.agent.iproute.IpRoute2` in the same namespace) before br-int.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import json
 import logging
 import os
 import subprocess
+import sys
+from collections.abc import Sequence
 from typing import Any
 
+from core.network.agent import hybrid
 from core.network.agent.driver import DataPathError, HostState, SyncResult
+from core.network.agent.iproute import IpRoute2
 from core.network.agent.openvswitch import (
     INTEGRATION_BRIDGE,
+    NET_KEY,
     Command,
     Flow,
     Observed,
@@ -31,7 +38,7 @@ from core.network.agent.openvswitch import (
 )
 
 LOG = logging.getLogger(__name__)
-ROUNDS = 3  # bridge, then ports, then the flows that name them
+ROUNDS = 3  # bridge and veths, then ports, then the flows that name them
 
 
 def _value(cell: Any) -> Any:
@@ -77,6 +84,9 @@ class OvsCtl:
             return [program, *rest]
         if program == "ip":
             return [program, *(["-n", self.netns] if self.netns else []), *rest]
+        if program == "txcsum":  # in the switch's namespace, as ethtool would run
+            return [*(["ip", "netns", "exec", self.netns] if self.netns else []),
+                    sys.executable, "-m", "core.network.agent.txcsum", *rest]
         raise DataPathError(f"not an Open vSwitch command: {command}")
 
     def _run(self, command: Command) -> str:
@@ -98,7 +108,8 @@ class OvsCtl:
             return Observed(None, {}, frozenset(), devices)
         ifaces = {r["_uuid"]: r for r in _rows(self._run((
             "ovs-vsctl", "--format=json",
-            "--columns=_uuid,name,type,options,mtu_request,ofport", "list", "interface")))}
+            "--columns=_uuid,name,type,options,mtu_request,ofport,external_ids", "list",
+            "interface")))}
         ports: dict[str, OvsPort] = {}
         mine = set(_uuids(bridge["ports"]))
         for row in _rows(self._run((
@@ -110,7 +121,7 @@ class OvsCtl:
             ports[row["name"]] = OvsPort(
                 row["name"], row["tag"], iface.get("type") or "", iface.get("options") or {},
                 iface.get("mtu_request"), row["external_ids"] or {},
-                int(iface.get("ofport") or -1))
+                int(iface.get("ofport") or -1), iface.get("external_ids") or {})
         dump = self._run(("ovs-ofctl", "--names", "--no-stats", "dump-flows",
                           INTEGRATION_BRIDGE))
         flows: frozenset[Flow] = frozenset(parse_flow(line) for line in dump.splitlines()
@@ -123,30 +134,73 @@ class OvsCtl:
 
 
 class OpenVSwitchDriver:
-    """The Open vSwitch mechanism: ``sync`` observes, plans and runs, again until the
-    plan is empty (at most :data:`ROUNDS` times: a fresh host needs the bridge before
-    its ports and the ports' OpenFlow numbers before the flows that name them).
+    """The Open vSwitch mechanism with hybrid plugging (:mod:`core.network.agent.hybrid`):
+    ``sync`` observes, plans and runs, again until nothing is left to do (at most
+    :data:`ROUNDS` times: a fresh host needs the bridge before its ports and the ports'
+    OpenFlow numbers before the flows that name them).
 
-    A failed command stops the run with :class:`DataPathError`; the next ``sync``
-    plans from the host as it then is.
+    One round: the ports' Linux bridges and veths are made first (br-int can only take
+    a ``qvo`` that exists), then br-int is planned and changed, then stale bridges and
+    veths are deleted (br-int has let go of their ``qvo`` by then). A failed command
+    stops the run with :class:`DataPathError`; the next ``sync`` plans from the host
+    as it then is.
     """
 
-    def __init__(self, cfg: OvsHostConfig, ovs: OvsCtl | None = None) -> None:
+    def __init__(self, cfg: OvsHostConfig, ovs: OvsCtl | None = None,
+                 ip: IpRoute2 | None = None) -> None:
         self.cfg = cfg
         self.ovs = ovs or OvsCtl()
+        self.ip = ip or IpRoute2(self.ovs.netns)
+
+    def _run(self, host: str, commands: Sequence[Command]) -> None:
+        for command in commands:
+            LOG.info("data path %s: %s", host, " ".join(command))
+            if command[0] == "ip":
+                self.ip.run(command)
+            else:
+                self.ovs.run(command)
+
+    def _round(self, desired: HostState, run: bool) -> list[Command]:
+        links = self.ip.observe().links
+        linux = hybrid.plan(desired, links, self.cfg.datapath_type == "netdev")
+        if run and linux.additions:
+            self._run(desired.host, linux.additions)
+            links = self.ip.observe().links
+        switch = plan(hybrid.ovs_view(desired, links), self.ovs.observe(), self.cfg)
+        if run:
+            self._run(desired.host, switch)
+            self._run(desired.host, linux.removals)
+        return [*linux.additions, *switch, *linux.removals]
 
     def sync(self, desired: HostState) -> SyncResult:
         done: list[Command] = []
         for _ in range(ROUNDS):
-            commands = plan(desired, self.ovs.observe(), self.cfg)
+            commands = self._round(desired, run=True)
             if not commands:
                 return SyncResult(tuple(done))
-            for command in commands:
-                LOG.info("data path %s: %s", desired.host, " ".join(command))
-                self.ovs.run(command)
             done += commands
-        left = plan(desired, self.ovs.observe(), self.cfg)
+        left = self._round(desired, run=False)
         if left:
-            raise DataPathError(f"br-int on {desired.host} did not converge in {ROUNDS} "
-                                f"rounds; still to do: {left}")
+            raise DataPathError(f"the data path of {desired.host} did not converge in "
+                                f"{ROUNDS} rounds; still to do: {left}")
         return SyncResult(tuple(done))
+
+    def filter_bridge(self, port_id: str, network_id: str) -> str:
+        return hybrid.qbr_name(port_id)
+
+    def plugged(self, desired: HostState) -> frozenset[str]:
+        """Tap and ``qvb`` in the port's ``qbr``, its ``qvo`` open on br-int as a port of
+        the port's network (tagged)."""
+        links = self.ip.observe().links
+        switch = self.ovs.observe().ports
+        out = set()
+        for port in desired.ports:
+            qbr = hybrid.qbr_name(port.port_id)
+            qvo = switch.get(hybrid.qvo_name(port.port_id))
+            tap, qvb = links.get(port.device), links.get(hybrid.qvb_name(port.port_id))
+            if (tap is not None and tap.master == qbr and qvb is not None
+                    and qvb.master == qbr and qvo is not None and qvo.ofport > 0
+                    and qvo.tag is not None
+                    and qvo.external_ids.get(NET_KEY) == port.network_id):
+                out.add(port.port_id)
+        return frozenset(out)

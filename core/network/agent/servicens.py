@@ -9,7 +9,9 @@ Per network the host carries (Neutron's ``qdhcp-<id>`` namespace)::
                                                   169.254.169.254/32 (METADATA_ADDRESS)
 
 The host end is named as any port's tap is (``hostnet.tap_name`` of the DHCP
-port), so the data path plugs it into the network's bridge like a guest's tap.
+port), so the data path plugs it like a guest's tap: into the network's bridge with
+Linux bridges, into a ``qbr`` bridge of its own joined to br-int with Open vSwitch
+(:mod:`core.network.agent.hybrid`; the DHCP port has no filter chains there).
 Everything here is idempotent and reads the host before changing it. A namespace
 is made only under a marker file (``<marker_dir>/<network id>``) so the agent
 later removes only the namespaces it made, even after a restart.
