@@ -1,15 +1,17 @@
 """A removed rule cuts the connections it admitted, in the round that removes it.
 
 Two guests on one "hypervisor" (namespaces this test makes, as in
-test_network_agent_netns, whose fixtures it uses), the network agent's real rounds
-against the real network API, and two long-lived TCP connections from guest 1 to
-guest 2: one admitted by a tcp/8080 rule, one by a tcp/8081 rule.
+test_network_agent_netns, whose Hosts it reuses), the network agent's real rounds
+against the real network API, and three long-lived TCP connections from guest 1 to
+guest 2: one admitted by a tcp/8080 rule, one by a tcp/8081 rule, one by a tcp/8082
+rule from the members of a remote group.
 
 * The 8080 rule is deleted and the ruleset reloaded by an agent that cuts nothing
   (its ``conntrack`` is ``true``): the 8080 connection still works. This is the
   hole: conntrack lets an established connection through whatever the rules say.
 * A real agent's round: the 8080 connection's next message never arrives, while
   the 8081 connection, still admitted by its own rule, carries on untouched.
+* Guest 1 leaves the remote group a tcp/8082 rule names: its 8082 connection is cut.
 * Guest 2's groups are taken off its port: the 8081 connection is cut in turn.
 
 A lost message is one the client waited for a few seconds without an echo and that
@@ -162,12 +164,18 @@ def agent(hosts: Hosts, conntrack: str) -> NetworkAgent:
         log_dhcp=True, sweeper=ConntrackSweeper(in_namespace(ns), conntrack=conntrack))
 
 
-def rule(tenant: Tenant, port: int) -> str:
+def rule(tenant: Tenant, port: int, remote_group: str | None = None) -> str:
     return str(api(tenant.services, "POST", "/v2.0/security-group-rules", {
         "security_group_rule": {
             "security_group_id": tenant.group["id"], "direction": "ingress",
             "ethertype": "IPv4", "protocol": "tcp", "port_range_min": port,
-            "port_range_max": port}}, tenant.token, 201)["security_group_rule"]["id"])
+            "port_range_max": port, "remote_group_id": remote_group}}, tenant.token,
+        201)["security_group_rule"]["id"])
+
+
+def set_groups(tenant: Tenant, port: dict[str, Any], groups: list[str]) -> None:
+    api(tenant.services, "PUT", f"/v2.0/ports/{port['id']}",
+        {"port": {"security_groups": groups}}, tenant.token)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -179,6 +187,10 @@ def test_a_removed_rule_cuts_the_connections_it_admitted_and_only_those(
     ip2 = p2["fixed_ips"][0]["ip_address"]
     rule_8080 = rule(tenant, 8080)
     rule(tenant, 8081)
+    clients = api(tenant.services, "POST", "/v2.0/security-groups", {"security_group": {
+        "name": "clients"}}, tenant.token, 201)["security_group"]["id"]
+    rule(tenant, 8082, remote_group=clients)  # from members of "clients" only
+    set_groups(tenant, p1, [tenant.group["id"], clients])
     hosts.agents["hv1"] = agent(hosts, "conntrack")
     rounds_until(hosts, lambda: {tenant.show(p)["status"] for p in (p1, p2)} == {"ACTIVE"})
     for p in (p1, p2):
@@ -187,14 +199,15 @@ def test_a_removed_rule_cuts_the_connections_it_admitted_and_only_those(
     log = hosts.state / "echo.log"
     log.touch()
     server = subprocess.Popen(["ip", "netns", "exec", g2, sys.executable, "-c", ECHO_SERVER,
-                               ip2, str(log), "8080", "8081"], stdin=subprocess.PIPE,
+                               ip2, str(log), "8080", "8081", "8082"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     hosts.procs.append(server)
     assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-    client = Client(g1, ip2, [8080, 8081])
+    client = Client(g1, ip2, [8080, 8081, 8082])
     try:
         assert client.send(0, "a1", 60) == "ok"
         assert client.send(1, "b1", 60) == "ok"
+        assert client.send(2, "c1", 60) == "ok"
 
         def lost(conn: int, word: str) -> bool:
             answer = client.send(conn, word, 4)
@@ -217,12 +230,18 @@ def test_a_removed_rule_cuts_the_connections_it_admitted_and_only_those(
         assert client.send(1, "b2", 60) == "ok"
         assert hosts.converge("hv1")["hv1"].connections_cut == 0  # nothing changed since
 
-        # guest 2's groups taken off its port: the 8081 connection goes too
-        api(tenant.services, "PUT", f"/v2.0/ports/{p2['id']}",
-            {"port": {"security_groups": []}}, tenant.token)
+        # guest 1 leaves "clients": the 8082 connection (a remote-group rule's) goes
+        set_groups(tenant, p1, [tenant.group["id"]])
         result = hosts.converge("hv1")["hv1"]
         assert result.conntrack_error is None and result.connections_cut == 1, result
-        assert lost(1, "b3"), log.read_text()
+        assert lost(2, "c2"), log.read_text()
+        assert client.send(1, "b3", 60) == "ok"
+
+        # guest 2's groups taken off its port: the 8081 connection goes too
+        set_groups(tenant, p2, [])
+        result = hosts.converge("hv1")["hv1"]
+        assert result.conntrack_error is None and result.connections_cut == 1, result
+        assert lost(1, "b4"), log.read_text()
     finally:
         client.close()
         assert server.stdin is not None
