@@ -25,8 +25,10 @@ RUN_PACKAGES+=(syslinux syslinux-common mtools dosfstools)
 # xorriso: the guests' config drive (an ISO9660 image labelled config-2)
 RUN_PACKAGES+=(xorriso)
 # nftables: security groups on each hypervisor (core/network/agent/secgroup_nft.py) and
-# a router's NAT table; iputils-arping: the router's gratuitous ARP (core/network/routerns)
-RUN_PACKAGES+=(nftables iputils-arping)
+# a router's NAT table; iputils-arping: the router's gratuitous ARP (core/network/routerns);
+# conntrack: deleting the tracked connections a removed rule no longer admits
+# (core/network/agent/secgroup_conntrack.py)
+RUN_PACKAGES+=(nftables iputils-arping conntrack)
 # dnsmasq-base: each hypervisor's DHCP for its own ports (core/network/agent/dhcp.py); not
 # `dnsmasq`, whose package ships and starts a system-wide DNS/DHCP service
 RUN_PACKAGES+=(dnsmasq-base)

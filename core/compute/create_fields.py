@@ -21,7 +21,8 @@ What the stock clients send is honoured in the shapes Haven can keep:
 * ``config_drive``: Nova's booleans (``true``, ``"True"``, ``"yes"``, ...).
 * ``key_name``: checked against the caller's key pairs by the route
   (:func:`core.compute.keypairs.key_for_server`).
-* ``security_groups`` is refused: Haven cannot apply them at create yet.
+* ``security_groups``: names or ids of the project's groups, for the server's port
+  (:mod:`core.compute.server_secgroups`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ TOP_KEYS = frozenset({"server", "os:scheduler_hints", "OS-SCH-HNT:scheduler_hint
 SERVER_KEYS = frozenset({
     "name", "imageRef", "flavorRef", "metadata", "networks", "key_name", "user_data",
     "config_drive", "min_count", "max_count", "block_device_mapping_v2",
-    "availability_zone", "OS-DCF:diskConfig",
+    "availability_zone", "OS-DCF:diskConfig", "security_groups",
 })
 HINT_KEYS = frozenset({"group"})
 NETWORK_KEYS = frozenset({"uuid", "port"})
@@ -47,8 +48,6 @@ FALSE = frozenset({"false", "0", "off", "no"})
 
 # Why a key Nova knows is refused, where a reason helps the client.
 REASONS = {
-    "security_groups": "Haven cannot apply security groups at server create yet; "
-                       "leave it out.",
     "block_device_mapping": "Haven boots from an image only (no volumes yet); use "
                             "imageRef.",
     "adminPass": "Haven does not set guest passwords; use key_name or user_data.",

@@ -78,21 +78,26 @@ def resolve_network(clients: ServiceClients, token: str, networks: Any
 
 
 def attach(clients: ServiceClients, token: str, inst: Instance, network_id: str,
-           port_id: str | None) -> None:
+           port_id: str | None, security_groups: list[str] | None = None) -> None:
     """Create the instance's port on ``network_id`` (or bind the pre-made ``port_id``)
-    and record its id, MAC and fixed IP on ``inst`` (the caller commits)."""
+    and record its id, MAC and fixed IP on ``inst`` (the caller commits). A new port
+    gets ``security_groups`` (ids) if given, else the network service's default."""
     body = {"device_id": inst.id, "device_owner": DEVICE_OWNER}
+    groups = {} if security_groups is None else {"security_groups": security_groups}
     try:
         if port_id is None:
             port = clients.request("POST", "network", "/v2.0/ports", token=token,
-                                   json={"port": {"network_id": network_id, **body}}
-                                   ).json()["port"]
+                                   json={"port": {"network_id": network_id, **body,
+                                                  **groups}}).json()["port"]
         else:
             port = clients.request("PUT", "network", f"/v2.0/ports/{port_id}",
                                    token=token, json={"port": body}).json()["port"]
     except ServiceCallError as exc:
         if exc.status == 409:
             raise Conflict(f"Cannot create a port for the server: {exc}") from None
+        if exc.status == 400 and security_groups:
+            raise BadRequest("Network requires port_security_enabled and subnet "
+                             "associated in order to apply security groups.") from None
         raise _unavailable(exc) from None
     inst.port_id = port["id"]
     inst.mac_address = port["mac_address"]

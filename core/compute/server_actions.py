@@ -15,7 +15,7 @@ from core.common import policy
 from core.common.bus import BusError
 from core.common.faults import BadRequest, Conflict, Fault
 from core.common.wsgi import auth, commit, field, json_body, session
-from core.compute import messages, states
+from core.compute import messages, server_secgroups, states
 from core.compute.api import ComputeContext
 from core.compute.evacuate import evacuate_instance, evacuate_servers
 from core.compute.instances import load_server, nudge, transition
@@ -115,5 +115,5 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
     ACTIONS = {
         "os-stop": stop, "os-start": start, "reboot": reboot,
         "os-getConsoleOutput": console_output, "evacuate": evacuate,
-        "createImage": create_image,
+        "createImage": create_image, **server_secgroups.actions(ctx.clients),
     }

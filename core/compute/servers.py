@@ -44,6 +44,7 @@ from core.compute import (
     ports,
     server_actions,
     server_metadata,
+    server_secgroups,
     states,
 )
 from core.compute.api import ComputeContext, microversion
@@ -73,6 +74,7 @@ class CreateRequest:
     key_name: str | None
     user_data: str | None = None  # base64, as sent (create_fields.user_data)
     config_drive: bool = False
+    security_groups: list[str] | None = None  # names or ids (server_secgroups.requested)
 
 
 def parse_create(body: dict[str, Any]) -> CreateRequest:
@@ -97,7 +99,8 @@ def parse_create(body: dict[str, Any]) -> CreateRequest:
                          networks=create_fields.networks(spec),
                          key_name=field(body, "server.key_name", str, None),
                          user_data=create_fields.user_data(spec),
-                         config_drive=create_fields.config_drive(spec))
+                         config_drive=create_fields.config_drive(spec),
+                         security_groups=server_secgroups.requested(spec))
 
 
 def visible_flavor(sess: Session, flavor_ref: str) -> Flavor:
@@ -149,13 +152,14 @@ def insert_instance(sess: Session, req: CreateRequest, flavor: Flavor, image_id:
 
 
 def build(ctx: ComputeContext, inst: Instance, network_id: str | None,
-          port_id: str | None) -> None:
-    """Steps 2 and 3 of a create, for an instance committed as BUILD/scheduling."""
+          port_id: str | None, security_groups: list[str] | None = None) -> None:
+    """Steps 2 and 3 of a create, for an instance committed as BUILD/scheduling
+    (``security_groups``: ids for its new port; None, the project's default)."""
     sess = session()
     token = auth().token
     if network_id is not None:
         try:
-            ports.attach(ctx.clients, token, inst, network_id, port_id)
+            ports.attach(ctx.clients, token, inst, network_id, port_id, security_groups)
         except Fault as fault:
             inst.vm_state, inst.task_state, inst.fault = states.ERROR, None, fault.message
             commit()
@@ -203,17 +207,21 @@ def register_servers(app: bottle.Bottle, ctx: ComputeContext) -> None:
         image = resolve_image(clients, ctx_auth.token, req.image_ref)
         check_image_fits(image, flavor)
         network_id, port_id = ports.resolve_network(clients, ctx_auth.token, req.networks)
+        server_secgroups.check_applicable(req.security_groups, network_id, port_id)
+        group_ids = None if req.security_groups is None else server_secgroups.resolve(
+            clients, ctx_auth.token, str(ctx_auth.project_id), req.security_groups)
         if network_id is not None and port_id is None:
             check_ports(clients, ctx_auth.token, ctx_auth.project_id)
         enforce_server(ctx.quotas, sess, ctx_auth.project_id, flavor.vcpus, flavor.ram_mb)
         inst = insert_instance(sess, req, flavor, str(image["id"]), network_id,
                                key.public_key if key is not None else None)
         commit()  # step 1 done: the server exists (BUILD) whatever happens next
-        build(ctx, inst, network_id, port_id)
+        build(ctx, inst, network_id, port_id, group_ids)
         bottle.response.status = 202
+        groups = [{"name": n} for n in req.security_groups or ["default"]]  # as asked (Nova)
         return {"server": {"id": inst.id, "links": server_brief(base_url(), inst)["links"],
-                           "OS-DCF:diskConfig": "MANUAL", "security_groups": [
-                               {"name": "default"}], "adminPass": ""}}
+                           "OS-DCF:diskConfig": "MANUAL", "security_groups": groups,
+                           "adminPass": ""}}
 
     def list_query(collection: str) -> tuple[list[Instance], list[dict[str, Any]]]:
         q = bottle.request.query
@@ -257,11 +265,14 @@ def register_servers(app: bottle.Bottle, ctx: ComputeContext) -> None:
         return {s.host: ctx.service_up(s.last_seen, s.forced_down)
                 for s in session().scalars(select(ComputeService))}
 
-    def detail(inst: Instance, up: dict[str, bool] | None) -> dict[str, Any]:
+    def detail(inst: Instance, up: dict[str, bool] | None,
+               groups: dict[str, list[dict[str, str]]] | None = None) -> dict[str, Any]:
         host_up = None if up is None or not inst.host else up.get(inst.host, False)
+        if groups is None:
+            groups = server_secgroups.shown(clients, [inst])
         return server_detail(base_url(), inst, metadata_of(session(), inst.id),
                              network_names.name(inst.network_id), up is not None, host_up,
-                             microversion())
+                             microversion(), groups.get(inst.id))
 
     @app.get("/v2.1/servers")
     def list_servers() -> dict[str, Any]:
@@ -273,7 +284,8 @@ def register_servers(app: bottle.Bottle, ctx: ComputeContext) -> None:
     def list_servers_detail() -> dict[str, Any]:
         up = hosts_up()
         rows, links = list_query("servers/detail")
-        page: dict[str, Any] = {"servers": [detail(i, up) for i in rows]}
+        groups = server_secgroups.shown(clients, rows)  # two network calls for the page
+        page: dict[str, Any] = {"servers": [detail(i, up, groups) for i in rows]}
         return {**page, "servers_links": links} if links else page
 
     @app.get("/v2.1/servers/<instance_id>")

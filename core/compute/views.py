@@ -28,7 +28,10 @@ def server_brief(base: str, inst: Instance) -> dict[str, Any]:
 
 def server_detail(base: str, inst: Instance, metadata: dict[str, str], network_name: str | None,
                   admin: bool, host_up: bool | None,
-                  version: tuple[int, int] = (2, 1)) -> dict[str, Any]:
+                  version: tuple[int, int] = (2, 1),
+                  security_groups: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """Nova's server view; ``security_groups`` are its port's (the key is left out
+    when None: no port, or the network service could not say, as Nova)."""
     addresses: dict[str, list[dict[str, Any]]] = {}
     if inst.fixed_ip:
         addresses[network_name or "network"] = [{
@@ -53,9 +56,11 @@ def server_detail(base: str, inst: Instance, metadata: dict[str, str], network_n
         "OS-SRV-USG:terminated_at": iso_us(inst.deleted_at),
         "OS-EXT-STS:task_state": inst.task_state, "OS-EXT-STS:vm_state": inst.vm_state,
         "OS-EXT-STS:power_state": inst.power_state,
-        "os-extended-volumes:volumes_attached": [], "security_groups": [{"name": "default"}],
+        "os-extended-volumes:volumes_attached": [],
         "locked": False, "description": None,
     }
+    if security_groups is not None:
+        view["security_groups"] = security_groups
     if inst.vm_state == states.ERROR and inst.fault:
         view["fault"] = {"code": 500, "message": inst.fault, "created": iso(inst.updated_at)}
     if admin:

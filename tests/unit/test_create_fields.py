@@ -24,8 +24,8 @@ def refused(call: Any, *args: Any) -> str:
 def test_every_key_not_honoured_is_named() -> None:
     assert "'server.user_datum'" in refused(create_fields.check_allowed,
                                             {"server": {"user_datum": "x"}})
-    assert "'server.security_groups'" in refused(
-        create_fields.check_allowed, {"server": {"security_groups": [{"name": "default"}]}})
+    assert "'server.personality'" in refused(
+        create_fields.check_allowed, {"server": {"personality": []}})
     assert "'os:scheduler_hints.same_host'" in refused(
         create_fields.check_allowed, {"server": {}, "os:scheduler_hints": {"same_host": "a"}})
     assert "'other'" in refused(create_fields.check_allowed, {"server": {}, "other": 1})

@@ -10,7 +10,10 @@ round itself reads back). One round, in this order:
 2. the security groups of this host's ports, compiled and loaded in one
    transaction (:mod:`core.network.agent.secgroup_apply`). If that fails, the
    round still runs but fails closed: no tap that is not already in its bridge is
-   plugged, and every guest port here is set DOWN;
+   plugged, and every guest port here is set DOWN. Once loaded, the tracked
+   connections of ports whose filter changed that it no longer admits are deleted
+   (:mod:`core.network.agent.secgroup_conntrack`), so a removed rule also stops
+   the connections it let in;
 3. the service namespaces (veth, DHCP port's addresses, METADATA_ADDRESS/32);
 4. the data path: VTEP registered, bridges, VXLAN devices, forwarding entries,
    taps plugged (the :class:`DataPathDriver`), but only the taps of ports the
@@ -54,7 +57,8 @@ from core.network.agent.hostdb import (
     sync_service_ports,
 )
 from core.network.agent.secgroup_apply import ApplyError, NftApplier, in_namespace
-from core.network.agent.secgroup_nft import CompileError
+from core.network.agent.secgroup_conntrack import ConntrackSweeper
+from core.network.agent.secgroup_nft import CompileError, HostPorts
 from core.network.agent.secgroup_source import host_ports
 from core.network.agent.servicens import ServiceNamespaces, inner_name
 
@@ -71,6 +75,8 @@ class RoundResult:
     changed: list[str] = field(default_factory=list)
     dhcp_refused: dict[str, str] = field(default_factory=dict)
     service_networks: list[str] = field(default_factory=list)
+    conntrack_error: str | None = None  # the sweep failed (retried next round)
+    connections_cut: int = 0
 
 
 def zone_of(network_type: str, segmentation_id: int | None) -> int:
@@ -101,7 +107,8 @@ class NetworkAgent:
                  state_dir: Path, *, host_netns: str | None = None,
                  namespace_of: Callable[[str], str] = service_namespace,
                  applier: NftApplier | None = None,
-                 dhcp: DnsmasqSupervisor | None = None, log_dhcp: bool = False) -> None:
+                 dhcp: DnsmasqSupervisor | None = None, log_dhcp: bool = False,
+                 sweeper: ConntrackSweeper | None = None) -> None:
         self.db = db
         self.host = host
         self.vtep = vtep
@@ -109,6 +116,10 @@ class NetworkAgent:
         if applier is None:
             applier = NftApplier(in_namespace(host_netns)) if host_netns else NftApplier()
         self.applier = applier
+        if sweeper is None:
+            sweeper = (ConntrackSweeper(in_namespace(host_netns)) if host_netns
+                       else ConntrackSweeper())
+        self.sweeper = sweeper
         self.dhcp = dhcp or DnsmasqSupervisor(state_dir / "dhcp",
                                               namespace_of=namespace_of, log_dhcp=log_dhcp)
         self.namespaces = ServiceNamespaces(state_dir / "netns", host_netns, namespace_of)
@@ -183,6 +194,7 @@ class NetworkAgent:
                       self.host, exc)
             result.filter_error = str(exc)
             return set()
+        self._cut_connections(compiled, result)
         return {p["id"] for p in local}
 
     def _filter_at(self, port: Mapping[str, Any], zones: Mapping[str, int]
@@ -193,6 +205,20 @@ class NetworkAgent:
         if zone is None:
             return "", 0
         return self.driver.filter_bridge(port["id"], port["network_id"]), zone
+
+    def _cut_connections(self, compiled: HostPorts, result: RoundResult) -> None:
+        """After a ruleset is loaded: delete what it no longer admits (see
+        :mod:`core.network.agent.secgroup_conntrack`); a failure is retried next round."""
+        try:
+            cut = self.sweeper.sweep_changed(compiled)
+        except (ApplyError, ValueError) as exc:
+            LOG.error("host %s: connections the security groups no longer admit not "
+                      "cut (retried next round): %s", self.host, exc)
+            result.conntrack_error = str(exc)
+            return
+        result.connections_cut = len(cut)
+        if cut:
+            LOG.info("host %s: %d connection(s) no longer admitted cut", self.host, len(cut))
 
     def _only_plugged(self, desired: HostState, unfiltered: set[str]) -> HostState:
         """The desired state without guest taps that are not plugged yet: a port whose
