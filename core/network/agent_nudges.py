@@ -32,7 +32,7 @@ from collections.abc import Collection, Iterable
 
 import bottle
 from sqlalchemy import ColumnElement, event, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from core.common.bus import Bus, BusError
 from core.common.wsgi import session
@@ -190,5 +190,10 @@ def after_commit(hosts: Iterable[str]) -> None:
             if s.get_nested_transaction() is None:
                 nudger.nudge(s.info.pop(PENDING_KEY, ()))
 
+        def rolled_back(s: Session, transaction: SessionTransaction) -> None:
+            if transaction.parent is None:  # a savepoint's rollback keeps the rest
+                s.info.pop(PENDING_KEY, None)
+
         event.listen(sess, "after_commit", committed)
+        event.listen(sess, "after_soft_rollback", rolled_back)
     pending.update(h for h in hosts if h)

@@ -16,12 +16,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import bottle
 import pytest
+from sqlalchemy import text
 
 from core.common.bus.base import Message
 from core.common.bus.local import LocalBus
+from core.common.db import Database
 from core.common.server import AppServers, Listener
-from core.network.agent_nudges import Nudger, topic
+from core.network.agent_nudges import Nudger, after_commit, topic
 from core.network.api import create_app as network_app
 from tests.conftest import Services
 from tests.integration.test_network_api import network_with_subnet, provider
@@ -231,3 +234,40 @@ def test_a_refused_or_rolled_back_request_nudges_nobody(heard: Heard) -> None:
     assert heard.nudged() == {"hv1", "hv2"}
     heard.api("DELETE", f"/v2.0/ports/{leg['port_id']}", status=409)
     assert heard.nudged() == set()
+
+
+def test_hosts_are_nudged_at_the_outermost_commit_only(database: Database) -> None:
+    """SQLAlchemy's ``after_commit`` fires when a savepoint is released too: a nudge
+    sent then could wake an agent whose round does not see the change yet."""
+    bus = LocalBus()
+    nudger = Nudger(bus)
+    heard: list[Message] = []
+    bus.subscribe(topic("hv1"), lambda m: None if m.get(PROBE) else heard.append(m))
+
+    def nudged() -> list[Message]:
+        assert nudger.wait_idle(60)
+        bus.call(topic("hv1"), {PROBE: True}, timeout=60)
+        got = list(heard)
+        heard.clear()
+        return got
+
+    sess = database.sessions()
+    bottle.request.bind({"haven.session": sess})  # as the Haven plugin's request has it
+    try:
+        nudger.prepare()
+        sess.execute(text("SELECT 1"))
+        after_commit({"hv1"})
+        with sess.begin_nested():  # a savepoint, as ensure_default's
+            sess.execute(text("SELECT 1"))
+        assert nudged() == []
+        sess.commit()
+        assert nudged() == [{"host": "hv1"}]
+
+        after_commit({"hv1"})
+        sess.rollback()  # the request failed
+        sess.commit()
+        assert nudged() == []
+    finally:
+        sess.close()
+        bottle.request.bind({})
+        bus.close()
