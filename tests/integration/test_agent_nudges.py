@@ -196,9 +196,9 @@ def test_a_rebound_port_nudges_its_old_and_new_host_and_its_vxlan_peers(
 def test_subnets_nudge_the_hosts_serving_dhcp_on_their_network(heard: Heard) -> None:
     group = heard.group("quiet")
     net = heard.api("POST", "/v2.0/networks", {"network": {"name": "d"}}, 201)["network"]["id"]
-    first = heard.api("POST", "/v2.0/subnets", {"subnet": {
-        "network_id": net, "cidr": "10.78.0.0/24", "enable_dhcp": True}}, 201)["subnet"]
-    assert heard.nudged() == set()
+    heard.api("POST", "/v2.0/subnets", {"subnet": {
+        "network_id": net, "cidr": "10.78.0.0/24", "enable_dhcp": True}}, 201)
+    assert heard.nudged() == set()  # no port on it yet
     heard.port(net, "hv1", security_groups=[group])
     heard.port(net, "hv2", security_groups=[group])
     heard.port(net, security_groups=[group])
@@ -208,7 +208,6 @@ def test_subnets_nudge_the_hosts_serving_dhcp_on_their_network(heard: Heard) -> 
     assert heard.nudged() == {"hv1", "hv2"}
     heard.api("DELETE", f"/v2.0/subnets/{second['id']}", status=204)
     assert heard.nudged() == {"hv1", "hv2"}
-    assert first["network_id"] == net
 
 
 def test_a_refused_or_rolled_back_request_nudges_nobody(heard: Heard) -> None:
