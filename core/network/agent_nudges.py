@@ -188,7 +188,10 @@ def after_commit(hosts: Iterable[str]) -> None:
             # after_commit also fires when a savepoint (begin_nested) is released: the
             # transaction that matters is the outermost one
             if s.get_nested_transaction() is None:
-                nudger.nudge(s.info.pop(PENDING_KEY, ()))
+                try:
+                    nudger.nudge(s.info.pop(PENDING_KEY, ()))
+                except Exception:  # committed: the request must not fail now
+                    LOG.exception("could not queue the network agents' nudges")
 
         def rolled_back(s: Session, transaction: SessionTransaction) -> None:
             if transaction.parent is None:  # a savepoint's rollback keeps the rest
