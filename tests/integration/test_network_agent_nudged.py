@@ -75,15 +75,16 @@ class CountedAgent(NetworkAgent):
 
 @pytest.fixture
 def hypervisor(services: Services) -> Iterator[Hosts]:
-    """One hypervisor namespace (its VTEP address on a dummy underlay)."""
+    """One hypervisor namespace (its VTEP address on a veth of its own as underlay)."""
     state = Path(tempfile.mkdtemp(prefix="haven-t-nudge-"))
     state.chmod(0o755)  # dnsmasq, once it has dropped root, reads below it
     made = Hosts(services, state)
     try:
         ns = made.ns[HOST] = made.add_ns(HOST)
-        sh("ip", "-n", ns, "link", "add", "und", "type", "dummy")
+        sh("ip", "-n", ns, "link", "add", "und", "type", "veth", "peer", "name", "und-peer")
         sh("ip", "-n", ns, "addr", "add", f"{VTEP}/24", "dev", "und")
-        sh("ip", "-n", ns, "link", "set", "und", "up")
+        for device in ("und", "und-peer"):
+            sh("ip", "-n", ns, "link", "set", device, "up")
         yield made
     finally:
         made.remove_all()
