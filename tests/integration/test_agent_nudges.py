@@ -20,6 +20,7 @@ import bottle
 import pytest
 from sqlalchemy import text
 
+from core.common.bus.amqp import AmqpBus
 from core.common.bus.base import Message
 from core.common.bus.local import LocalBus
 from core.common.db import Database
@@ -233,6 +234,25 @@ def test_a_refused_or_rolled_back_request_nudges_nobody(heard: Heard) -> None:
     assert heard.nudged() == {"hv1", "hv2"}
     heard.api("DELETE", f"/v2.0/ports/{leg['port_id']}", status=409)
     assert heard.nudged() == set()
+
+
+def test_a_bus_that_is_down_loses_the_nudges_never_the_change(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """No broker answers (RabbitMQ down): every change is made and answered all the
+    same, its nudges are logged as lost, and the next change's are tried again."""
+    nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    nudger = Nudger(AmqpBus([nowhere], name="network-api", retry_timeout=0.5))
+    with network_api_with(services, nudger) as nudging:
+        net, _ = provider(nudging)
+        for host in ("hv1", "hv2"):
+            made = nudging.call("POST", "network", "/v2.0/ports", json={"port": {
+                "network_id": net, "binding:host_id": host}})
+            assert made.status_code == 201, made.text
+            assert nudger.wait_idle(120)
+            assert f"could not nudge the network agent of {host}" in caplog.text
+        bound = nudging.call("GET", "network", "/v2.0/ports?binding:host_id=hv1"
+                             "&binding:host_id=hv2").json()["ports"]
+        assert sorted(p["binding:host_id"] for p in bound) == ["hv1", "hv2"]
 
 
 def test_hosts_are_nudged_at_the_outermost_commit_only(database: Database) -> None:
