@@ -139,6 +139,8 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
         Listener("compute", cfg.compute.listen, compute_app(cfg, db, bus, clients,
                                                          extensions.compute_api)),
         Listener("image", cfg.image.listen, image_app(cfg, db)),
+        # no network agent runs here to hear nudges (see below): without a consumer
+        # the local bus would queue them for ever; one that runs gets Nudger(bus)
         Listener("network", cfg.network.listen, network_app(cfg, db)),
     ])
     try:

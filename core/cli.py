@@ -130,11 +130,16 @@ def app_factory(cfg: HavenConfig, service: str,
             from core.image.api import create_app as image_app
 
             return image_app(cfg, db)
+        from core.common.bus import make_bus
+
         if service == "network":
+            from core.network.agent_nudges import Nudger
             from core.network.api import create_app as network_app
 
-            return network_app(cfg, db)
-        from core.common.bus import make_bus
+            # the local bus reaches no agent (each runs in its own process)
+            bus = None if cfg.bus.driver == "local" else make_bus(
+                cfg.bus.driver, cfg.bus.urls, "network-api", cfg.tls.ca_file)
+            return network_app(cfg, db, Nudger(bus))
         from core.compute.api import create_app as compute_app
 
         return compute_app(cfg, db, make_bus(cfg.bus.driver, cfg.bus.urls, "compute-api",
@@ -213,6 +218,7 @@ def cmd_network_agent(args: argparse.Namespace) -> int:
     from core.common.server import wait_for_signal
     from core.network.agent.agent import NetworkAgent, heartbeat_path
     from core.network.agent.mechanism import build_driver
+    from core.network.agent_nudges import topic
 
     cfg = config_from_args(args)
     setup_logging(cfg.log.level, cfg.log.file)
@@ -230,7 +236,7 @@ def cmd_network_agent(args: argparse.Namespace) -> int:
     bus = None if cfg.bus.driver == "local" else make_bus(
         cfg.bus.driver, cfg.bus.urls, f"network-{cfg.compute_host}", cfg.tls.ca_file)
     subscription = None if bus is None else bus.subscribe(
-        f"network-agent.{cfg.compute_host}", lambda _message: agent.nudge())
+        topic(cfg.compute_host), lambda _message: agent.nudge())
     loop = threading.Thread(target=agent.run, name="network-agent", daemon=True,
                             args=(cfg.network.agent_interval, heartbeat_path(cfg.state_path)))
     loop.start()

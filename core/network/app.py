@@ -22,6 +22,7 @@ from core.common.health import add_healthcheck
 from core.common.tokens import KeyRepository, TokenCodec
 from core.common.wsgi import base_url, make_app
 from core.network import (
+    agent_nudges,
     floating_ips,
     l3_extensions,
     networks,
@@ -48,11 +49,16 @@ RESOURCES = ("network", "subnet", "port", "security-group", "security-group-rule
              "floatingip")
 
 
-def create_app(cfg: HavenConfig, db: Database) -> bottle.Bottle:
-    """A fresh network API bound to ``db`` and the configured quotas."""
+def create_app(cfg: HavenConfig, db: Database,
+               nudger: agent_nudges.Nudger | None = None) -> bottle.Bottle:
+    """A fresh network API bound to ``db`` and the configured quotas. ``nudger`` (on
+    the cloud's bus) wakes the network agents after a change (None: they find it at
+    their next round)."""
     validator = TokenValidator(TokenCodec(KeyRepository(cfg.fernet_key_dir,
                                                         cfg.identity.max_active_keys)))
-    app = make_app(db, validator, style="neutron")
+    nudger = nudger or agent_nudges.Nudger(None)
+    app = make_app(db, validator, style="neutron", prepare=nudger.prepare)
+    # the bus only speeds the agents up: the API serves without it (no health check)
     add_healthcheck(app, "network", {"database": db.ping, "bus": None})
     quotas = network_quotas.make_quotas(cfg.quota)
     network_quotas.register(app, quotas)

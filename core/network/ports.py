@@ -16,7 +16,7 @@ from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
 from core.common.wsgi import auth, field, json_body, session
-from core.network import binding, ipam, l3, port_security
+from core.network import agent_nudges, binding, ipam, l3, port_security
 from core.network import quotas as network_quotas
 from core.network.access import (
     child_target,
@@ -137,6 +137,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
         for sub, address in wanted:
             ipam.allocate(session(), sub, port.id, address)
         port_security.on_create(session(), ctx, body, port, target, bool(fixed_ips(port.id)))
+        agent_nudges.after_commit(agent_nudges.port_hosts(session(), port))
         bottle.response.status = 201
         return {"port": shown(port)}
 
@@ -148,6 +149,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
     @app.put("/v2.0/ports/<port_id>")
     def update_port(port_id: str) -> dict[str, Any]:
         p, target = writable_port(port_id, "network:update_port")
+        was_on = agent_nudges.port_hosts(session(), p)  # a rebound port's old host too
         body = field(json_body(), "port", dict)
         for rule in port_attribute_rules(body, "network:update_port"):
             policy.enforce(auth(), rule, target)
@@ -172,11 +174,13 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
             else:
                 raise BadRequest(f"Invalid input for field '{key}': cannot be updated.")
         p.updated_at = now()
+        agent_nudges.after_commit(was_on | agent_nudges.port_hosts(session(), p))
         return {"port": shown(p)}
 
     @app.delete("/v2.0/ports/<port_id>")
     def delete_port(port_id: str) -> None:
         p, _ = writable_port(port_id, "network:delete_port")
+        agent_nudges.after_commit(agent_nudges.port_hosts(session(), p))
         l3.before_port_delete(session(), p)
         session().execute(delete(IPAllocation).where(IPAllocation.port_id == p.id))
         session().delete(p)

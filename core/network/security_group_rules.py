@@ -20,6 +20,7 @@ from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.quota import Quotas
 from core.common.timeutil import now
 from core.common.wsgi import field, json_body, session
+from core.network import agent_nudges
 from core.network import quotas as network_quotas
 from core.network.access import filtered, paged, reader, writer
 from core.network.secgroup_models import SecurityGroup, SecurityGroupRule
@@ -88,6 +89,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
         group.revision_number += 1
         group.updated_at = rule.created_at
         session().flush()
+        agent_nudges.after_commit(agent_nudges.rule_hosts(session(), group.id))
         bottle.response.status = 201
         return {"security_group_rule": _view(rule)}
 
@@ -115,6 +117,7 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
         ctx = writer()
         r = load_rule(rule_id)
         policy.enforce(ctx, "network:delete_security_group_rule", {"project_id": r.project_id})
+        agent_nudges.after_commit(agent_nudges.rule_hosts(session(), r.security_group_id))
         group = session().get(SecurityGroup, r.security_group_id)
         if group is not None:
             group.revision_number += 1

@@ -30,6 +30,7 @@ from core.common.policy import Rule, admin, any_of, member_of_project, reader_of
 from core.common.quota import Quotas
 from core.common.timeutil import iso, now
 from core.common.wsgi import field, json_body, session
+from core.network import agent_nudges
 from core.network import quotas as network_quotas
 from core.network.access import filtered, owner_of, paged, reader, writer
 from core.network.policies import scoped_member
@@ -250,6 +251,8 @@ def register(app: bottle.Bottle, quotas: Quotas, api: ApiConfig) -> None:
                 PortSecurityGroup.security_group_id == g.id).limit(1)) is not None:
             raise Conflict(f"Security Group {g.id} in use.")
         sess = session()
+        # its members' addresses leave the filters of groups naming it as remote group
+        agent_nudges.after_commit(agent_nudges.watcher_hosts(sess, [g.id]))
         sess.execute(delete(SecurityGroupRule).where(SecurityGroupRule.remote_group_id == g.id))
         sess.execute(delete(SecurityGroupRule).where(SecurityGroupRule.security_group_id == g.id))
         sess.execute(delete(DefaultSecurityGroup).where(

@@ -13,7 +13,7 @@ from core.common.config import ApiConfig
 from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.timeutil import now
 from core.common.wsgi import field, json_body, session
-from core.network import ipam
+from core.network import agent_nudges, ipam
 from core.network.access import (
     child_target,
     filtered,
@@ -110,6 +110,7 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
             sub.pool_start, sub.pool_end = str(start), str(end)
         sub.enable_dhcp = field(body, "enable_dhcp", bool, False)
         sub.description = field(body, "description", str, "")
+        agent_nudges.after_commit(agent_nudges.network_hosts(session(), net.id))  # DHCP
         bottle.response.status = 201
         return {"subnet": subnet_view(sub)}
 
@@ -129,4 +130,5 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
                 IPAllocation.subnet_id == sub.id).limit(1)).first():
             raise Conflict(f"Unable to complete operation on subnet {subnet_id}: "
                            "one or more ports have an IP allocation from this subnet.")
+        agent_nudges.after_commit(agent_nudges.network_hosts(session(), sub.network_id))
         session().delete(sub)
