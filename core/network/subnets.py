@@ -108,7 +108,7 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
             if start not in cidr or end not in cidr or int(end) < int(start):
                 raise BadRequest("Invalid input for field 'allocation_pools': not in the cidr.")
             sub.pool_start, sub.pool_end = str(start), str(end)
-        sub.enable_dhcp = field(body, "enable_dhcp", bool, False)
+        sub.enable_dhcp = field(body, "enable_dhcp", bool, True)  # Neutron's default
         sub.description = field(body, "description", str, "")
         agent_nudges.after_commit(agent_nudges.network_hosts(session(), net.id))  # DHCP
         bottle.response.status = 201

@@ -66,7 +66,7 @@ class ClusterPlan:
     network_nodes: tuple[str, ...] = ()  # where routers may run (empty: every node)
     l3_shards: int = 3  # how many haven-l3 resources the routers are spread over
     # the hypervisors' network agents (tenant data path, DHCP, security groups, ports'
-    # status): off only where guests use no tenant network (the lab's stack, for now)
+    # status): off only where guests use no tenant network (the lab without --networking)
     network_agents: bool = True
     # physical network -> the interface carrying it on every node (the provider
     # network's ``provider``, flat networks, VLANs); the VXLAN underlay is the cluster

@@ -265,3 +265,13 @@ def test_admin_only_attributes_and_other_projects(services: Services) -> None:
                            json={"network": {"shared": True}})
     assert shared.status_code == 403
     assert services.call("DELETE", "network", f"/v2.0/ports/{port_id}").status_code == 204
+
+
+def test_a_subnet_has_dhcp_unless_asked_otherwise(services: Services) -> None:
+    """Neutron's default (the stock CLI sends nothing unless --no-dhcp): a tenant's
+    subnet without a word about DHCP gets it."""
+    _, on = network_with_subnet(services, "10.94.0.0/24")
+    _, off = network_with_subnet(services, "10.95.0.0/24", enable_dhcp=False)
+    shown = {s: services.call("GET", "network", f"/v2.0/subnets/{s}").json()["subnet"]
+             for s in (on, off)}
+    assert (shown[on]["enable_dhcp"], shown[off]["enable_dhcp"]) == (True, False)
