@@ -301,8 +301,13 @@ class Tenant:
         os_("router", "create", "r1")
         os_("router", "set", "--external-gateway", "provider", "r1")
         os_("router", "add", "subnet", "r1", "sub1")
+        # the lab's client is the admin, who sees every project's "default" group (as in
+        # Neutron, the name alone is ambiguous for an admin): its own project's, by id
+        admin = os_("project", "show", "admin", "-f", "value", "-c", "id").strip()
+        [default] = [g["ID"] for g in json.loads(os_("security", "group", "list", "-f", "json"))
+                     if g["Name"] == "default" and g["Project"] == admin]
         os_("security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "22",
-            "default")
+            default)
         server = json.loads(os_("server", "create", "--image", image, "--flavor", "m1.tiny",
                                 "--network", "net1", "--key-name", "k1", "--user-data",
                                 str(self.user_data), "--wait", "vm1", "-f", "json",
