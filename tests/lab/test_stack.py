@@ -388,7 +388,7 @@ def test_a_tenant_vm_is_reached_at_its_floating_ip_and_keeps_it_when_its_node_di
     shard = f"haven-l3-{shards.shard_of(router_id, 2)}"
     if shard_node(lab, router_id) != host:
         node.exec_in(nd, ["pcs", "resource", "move", shard, host], timeout=60)
-        lab.wait_view(lambda v: v.running_on(shard) == [host], 120, f"{shard} on {host}")
+        lab.wait_view(lambda v: list(v.running_on(shard)) == [host], 120, f"{shard} on {host}")
         node.exec_in(nd, ["pcs", "resource", "clear", shard], timeout=60)
         tenant.wait_reachable(120, "SSH after the router moved")
 
