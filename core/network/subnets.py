@@ -127,6 +127,7 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
         change = subnet_update.check(session(), sub, body)
         change.apply(sub)
         sub.updated_at = now()
+        sub.revision_number = (sub.revision_number or 0) + 1
         # the hosts on the network serve its DHCP subnets (gateway, pool, on or off)
         agent_nudges.after_commit(agent_nudges.network_hosts(session(), sub.network_id))
         return {"subnet": subnet_view(sub)}

@@ -39,6 +39,7 @@ def test_the_updatable_attributes_change_and_show(services: Services) -> None:
             after["allocation_pools"]) == ("renamed", "d", False, "10.60.0.254",
                                            [{"start": "10.60.0.100", "end": "10.60.0.200"}])
     assert after["updated_at"] >= before["updated_at"]
+    assert (before["revision_number"], after["revision_number"]) == (0, 1)
     assert after["cidr"] == before["cidr"] and after["created_at"] == before["created_at"]
     # the gateway removed, then DHCP back on; the empty lists Haven shows are accepted
     resp = put(services, sub_id, owner.token, gateway_ip=None, enable_dhcp=True,
