@@ -56,8 +56,11 @@ def allocate(session: Session, subnet: Subnet, port_id: str, wanted: str | None 
             raise Conflict(f"IP address {wanted} already allocated in subnet {subnet.id}.")
         return str(addr)
     first, last = pool_addresses(subnet)
-    used = {int(ipaddress.ip_address(a)) for a in session.scalars(
-        select(IPAllocation.ip_address).where(IPAllocation.subnet_id == subnet.id))}
+    # only the pool's own: addresses held outside it (an admin's, or kept when the
+    # pool changed) must not count against what is left in it
+    used = {n for n in (int(ipaddress.ip_address(a)) for a in session.scalars(
+        select(IPAllocation.ip_address).where(IPAllocation.subnet_id == subnet.id)))
+        if first <= n <= last}
     gateway = int(ipaddress.ip_address(subnet.gateway_ip)) if subnet.gateway_ip else None
     size = last - first + 1
     for _ in range(64):

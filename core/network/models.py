@@ -52,6 +52,7 @@ class Subnet(NetworkTable):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Timestamp)
     updated_at: Mapped[float] = mapped_column(Timestamp)
+    revision_number: Mapped[int] = mapped_column(Integer, default=0)  # +1 per update
 
 
 class Port(NetworkTable):

@@ -67,6 +67,7 @@ RULES: dict[str, Rule] = {
     "network:get_subnet": any_of(admin, reader_of_project, network_owner_reader,
                                  shared_or_external),
     "network:create_subnet": ADMIN_OR_NET_OWNER,
+    "network:update_subnet": ADMIN_OR_NET_OWNER,  # Neutron's ADMIN_OR_NET_OWNER_MEMBER
     "network:delete_subnet": any_of(admin, member_of_project, network_owner_member),
     # ports
     "network:get_port": any_of(admin, reader_of_project),

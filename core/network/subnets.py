@@ -13,7 +13,7 @@ from core.common.config import ApiConfig
 from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.timeutil import now
 from core.common.wsgi import field, json_body, session
-from core.network import agent_nudges, ipam
+from core.network import agent_nudges, ipam, subnet_update
 from core.network.access import (
     child_target,
     filtered,
@@ -117,6 +117,20 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
     @app.get("/v2.0/subnets/<subnet_id>")
     def show_subnet(subnet_id: str) -> dict[str, Any]:
         return {"subnet": subnet_view(load_subnet(subnet_id)[0])}
+
+    @app.put("/v2.0/subnets/<subnet_id>")
+    def update_subnet(subnet_id: str) -> dict[str, Any]:
+        ctx = writer()
+        sub, target = load_subnet(subnet_id)  # 404 for what the caller cannot see
+        policy.enforce(ctx, "network:update_subnet", target)  # 403 for what it only sees
+        body = field(json_body(), "subnet", dict)
+        change = subnet_update.check(session(), sub, body)
+        change.apply(sub)
+        sub.updated_at = now()
+        sub.revision_number = (sub.revision_number or 0) + 1
+        # the hosts on the network serve its DHCP subnets (gateway, pool, on or off)
+        agent_nudges.after_commit(agent_nudges.network_hosts(session(), sub.network_id))
+        return {"subnet": subnet_view(sub)}
 
     @app.delete("/v2.0/subnets/<subnet_id>")
     def delete_subnet(subnet_id: str) -> None:

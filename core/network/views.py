@@ -30,7 +30,8 @@ def subnet_view(s: Subnet) -> dict[str, Any]:
         "allocation_pools": [{"start": s.pool_start, "end": s.pool_end}],
         "enable_dhcp": s.enable_dhcp, "dns_nameservers": [], "host_routes": [],
         "description": s.description, "subnetpool_id": None, "ipv6_ra_mode": None,
-        "ipv6_address_mode": None, "service_types": [], "tags": [], "revision_number": 0,
+        "ipv6_address_mode": None, "service_types": [], "tags": [],
+        "revision_number": s.revision_number or 0,
         "created_at": iso(s.created_at), "updated_at": iso(s.updated_at),
     }
 

@@ -207,6 +207,11 @@ def test_subnets_nudge_the_hosts_serving_dhcp_on_their_network(heard: Heard) -> 
     second = heard.api("POST", "/v2.0/subnets", {"subnet": {
         "network_id": net, "cidr": "10.79.0.0/24", "enable_dhcp": True}}, 201)["subnet"]
     assert heard.nudged() == {"hv1", "hv2"}
+    heard.api("PUT", f"/v2.0/subnets/{second['id']}", {"subnet": {"enable_dhcp": False}})
+    assert heard.nudged() == {"hv1", "hv2"}  # their dnsmasq stops serving it
+    heard.api("PUT", f"/v2.0/subnets/{second['id']}", {"subnet": {"cidr": "10.79.0.0/23"}},
+              400)
+    assert heard.nudged() == set()  # refused: nobody
     heard.api("DELETE", f"/v2.0/subnets/{second['id']}", status=204)
     assert heard.nudged() == {"hv1", "hv2"}
 

@@ -46,7 +46,7 @@ from core.network.agent.servicens import inner_name
 from core.network.routerns.source import bind_to
 from tests.conftest import Services
 from tests.integration.ovs_switch import Switch, have_ovs
-from tests.integration.test_dhcp_netns import dhcp, wait_forwarding
+from tests.integration.test_dhcp_netns import dhcp, no_lease, wait_forwarding
 from tests.integration.test_secgroup_enforcement import CLIENT, listen
 
 pytestmark = pytest.mark.skipif(
@@ -426,3 +426,35 @@ def test_a_routers_leg_bound_here_is_carried_unfiltered_and_kept_plugged(
         assert links(hv)[tap_name(leg["port_id"])].get("master") == bridge
     assert tenant.show({"id": leg["port_id"]})["status"] == "ACTIVE"
     assert tenant.dhcp_ports() == {}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_dhcp_switched_off_and_on_through_the_api_is_followed(
+        hosts: Hosts, tenant: Tenant) -> None:
+    """``PUT /v2.0/subnets/{id}`` with ``enable_dhcp``: off, the host's dnsmasq for the
+    network stops and its DHCP port frees its address (the namespace loses it); on
+    again, both come back and the guest gets its lease."""
+    net_id, sub_path = tenant.network["id"], f"/v2.0/subnets/{tenant.subnet['id']}"
+    p1 = tenant.port("hv1")
+    g1 = hosts.guest("hv1", p1)
+    rounds_until(hosts, lambda: tenant.show(p1)["status"] == "ACTIVE")
+    hosts.wait_plugged("hv1", p1)
+    assert dhcp(g1, hosts.state, tries=10, wait=1) is not None
+    svc = hosts.service_ns("hv1", net_id)
+
+    def served() -> tuple[bool, list[Any], bool]:
+        dp = tenant.dhcp_ports()["hv1"]
+        addrs = sh("ip", "-n", svc, "-o", "addr", "show", "dev", inner_name(dp["id"])).stdout
+        return (hosts.agents["hv1"].dhcp.running_pid(net_id) is not None, dp["fixed_ips"],
+                "10.44.0." in addrs)
+
+    api(tenant.services, "PUT", sub_path, {"subnet": {"enable_dhcp": False}}, tenant.token)
+    rounds_until(hosts, lambda: served() == (False, [], False))
+    assert no_lease(g1, hosts.state)
+
+    api(tenant.services, "PUT", sub_path, {"subnet": {"enable_dhcp": True}}, tenant.token)
+    rounds_until(hosts, lambda: served()[0] and served()[2] and len(served()[1]) == 1)
+    lease = dhcp(g1, hosts.state, tries=10, wait=1)
+    assert lease is not None, hosts.agents["hv1"].dhcp.log_path(net_id).read_text()
+    assert lease.ip == p1["fixed_ips"][0]["ip_address"]
+    assert lease.serverid == served()[1][0]["ip_address"]

@@ -111,6 +111,12 @@ def sync_service_ports(session: Session, host: str) -> list[ServiceNet]:
             LOG.info("network %s: DHCP port %s made for %s", net_id, port.id, host)
         subnets = _dhcp_subnets(session, net_id)
         held = {a.subnet_id: a.ip_address for a in _fixed(session, [port.id])[port.id]}
+        dhcp_ids = {s.id for s in subnets}
+        for gone in sorted(set(held) - dhcp_ids):  # DHCP switched off: Neutron frees it
+            LOG.info("network %s: subnet %s has no DHCP now, DHCP port %s frees %s", net_id,
+                     gone, port.id, held.pop(gone))
+            session.execute(delete(IPAllocation).where(IPAllocation.port_id == port.id,
+                                                       IPAllocation.subnet_id == gone))
         addresses = []
         for subnet in subnets:
             ip = held.get(subnet.id)
