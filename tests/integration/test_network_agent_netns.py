@@ -236,7 +236,13 @@ class Tenant:
 
 @pytest.fixture
 def tenant(services: Services) -> Tenant:
-    token = services.member("p-netagent", "u-netagent")
+    return make_tenant(services, "p-netagent", "u-netagent")
+
+
+def make_tenant(services: Services, project: str, user: str) -> Tenant:
+    """A member of ``project`` with a network, a DHCP subnet and an empty group ``web``
+    (its egress rules only)."""
+    token = services.member(project, user)
     net = api(services, "POST", "/v2.0/networks", {"network": {"name": "n1"}}, token,
               201)["network"]
     sub = api(services, "POST", "/v2.0/subnets", {"subnet": {

@@ -32,7 +32,7 @@ from core.network.agent.linuxbridge import HostConfig
 from core.network.agent_nudges import Nudger, topic
 from tests.conftest import Services
 from tests.integration.test_agent_nudges import network_api_with
-from tests.integration.test_network_agent_netns import Hosts, sh
+from tests.integration.test_network_agent_netns import Hosts, api, sh
 from tests.rabbitmq import RabbitMQ
 
 pytestmark = [
@@ -89,13 +89,6 @@ def hypervisor(services: Services) -> Iterator[Hosts]:
     finally:
         made.remove_all()
         shutil.rmtree(state, ignore_errors=True)
-
-
-def api(services: Services, method: str, path: str, body: dict[str, Any] | None = None,
-        token: str | None = None, status: int = 200) -> Any:
-    resp = services.call(method, "network", path, token, json=body)
-    assert resp.status_code == status, resp.text
-    return resp.json() if resp.content else {}
 
 
 def test_a_rule_made_through_the_api_is_loaded_at_the_round_its_nudge_starts(

@@ -41,11 +41,11 @@ from core.network.agent.secgroup_conntrack import ConntrackSweeper
 from tests.conftest import Services
 from tests.integration.test_dhcp_netns import wait_forwarding
 from tests.integration.test_network_agent_netns import (
-    CIDR,
     VTEPS,
     Hosts,
     Tenant,
     api,
+    make_tenant,
     rounds_until,
     sh,
 )
@@ -112,15 +112,7 @@ def lab(services: Services) -> Iterator[Hosts]:
 @pytest.fixture
 def web(services: Services) -> Tenant:
     """A tenant with a network and an empty group ``web`` (its egress rules only)."""
-    token = services.member("p-ctsweep", "u-ctsweep")
-    net = api(services, "POST", "/v2.0/networks", {"network": {"name": "n1"}}, token,
-              201)["network"]
-    sub = api(services, "POST", "/v2.0/subnets", {"subnet": {
-        "network_id": net["id"], "cidr": CIDR, "ip_version": 4, "gateway_ip": "10.44.0.1",
-        "enable_dhcp": True}}, token, 201)["subnet"]
-    group = api(services, "POST", "/v2.0/security-groups", {"security_group": {
-        "name": "web"}}, token, 201)["security_group"]
-    return Tenant(services, token, net, sub, group)
+    return make_tenant(services, "p-ctsweep", "u-ctsweep")
 
 
 class Client:
