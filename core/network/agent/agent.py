@@ -138,9 +138,9 @@ class NetworkAgent:
         for svc in services:
             self.namespaces.ensure(svc.network_id, svc.dhcp_port_id, svc.dhcp_mac,
                                    svc.addresses, svc.mtu)
-        # the cloud's own devices (DHCP ports, routers' legs) are never filtered
-        unfiltered = {s.dhcp_port_id for s in services} | self.db.run_in_transaction(
-            lambda s: cloud_ports(s, self.host))
+        # the cloud's own devices bound here (the DHCP ports just synced, routers' legs)
+        # are never filtered
+        unfiltered = self.db.run_in_transaction(lambda s: cloud_ports(s, self.host))
         if result.filter_error is not None:
             desired = self._only_plugged(desired, unfiltered)
         else:  # a port bound here after the ruleset was read has no chains in it yet

@@ -90,22 +90,21 @@ def converge(db: Database, shard: int, shards: int, bridge_for: Callable[[str], 
     transaction (:func:`~core.network.routerns.source.bind_to`).
     One router that cannot be made does not stop the others: its error is in the outcome.
     """
-    bound: list[str] = []
-
-    def read(s: Session) -> dict[str, RouterSpec | LookupError]:
+    def read(s: Session) -> tuple[dict[str, RouterSpec | LookupError], list[str]]:
         specs: dict[str, RouterSpec | LookupError] = {}
-        bound.clear()  # the transaction may be retried
+        bound: list[str] = []
         for rid in routers_of(s, shard, shards):
             try:
                 specs[rid] = router_spec(s, rid, bridge_for, namespace=prefix + rid)
             except LookupError as exc:  # deleted meanwhile, or a port without an address
                 specs[rid] = exc
-            if host is not None and not isinstance(specs[rid], LookupError):
+                continue
+            if host is not None:
                 bound.extend(bind_to(s, rid, host))
-        return specs
+        return specs, bound
 
-    specs = db.run_in_transaction(read)
-    outcome = Outcome(bound=list(bound))
+    specs, bound = db.run_in_transaction(read)
+    outcome = Outcome(bound=bound)
     for ns, rid in sorted(namespaces_of(shard, shards, prefix).items()):
         if rid not in specs:
             lifecycle.stop(ns)  # the router was deleted: its addresses must go too
