@@ -99,6 +99,9 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
         sub = create_subnet_row(session(), net, field(body, "name", str, ""), str(cidr), gateway,
                                 owner_of(ctx, body, "subnet"))
         pools = field(body, "allocation_pools", list, [])
+        if len(pools) > 1:  # never keep the first and drop the rest
+            raise BadRequest("Invalid input for field 'allocation_pools': Haven keeps exactly "
+                             f"one allocation pool per subnet ({len(pools)} given).")
         if pools:
             try:
                 start = ipaddress.ip_address(field(pools[0], "start", str))

@@ -275,3 +275,16 @@ def test_a_subnet_has_dhcp_unless_asked_otherwise(services: Services) -> None:
     shown = {s: services.call("GET", "network", f"/v2.0/subnets/{s}").json()["subnet"]
              for s in (on, off)}
     assert (shown[on]["enable_dhcp"], shown[off]["enable_dhcp"]) == (True, False)
+
+
+def test_a_subnet_with_two_allocation_pools_is_refused_not_cut_to_one(
+        services: Services) -> None:
+    net = services.call("POST", "network", "/v2.0/networks", json={"network": {"name": "p2"}})
+    net_id = net.json()["network"]["id"]
+    resp = services.call("POST", "network", "/v2.0/subnets", json={"subnet": {
+        "network_id": net_id, "cidr": "10.96.0.0/24", "ip_version": 4, "allocation_pools": [
+            {"start": "10.96.0.10", "end": "10.96.0.20"},
+            {"start": "10.96.0.30", "end": "10.96.0.40"}]}})
+    assert resp.status_code == 400 and "allocation_pools" in resp.text, resp.text
+    listed = services.call("GET", "network", f"/v2.0/subnets?network_id={net_id}")
+    assert listed.json()["subnets"] == []  # nothing half-made
