@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,17 +45,20 @@ class FileCluster:
                               env={**os.environ, "CIB_file": str(self.path)})
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> FileCluster:
+def empty_cib(path: Path) -> FileCluster:
     for tool in ("pcs", "cibadmin", "fence_ipmilan"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed (Debian: pcs, pacemaker, fence-agents)")
     if not Path("/usr/lib/ocf/resource.d/haven/haven-identity").exists():
         pytest.fail("Haven's OCF agents are not installed: run appliance/setup.sh test")
-    path = tmp_path / "cib.xml"
     path.write_text(subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True,
                                    check=True).stdout)
     return FileCluster(path)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> FileCluster:
+    return empty_cib(tmp_path / "cib.xml")
 
 
 def load(cluster: FileCluster) -> Bootstrap:
@@ -64,28 +68,62 @@ def load(cluster: FileCluster) -> Bootstrap:
     return boot
 
 
+@dataclass(frozen=True)
+class FirstLoad:
+    """One bootstrap of an empty CIB, shared by the module's tests (each of its ~80
+    ``pcs`` commands costs a Python start): the CIB it left and what it ran."""
+
+    path: Path
+    pcs: list[list[str]]
+    ids: dict[str, set[str]]
+    done: int
+
+
+@pytest.fixture(scope="module")
+def first_load(tmp_path_factory: pytest.TempPathFactory) -> FirstLoad:
+    cluster = empty_cib(tmp_path_factory.mktemp("first") / "cib.xml")
+    boot = load(cluster)
+    return FirstLoad(cluster.path, list(cluster.pcs),
+                     {s: boot.cib_ids(s) for s in ("resources", "constraints", "alerts")},
+                     len(boot.done))
+
+
+@pytest.fixture
+def loaded(first_load: FirstLoad, tmp_path: Path) -> FileCluster:
+    """A copy of the bootstrapped CIB, for a test to change."""
+    path = tmp_path / "cib.xml"
+    shutil.copyfile(first_load.path, path)
+    return FileCluster(path)
+
+
+def delete_constraints(cluster: FileCluster, ids: set[str]) -> None:
+    """Takes constraints out by id with cibadmin, as an older bootstrap had not made them."""
+    for cid in sorted(ids):
+        done = cluster(["cibadmin", "--delete", "--xpath", f"//constraints/*[@id='{cid}']"])
+        assert done.returncode == 0, done.stderr
+
+
 def test_a_rerun_finds_every_object_by_id_and_runs_nothing_again(
-        cluster: FileCluster) -> None:
-    first = load(cluster)
-    created = [c for c in cluster.pcs if cib.created_object(c) is not None]
+        first_load: FirstLoad, loaded: FileCluster) -> None:
+    created = [c for c in first_load.pcs if cib.created_object(c) is not None]
     assert len(created) == len([c for c in cib.all_commands(PLAN)
                                 if cib.created_object(c) is not None])
     ids = {obj.id for c in created if (obj := cib.created_object(c)) is not None}
     for section in ("resources", "constraints", "alerts"):
         assert {o.id for c in created if (o := cib.created_object(c)) and
-                o.section == section} <= first.cib_ids(section), section
+                o.section == section} <= first_load.ids[section], section
     assert "order-galera-clone-haven-identity-clone-mandatory" in ids
-    cluster.pcs.clear()
-    again = load(cluster)
+    again = load(loaded)
     # only what creates nothing is run again (properties, defaults)
-    assert [c for c in cluster.pcs if cib.created_object(c) is not None] == []
-    assert len(again.done) == len(first.done)
+    assert [c for c in loaded.pcs if cib.created_object(c) is not None] == []
+    assert len(again.done) == first_load.done
 
 
 def test_constraints_loaded_without_explicit_ids_are_recognised(
-        cluster: FileCluster) -> None:
+        first_load: FirstLoad, loaded: FileCluster) -> None:
     """A cluster bootstrapped before the ids were explicit: pcs named its constraints;
-    the rerun finds them under those names and keeps them."""
+    the rerun finds them under those names and keeps them (three of them, loaded as
+    the commands of before made them, in a CIB otherwise bootstrapped)."""
     old_style = {  # the commands of before, and the id pcs gives each
         "location-fence-n1-n1--INFINITY":
             ["pcs", "constraint", "location", "fence-n1", "avoids", "n1"],
@@ -96,20 +134,19 @@ def test_constraints_loaded_without_explicit_ids_are_recognised(
             ["pcs", "constraint", "colocation", "add", "haven-identity-clone", "with",
              "Promoted", "galera-clone", "INFINITY"],
     }
+    cluster = loaded
+    assert set(old_style) <= first_load.ids["constraints"]
+    delete_constraints(cluster, set(old_style))
     boot = Bootstrap(PLAN, runner=cluster)
-    for command in cib.all_commands(PLAN):
-        obj = cib.created_object(command)
-        if obj is None or obj.section != "constraints":
-            boot.execute(command)
+    assert boot.cib_ids("constraints") == first_load.ids["constraints"] - set(old_style)
     for command in old_style.values():
         done = cluster(command)
         assert done.returncode == 0, done.stderr
-    assert set(old_style) <= boot.cib_ids("constraints")
+    assert boot.cib_ids("constraints") == first_load.ids["constraints"]
     cluster.pcs.clear()
     load(cluster)
-    rerun = {obj.id for c in cluster.pcs if (obj := cib.created_object(c)) is not None}
-    assert rerun & set(old_style) == set()
-    assert rerun  # the constraints the old commands did not make were made
+    # nothing is made again: the old commands' constraints are found under pcs's names
+    assert [c for c in cluster.pcs if cib.created_object(c) is not None] == []
 
 
 def test_an_unreadable_cib_stops_the_bootstrap(tmp_path: Path) -> None:
@@ -128,14 +165,15 @@ def test_a_failing_pcs_command_stops_the_bootstrap_with_pcs_own_words(
 
 
 def test_a_rerun_retires_the_mandatory_bus_orders_of_an_older_cluster(
-        cluster: FileCluster) -> None:
+        loaded: FileCluster) -> None:
     """Before, every service was ordered after the bus as Mandatory, so a broker restart
     restarted the node's APIs and moved the VIP. A rerun of the bootstrap deletes those
     constraints (by id) and creates the Optional ones; a second rerun deletes nothing."""
+    cluster = loaded
+    delete_constraints(cluster, {obj.id for c in cib.all_commands(PLAN)
+                                 if "kind=Optional" in c
+                                 and (obj := cib.created_object(c)) is not None})
     old = Bootstrap(PLAN, runner=cluster)
-    for command in cib.all_commands(PLAN):
-        if "kind=Optional" not in command:
-            old.execute(command)
     for svc in ("haven-identity-clone", "haven-compute-clone"):
         done = cluster(["pcs", "constraint", "order", "start", "rabbitmq-clone", "then",
                         "start", svc])  # the old command: pcs names it ...-mandatory
