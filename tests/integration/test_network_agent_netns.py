@@ -357,6 +357,7 @@ def test_two_hypervisors_dhcp_vxlan_security_groups_and_port_status(
     assert tenant.show(p1)["status"] == "DOWN"
 
 
+@pytest.mark.parametrize("hosts", ["linuxbridge"], indirect=True)  # mechanism-blind
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_port_whose_filter_cannot_be_loaded_is_neither_plugged_nor_active(
         hosts: Hosts, tenant: Tenant) -> None:
@@ -385,6 +386,7 @@ def test_a_port_whose_filter_cannot_be_loaded_is_neither_plugged_nor_active(
     assert tenant.show(p1)["status"] == "DOWN"
 
 
+@pytest.mark.parametrize("hosts", ["linuxbridge"], indirect=True)  # mechanism-blind
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_port_moved_to_another_host_is_down_until_that_host_has_plugged_it(
         hosts: Hosts, tenant: Tenant) -> None:
@@ -434,6 +436,7 @@ def test_a_routers_leg_bound_here_is_carried_unfiltered_and_kept_plugged(
     assert tenant.dhcp_ports() == {}
 
 
+@pytest.mark.parametrize("hosts", ["linuxbridge"], indirect=True)  # mechanism-blind
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_dhcp_switched_off_and_on_through_the_api_is_followed(
         hosts: Hosts, tenant: Tenant) -> None:
