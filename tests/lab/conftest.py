@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,3 +27,12 @@ def lab_unavailable() -> str | None:
                            "unshare", "nsenter", "ip")
                if shutil.which(t, path=os.defpath + ":/usr/sbin:/sbin") is None]
     return f"missing {', '.join(missing)}" if missing else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_stack_lab_ends_with_the_session() -> Iterator[None]:
+    """The stack lab the modules share (tests/lab/labtools.py) goes with the session."""
+    yield
+    from tests.lab.labtools import SHARED_STACK
+
+    SHARED_STACK.release()

@@ -15,7 +15,7 @@ import pytest
 
 from ha import crm
 from ha.bootstrap.cib import API_SERVICES
-from ha.lab import cluster, network, node, power, stack, state
+from ha.lab import cluster, faults, network, node, power, stack, state
 from ha.lab.commands import CLEAN_ENV, wait_until
 from ha.lab.state import LabState, NodeState
 
@@ -126,6 +126,35 @@ class StackLab(Lab):
         return self.wait_view(lambda v: self.stack_started(v, nodes), timeout,
                               f"the stack started on {', '.join(nodes)}")
 
+    def whole_again(self) -> None:
+        """Every node on and running the stack, every hypervisor enabled and up (a node
+        an earlier test left frozen or cut is thawed and plugged back in)."""
+        st = self.state()
+        for nd in st.nodes.values():
+            if node.frozen(nd):
+                faults.thaw(self.lab_dir, nd.name)
+            if node.running(nd) and not network.link_is_up(st.switch_ns, nd.veth):
+                faults.heal(self.lab_dir, nd.name)
+        names = sorted(st.nodes)
+        self.power_on_all(180)
+        self.wait_stack(names, 400)
+
+        def ready() -> bool:
+            services = json.loads(self.openstack("compute", "service", "list", "-f", "json"))
+            return len(services) == len(names) and all(
+                s["Status"] == "enabled" and s["State"] == "up" for s in services)
+        wait_until(ready, 240, "every hypervisor enabled and up", interval=2)
+
+    def tiny_image_id(self) -> str:
+        """The public image ``tiny`` (images/tiny), uploaded once per lab."""
+        found = self.client("openstack", "image", "show", "tiny", "-f", "value", "-c", "id",
+                            check=False)
+        if found.returncode == 0:
+            return found.stdout.strip()
+        return self.openstack("image", "create", "--disk-format", "qcow2",
+                              "--container-format", "bare", "--public", "--file",
+                              str(tiny_image()), "tiny", "-f", "value", "-c", "id").strip()
+
     def haven(self, on: str, *argv: str) -> str:
         """A ``haven`` command inside a node, with that node's config."""
         nd = self.state().nodes[on]
@@ -154,14 +183,26 @@ def keep_logs(lab_dir: Path) -> Path:
     return dest
 
 
+def report_timings(request: pytest.FixtureRequest, title: str, timings: dict[str, str],
+                   extra: list[str]) -> None:
+    """``timings`` on the terminal and in /tmp/haven-lab-timings-TITLE.json (notes)."""
+    Path(f"/tmp/haven-lab-timings-{title.replace(' ', '-')}.json").write_text(
+        json.dumps(timings, indent=2) + "\n")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for line in ["", *(f"{title}: {key}: {value}" for key, value in timings.items()),
+                     *extra]:
+            reporter.write_line(line)
+
+
 @contextlib.contextmanager
 def lab_session(request: pytest.FixtureRequest, lab_dir: Path, title: str,
                 timings: dict[str, str]) -> Iterator[None]:
     """The life of a module's lab: refuse to start beside another lab; afterwards keep
-    the logs if a test failed, take the lab down, and report ``timings`` (on the
-    terminal and in /tmp/haven-lab-timings-TITLE.json, for the notes)."""
+    the logs if a test failed, take the lab down, and report ``timings``."""
     from ha.lab import lifecycle
 
+    SHARED_STACK.release()
     busy = lifecycle.busy_reason(lab_dir)
     if busy:
         pytest.fail(f"{busy}: run `haven lab down` first (one lab at a time)")
@@ -169,13 +210,72 @@ def lab_session(request: pytest.FixtureRequest, lab_dir: Path, title: str,
     try:
         yield
     finally:
-        lines = [f"{title}: {key}: {value}" for key, value in timings.items()]
+        extra = []
         if request.session.testsfailed > failed_before:
-            lines.append(f"lab logs kept in {keep_logs(lab_dir)}")
+            extra.append(f"lab logs kept in {keep_logs(lab_dir)}")
         lifecycle.down(lab_dir)
-        Path(f"/tmp/haven-lab-timings-{title.replace(' ', '-')}.json").write_text(
-            json.dumps(timings, indent=2) + "\n")
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            for line in ["", *lines]:
-                reporter.write_line(line)
+        report_timings(request, title, timings, extra)
+
+
+class SharedStack:
+    """One lab running the whole stack (libvirt, networking), shared by the modules
+    that test on it (evacuation, stack): building one costs two minutes of the suite's
+    45. A module that needs another lab releases it first (``lab_session``); the last
+    user's session ends it (tests/lab/conftest.py)."""
+
+    def __init__(self, lab_dir: Path) -> None:
+        self.lab_dir = lab_dir
+        self.built = False
+
+    def get(self, timings: dict[str, str]) -> None:
+        """The shared lab up; built here (its times into ``timings``) if it is not."""
+        from ha.lab import lifecycle
+
+        if self.built:
+            return
+        busy = lifecycle.busy_reason(self.lab_dir)
+        if busy:
+            pytest.fail(f"{busy}: run `haven lab down` first (one lab at a time)")
+        tiny_image()  # before the lab: the build is heavy, the lab's timers are not patient
+        try:
+            report = lifecycle.up(self.lab_dir, 3, with_libvirt=True)
+            timings["haven lab up --libvirt"] = f"{report.seconds_total:.1f} s"
+            seconds = stack.up_stack(self.lab_dir, networking=True)
+            timings["haven lab stack (Galera, RabbitMQ, Haven, VIP, networking)"] = \
+                f"{seconds:.1f} s"
+        except BaseException:
+            keep = keep_logs(self.lab_dir) if state.load(self.lab_dir) else None
+            lifecycle.down(self.lab_dir)
+            if keep:
+                print(f"the shared lab did not come up; its logs are in {keep}")
+            raise
+        self.built = True
+
+    def release(self) -> None:
+        from ha.lab import lifecycle
+
+        if self.built:
+            lifecycle.down(self.lab_dir)
+            self.built = False
+
+
+SHARED_STACK = SharedStack(state.default_lab_dir())
+
+
+@contextlib.contextmanager
+def stack_session(request: pytest.FixtureRequest, title: str, timings: dict[str, str]
+                  ) -> Iterator[StackLab]:
+    """A module's time on the shared stack lab: the lab whole again at its start (an
+    earlier module may have left a node off, frozen or cut), its logs kept if one of
+    its tests failed, its ``timings`` reported at its end."""
+    SHARED_STACK.get(timings)
+    lab = StackLab(SHARED_STACK.lab_dir)
+    failed_before = request.session.testsfailed
+    try:
+        lab.whole_again()
+        yield lab
+    finally:
+        extra = []
+        if request.session.testsfailed > failed_before:
+            extra.append(f"lab logs kept in {keep_logs(SHARED_STACK.lab_dir)}")
+        report_timings(request, title, timings, extra)

@@ -1,7 +1,10 @@
 """Evacuation in the lab: real Pacemaker, real fencing, real QEMU guests whose disks
 live in the shared instances directory, the evacuation controller under Pacemaker.
 
-One lab serves the module (``haven lab up --libvirt`` + ``haven lab stack``). Its
+The module runs on the stack lab it shares with tests/lab/test_stack.py (``haven lab
+up --libvirt`` + ``haven lab stack --networking``: its guests' ports are plugged and
+filtered by each node's network agent, and an evacuated guest resumes only once its
+port is up on the new node). Its
 nodes keep their clocks in Asia/Kolkata (``ha.lab.config.NODE_TIMEZONE``), so
 Pacemaker prints fence times with their offset ("... +05:30"), as on a real node
 outside UTC: a lost hypervisor must be evacuated after its new fence, read at its
@@ -43,10 +46,10 @@ from typing import Any
 import pytest
 
 from ha import crm
-from ha.lab import cluster, faults, lifecycle, network, node, stack, state
+from ha.lab import cluster, faults, node, state
 from ha.lab.commands import LabError, wait_until
 from tests.lab.conftest import lab_unavailable
-from tests.lab.labtools import StackLab, lab_session, tiny_image
+from tests.lab.labtools import StackLab, stack_session
 from tests.lab.qemu_observer import Qemu, QemuObserver, lab_node_namer
 
 pytestmark = [pytest.mark.lab,
@@ -92,21 +95,17 @@ def lab_qemu_observer() -> QemuObserver:
 
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[EvacLab]:
-    image = tiny_image()
-    with lab_session(request, LAB_DIR, "evacuation lab", TIMINGS):
-        lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
-        stack.up_stack(LAB_DIR)
-        with lab_qemu_observer() as qemus:
-            evac = EvacLab(LAB_DIR, qemus)
-            evac.wait_view(lambda v: bool(v.running_on("haven-evacuator")), 120,
-                           "the evacuation controller")
-            evac.openstack("image", "create", "--disk-format", "qcow2", "--container-format",
-                           "bare", "--public", "--file", str(image), "tiny")
-            yield evac
-            record = qemus.snapshot()
-            TIMINGS["QEMU observer: samples, longest gap, QEMU processes seen"] = (
-                f"{record.samples}, {record.longest_gap:.2f} s, {len(record.lives)}")
-            record.assert_no_double()
+    with stack_session(request, "evacuation lab", TIMINGS) as shared, \
+            lab_qemu_observer() as qemus:
+        evac = EvacLab(shared.lab_dir, qemus)
+        evac.wait_view(lambda v: bool(v.running_on("haven-evacuator")), 120,
+                       "the evacuation controller")
+        evac.tiny_image_id()
+        yield evac
+        record = qemus.snapshot()
+        TIMINGS["QEMU observer: samples, longest gap, QEMU processes seen"] = (
+            f"{record.samples}, {record.longest_gap:.2f} s, {len(record.lives)}")
+        record.assert_no_double()
 
 
 @pytest.fixture(autouse=True)
@@ -389,25 +388,6 @@ def test_the_nodes_keep_their_clocks_at_the_offset_the_fence_times_are_read_with
 # Each starts from a whole cluster (the previous case's victim powered back on and
 # rejoined), boots two guests on a victim that runs neither the VIP nor the controller,
 # and ends with the guests deleted (TCG guests are the machine's heaviest load).
-def recovered(lab: EvacLab) -> None:
-    """Every node on and running the stack, every hypervisor enabled and up again (a
-    node an earlier, failed test left frozen or cut is thawed and plugged back in)."""
-    st = lab.state()
-    for nd in st.nodes.values():
-        if node.frozen(nd):
-            faults.thaw(LAB_DIR, nd.name)
-        if node.running(nd) and not network.link_is_up(st.switch_ns, nd.veth):
-            faults.heal(LAB_DIR, nd.name)
-    lab.power_on_all(180)
-    lab.wait_stack(NODES, 400)
-
-    def ready() -> bool:
-        services = json.loads(lab.openstack("compute", "service", "list", "-f", "json"))
-        return len(services) == len(NODES) and all(
-            s["Status"] == "enabled" and s["State"] == "up" for s in services)
-    wait_until(ready, 240, "every hypervisor enabled and up", interval=2)
-
-
 def quiet_victim(lab: EvacLab) -> str:
     view = lab.view()
     assert view is not None
@@ -522,7 +502,7 @@ def test_a_frozen_hypervisor_is_fenced_then_evacuated_and_its_qemus_never_run_ag
     """A hung hypervisor: every process of the node SIGSTOPped, its guests' QEMUs
     included (stopped, they still hold their disks). Nobody may start a guest elsewhere
     until the fence has killed the stopped QEMUs; then each runs once, on a survivor."""
-    recovered(lab)
+    lab.whole_again()
     victim = quiet_victim(lab)
     names = ["frozen0", "frozen1"]
     try:
@@ -543,7 +523,7 @@ def test_a_frozen_hypervisor_is_fenced_then_evacuated_and_its_qemus_never_run_ag
 def test_a_hypervisor_cut_from_the_network_is_fenced_then_evacuated(lab: EvacLab) -> None:
     """A hypervisor whose link is down keeps running, guests and all: only the fence
     ends them, and only after it do they run on a survivor, once each."""
-    recovered(lab)
+    lab.whole_again()
     victim = quiet_victim(lab)
     names = ["cut0", "cut1"]
     try:
@@ -575,7 +555,7 @@ def test_a_failing_fence_evacuates_nothing_until_a_later_fence_succeeds(
     nothing may be evacuated, the controller alerts, and the guests keep running in
     the very same QEMU processes. The operator mends the outlet and fences again
     (``stonith_admin --fence``): then, and only then, the guests move, once each."""
-    recovered(lab)
+    lab.whole_again()
     victim = quiet_victim(lab)
     names = ["jam0", "jam1"]
     doomed += names
@@ -636,7 +616,7 @@ def test_the_controllers_node_lost_mid_evacuation_the_next_controller_finishes_i
     the target T, so that the rebuilds the first controller started are still
     running when C dies. C's hypervisor is disabled by the operator: T is the only
     target. Its libvirtd resumes once the second controller runs."""
-    recovered(lab)
+    lab.whole_again()
     view = lab.view()
     assert view is not None
     [controller] = view.running_on("haven-evacuator")

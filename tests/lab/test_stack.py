@@ -31,10 +31,10 @@ import pytest
 from core.network.routerns import shards
 from ha import crm, service_agent
 from ha.bootstrap import nodeconf
-from ha.lab import faults, lifecycle, node, proc, stack, state
+from ha.lab import faults, node, proc, stack, state
 from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
-from tests.lab.labtools import StackLab, lab_session
+from tests.lab.labtools import StackLab, stack_session
 from tests.lab.ledger import Outcome, Seen, Verdict, judge, outcome, read_ledger
 
 pytestmark = [pytest.mark.lab,
@@ -44,22 +44,13 @@ pytestmark = [pytest.mark.lab,
 LAB_DIR = state.default_lab_dir()
 NODES = ["node1", "node2", "node3"]
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / ".haven-bench" / "tiny" / "tiny.qcow2"
 TIMINGS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[StackLab]:
-    if not TINY.is_file():
-        subprocess.run([sys.executable, str(REPO / "images/tiny/build.py"),
-                        "--out", str(TINY.parent)], check=True, timeout=600)
-    with lab_session(request, LAB_DIR, "stack lab", TIMINGS):
-        report = lifecycle.up(LAB_DIR, len(NODES), with_libvirt=True)
-        TIMINGS["haven lab up --libvirt"] = f"{report.seconds_total:.1f} s"
-        seconds = stack.up_stack(LAB_DIR, networking=True)
-        TIMINGS["haven lab stack (Galera, RabbitMQ, Haven, VIP, networking)"] = \
-            f"{seconds:.1f} s"
-        yield StackLab(LAB_DIR)
+    with stack_session(request, "stack lab", TIMINGS) as shared:
+        yield shared
 
 
 def test_the_stack_runs_everywhere_and_openstack_works_through_the_vip(lab: StackLab) -> None:
@@ -72,8 +63,7 @@ def test_the_stack_runs_everywhere_and_openstack_works_through_the_vip(lab: Stac
     services = json.loads(lab.openstack("compute", "service", "list", "-f", "json"))
     assert sorted(s["Host"] for s in services) == NODES
     assert all(s["State"] == "up" for s in services)
-    lab.openstack("image", "create", "--disk-format", "qcow2", "--container-format", "bare",
-                  "--public", "--file", str(TINY), "tiny")
+    lab.tiny_image_id()
     t0 = time.monotonic()
     server = json.loads(lab.openstack("server", "create", "--image", "tiny", "--flavor",
                                       "m1.tiny", "--network", "provider", "--wait", "vm1",
@@ -374,7 +364,7 @@ def test_a_tenant_vm_is_reached_at_its_floating_ip_and_keeps_it_when_its_node_di
     (its fixed address, its user data, its name) again."""
     lab.wait_stack(NODES, 180)
     tenant = Tenant(lab, tmp_path)
-    server = tenant.build(tiny_image(lab))
+    server = tenant.build(lab.tiny_image_id())
     host, server_id = server["OS-EXT-SRV-ATTR:host"], server["id"]
     router_id = lab.openstack("router", "show", "r1", "-f", "value", "-c", "id").strip()
     keys = tenant.trust_host_key()
@@ -503,16 +493,6 @@ def unschedulable_flavor(lab: StackLab) -> str:
                          "w.unschedulable", "-f", "value", "-c", "id").strip()
 
 
-def tiny_image(lab: StackLab) -> str:
-    found = lab.client("openstack", "image", "show", "tiny", "-f", "value", "-c", "id",
-                       check=False)
-    if found.returncode == 0:
-        return found.stdout.strip()
-    return lab.openstack("image", "create", "--disk-format", "qcow2", "--container-format",
-                         "bare", "--public", "--file", str(TINY), "tiny", "-f", "value",
-                         "-c", "id").strip()
-
-
 def judge_through_the_vip(lab: StackLab, ledger: Path, env: dict[str, str]) -> Verdict:
     """Observe every object of ``ledger`` through the VIP and judge the writes."""
     out = ledger.with_suffix(".seen.json")
@@ -547,7 +527,7 @@ def test_power_loss_of_the_vip_node_under_load_loses_no_acknowledged_write(
     victim = view.running_on("vip")[0]
     survivor = next(n for n in NODES if n != victim)
     fences_before = len(lab.fences(victim))
-    flavor, image = unschedulable_flavor(lab), tiny_image(lab)
+    flavor, image = unschedulable_flavor(lab), lab.tiny_image_id()
     ledger = tmp_path / "writes.jsonl"
     password = stack.paths(LAB_DIR).admin_password.read_text().strip()
     env = {**os.environ, "PYTHONPATH": str(REPO),
