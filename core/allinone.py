@@ -104,7 +104,9 @@ def bootstrap_cloud(cfg: HavenConfig, db: Database, password: str) -> bool:
 
     result = bootstrap(cfg, db, password)
     db.run_in_transaction(ensure_flavors)
-    db.run_in_transaction(lambda s: ensure_provider_network(s, cfg, result.admin_project_id))
+    # the all-in-one's own network agent serves DHCP on it (core/network/localnet.py)
+    db.run_in_transaction(lambda s: ensure_provider_network(
+        s, cfg, result.admin_project_id, dhcp=cfg.network.allinone_networking))
     return result.created_admin
 
 
@@ -134,13 +136,14 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
     created = bootstrap_cloud(cfg, db, password)
     bus = make_bus("local")
     clients = ServiceClients(cfg)
+    networking = with_compute and cfg.network.allinone_networking
     servers = AppServers([
         Listener("identity", cfg.identity.listen, identity_app(cfg, db)),
         Listener("compute", cfg.compute.listen, compute_app(cfg, db, bus, clients,
                                                          extensions.compute_api)),
         Listener("image", cfg.image.listen, image_app(cfg, db)),
-        # no network agent runs here to hear nudges (see below): without a consumer
-        # the local bus would queue them for ever; one that runs gets Nudger(bus)
+        # the network agent here (if any) runs its rounds every agent_interval seconds
+        # and is not nudged: nudges on the local bus nobody consumes would queue for ever
         Listener("network", cfg.network.listen, network_app(cfg, db)),
     ])
     try:
@@ -149,8 +152,19 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
         print(f"haven: error: cannot listen: {exc}", file=sys.stderr)
         return 1
     agent = None
+    local_net = None
     notes = []
     try:
+        if networking:
+            from core.network.localnet import OUTSIDE_HOST, LocalNetworking
+
+            local_net = LocalNetworking(cfg, db)
+            local_net.start()
+            outside = local_net.outside
+            notes.append(f"network agent and routers here; '{cfg.network.provider_name}' is "
+                         + (f"on uplink {outside.uplink}" if outside.uplink else
+                            f"local to this machine, the host at {outside.host_address} "
+                            f"on veth {OUTSIDE_HOST}"))
         if with_compute:
             from core.compute.agent import ComputeAgent
             from core.compute.virt.daemons import ensure_libvirtd
@@ -160,9 +174,10 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
             started = ensure_libvirtd(cfg.compute.libvirt_uri, leases_of(cfg))
             if started:
                 notes.append(f"started {' and '.join(started)}")
-            # No network agent runs in the all-in-one (its taps are plugged into
-            # nothing): nobody would report a port ACTIVE, so guests are not waited for.
-            cfg.compute.vif_plugging_timeout = 0
+            if not networking:
+                # No network agent runs (its taps are plugged into nothing): nobody
+                # would report a port ACTIVE, so guests are not waited for.
+                cfg.compute.vif_plugging_timeout = 0
             agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,
                                                               cfg.compute.virt_type), clients)
             agent.start()
@@ -170,6 +185,8 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
             notes.append(f"image '{TINY_IMAGE}' is {image_id}; flavors m1.tiny, m1.small; "
                          f"network '{cfg.network.provider_name}'")
     except Exception:
+        if local_net is not None:
+            local_net.stop()
         servers.stop()
         raise
     host, _, port = dict(servers.bound())["identity"].rpartition(":")
@@ -198,6 +215,8 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
     finally:
         if agent is not None:
             agent.stop()
+        if local_net is not None:
+            local_net.stop()
         servers.stop()
         bus.close()
         db.dispose()
