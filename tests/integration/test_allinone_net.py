@@ -207,7 +207,8 @@ def test_allinone_guests_get_dhcp_metadata_and_a_floating_ip_reached_from_the_ho
     assert table.returncode == 0 and f'iifname "{OUTSIDE_HOST}"' in table.stdout, table
     # a machine that forwards (for containers, libvirt's NAT...) and its "real" network
     for argv in (("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"),
-                 ("ip", "link", "add", "real0", "type", "dummy"),
+                 ("ip", "link", "add", "real0", "type", "veth", "peer", "name", "real0p"),
+                 ("ip", "link", "set", "real0p", "up"),
                  ("sysctl", "-q", "-w", "net.ipv6.conf.real0.disable_ipv6=1"),
                  ("ip", "addr", "add", "198.51.100.1/24", "dev", "real0"),
                  ("ip", "link", "set", "real0", "up")):
@@ -280,7 +281,8 @@ def test_allinone_with_an_operators_uplink_makes_no_outside_of_its_own(
     """An uplink is explicit (the provider's physical network mapped to an interface):
     then the all-in-one adds no address, veth or forward table to the machine."""
     m = machine
-    assert m.run("ip", "link", "add", "uplink0", "type", "dummy").returncode == 0
+    assert m.run("ip", "link", "add", "uplink0", "type", "veth", "peer", "name",
+                 "uplink0p").returncode == 0
     start_all_in_one(m, tmp_path / "state", settings=[
         "network.datapath.physical_interface_mappings=[provider:uplink0]"])
     assert "'provider' is on uplink uplink0" in m.output(), m.output()
