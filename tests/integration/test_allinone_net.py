@@ -149,22 +149,22 @@ def machine(tmp_path: Path) -> Iterator[Machine]:
                 m.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 m.proc.kill()
-        mount_ns = os.readlink(f"/proc/{m.pid}/ns/mnt")
         hv.stop()  # destroys the guests, stops the daemons
-        for pid in processes_in(mount_ns):  # what the all-in-one left there (dnsmasq)
+        for pid in processes_under(tmp_path):  # what the all-in-one left there (dnsmasq)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def processes_in(mount_ns: str) -> list[int]:
-    """The processes in a mount namespace (``/proc/PID/ns/mnt``'s link): in the test's
-    machine, every one was started by this test (the all-in-one's dnsmasq)."""
+def processes_under(root: Path) -> list[int]:
+    """The processes that see a mount of ``root`` (the machine's private /run and
+    /etc/libvirt): every one was started in the test's machine, by this test, e.g. the
+    all-in-one's dnsmasq (in a mount namespace of its own, ``ip netns exec``'s)."""
     out = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
+        if entry.isdigit() and int(entry) != os.getpid():
             with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{entry}/ns/mnt") == mount_ns:
+                if str(root) in Path(f"/proc/{entry}/mountinfo").read_text():
                     out.append(int(entry))
     return out
 
