@@ -96,17 +96,19 @@ def ensure_tiny_image(clients: ServiceClients, path: Path) -> str:
     return str(image["id"])
 
 
-def bootstrap_cloud(cfg: HavenConfig, db: Database, password: str) -> bool:
-    """Identity, flavors and the provider network; True if the admin was created."""
+def bootstrap_cloud(cfg: HavenConfig, db: Database, password: str,
+                    provider_dhcp: bool = False) -> bool:
+    """Identity, flavors and the provider network (made with DHCP if
+    ``provider_dhcp``: the all-in-one's own network agent serves it,
+    core/network/localnet.py); True if the admin was created."""
     from core.compute.bootstrap import ensure_flavors
     from core.identity.bootstrap import bootstrap
     from core.network.bootstrap import ensure_provider_network
 
     result = bootstrap(cfg, db, password)
     db.run_in_transaction(ensure_flavors)
-    # the all-in-one's own network agent serves DHCP on it (core/network/localnet.py)
     db.run_in_transaction(lambda s: ensure_provider_network(
-        s, cfg, result.admin_project_id, dhcp=cfg.network.allinone_networking))
+        s, cfg, result.admin_project_id, dhcp=provider_dhcp))
     return result.created_admin
 
 
@@ -133,10 +135,10 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
     setup_logging(cfg.log.level, cfg.log.file)
     db = Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries)
     migrate.upgrade(db, (*CORE_SCHEMAS, *extensions.schemas))
-    created = bootstrap_cloud(cfg, db, password)
+    networking = with_compute and cfg.network.allinone_networking
+    created = bootstrap_cloud(cfg, db, password, provider_dhcp=networking)
     bus = make_bus("local")
     clients = ServiceClients(cfg)
-    networking = with_compute and cfg.network.allinone_networking
     servers = AppServers([
         Listener("identity", cfg.identity.listen, identity_app(cfg, db)),
         Listener("compute", cfg.compute.listen, compute_app(cfg, db, bus, clients,
