@@ -186,10 +186,16 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
             image_id = ensure_tiny_image(clients, build_tiny_image(cfg))
             notes.append(f"image '{TINY_IMAGE}' is {image_id}; flavors m1.tiny, m1.small; "
                          f"network '{cfg.network.provider_name}'")
-    except Exception:
+    except Exception as exc:
         if local_net is not None:
             local_net.stop()
         servers.stop()
+        from core.network.localnet import OutsideError
+
+        if isinstance(exc, OutsideError):
+            print(f"haven: error: guest networking: {exc} (network.allinone_networking: "
+                  "false runs without it)", file=sys.stderr)
+            return 1
         raise
     host, _, port = dict(servers.bound())["identity"].rpartition(":")
     auth_url = f"http://{cfg.catalog.public_host or host}:{port}/v3"
