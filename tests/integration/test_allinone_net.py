@@ -275,6 +275,15 @@ def test_allinone_guests_get_dhcp_metadata_and_a_floating_ip_reached_from_the_ho
     poll(logged_in("vm2", provider_ip), BOOT_TIMEOUT, f"ssh root@{provider_ip} (vm2)", logs)
     assert f"inet {provider_ip}/24" in result["vm2"].stdout, result["vm2"].stdout
 
+    # a second start on the same state reuses the outside, the routers and the leases
+    assert m.proc is not None
+    m.proc.send_signal(signal.SIGINT)
+    assert m.proc.wait(timeout=120) == 0, m.output()
+    start_all_in_one(m, tmp_path / "state")
+    addr = m.run("ip", "-o", "-4", "addr", "show", "dev", OUTSIDE_HOST)
+    assert addr.stdout.count(" inet ") == 1 and HOST_ADDRESS in addr.stdout, addr
+    poll(logged_in("vm1", fip), BOOT_TIMEOUT, f"ssh root@{fip} after a restart", logs)
+
 
 def test_allinone_with_an_operators_uplink_makes_no_outside_of_its_own(
         machine: Machine, tmp_path: Path) -> None:
