@@ -118,8 +118,11 @@ def provider_gateway(db: Database, provider_name: str) -> str:
 
 
 def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
-                          check=False, timeout=60)
+    try:
+        return subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
+                              check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:  # no such tool, or it hung
+        raise OutsideError(f"{' '.join(argv)}: {exc}") from exc
 
 
 def _must(argv: Sequence[str], stdin: str | None = None) -> str:
