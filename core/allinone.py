@@ -96,15 +96,19 @@ def ensure_tiny_image(clients: ServiceClients, path: Path) -> str:
     return str(image["id"])
 
 
-def bootstrap_cloud(cfg: HavenConfig, db: Database, password: str) -> bool:
-    """Identity, flavors and the provider network; True if the admin was created."""
+def bootstrap_cloud(cfg: HavenConfig, db: Database, password: str,
+                    provider_dhcp: bool = False) -> bool:
+    """Identity, flavors and the provider network (made with DHCP if
+    ``provider_dhcp``: the all-in-one's own network agent serves it,
+    core/network/localnet.py); True if the admin was created."""
     from core.compute.bootstrap import ensure_flavors
     from core.identity.bootstrap import bootstrap
     from core.network.bootstrap import ensure_provider_network
 
     result = bootstrap(cfg, db, password)
     db.run_in_transaction(ensure_flavors)
-    db.run_in_transaction(lambda s: ensure_provider_network(s, cfg, result.admin_project_id))
+    db.run_in_transaction(lambda s: ensure_provider_network(
+        s, cfg, result.admin_project_id, dhcp=provider_dhcp))
     return result.created_admin
 
 
@@ -131,7 +135,8 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
     setup_logging(cfg.log.level, cfg.log.file)
     db = Database(cfg.database_url, cfg.database.pool_size, cfg.database.max_retries)
     migrate.upgrade(db, (*CORE_SCHEMAS, *extensions.schemas))
-    created = bootstrap_cloud(cfg, db, password)
+    networking = with_compute and cfg.network.allinone_networking
+    created = bootstrap_cloud(cfg, db, password, provider_dhcp=networking)
     bus = make_bus("local")
     clients = ServiceClients(cfg)
     servers = AppServers([
@@ -139,8 +144,8 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
         Listener("compute", cfg.compute.listen, compute_app(cfg, db, bus, clients,
                                                          extensions.compute_api)),
         Listener("image", cfg.image.listen, image_app(cfg, db)),
-        # no network agent runs here to hear nudges (see below): without a consumer
-        # the local bus would queue them for ever; one that runs gets Nudger(bus)
+        # the network agent here (if any) runs its rounds every agent_interval seconds
+        # and is not nudged: nudges on the local bus nobody consumes would queue for ever
         Listener("network", cfg.network.listen, network_app(cfg, db)),
     ])
     try:
@@ -149,8 +154,19 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
         print(f"haven: error: cannot listen: {exc}", file=sys.stderr)
         return 1
     agent = None
+    local_net = None
     notes = []
     try:
+        if networking:
+            from core.network.localnet import OUTSIDE_HOST, LocalNetworking
+
+            local_net = LocalNetworking(cfg, db)
+            local_net.start()
+            outside = local_net.outside
+            notes.append(f"network agent and routers here; '{cfg.network.provider_name}' is "
+                         + (f"on uplink {outside.uplink}" if outside.uplink else
+                            f"local to this machine, the host at {outside.host_address} "
+                            f"on veth {OUTSIDE_HOST}"))
         if with_compute:
             from core.compute.agent import ComputeAgent
             from core.compute.virt.daemons import ensure_libvirtd
@@ -160,17 +176,26 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
             started = ensure_libvirtd(cfg.compute.libvirt_uri, leases_of(cfg))
             if started:
                 notes.append(f"started {' and '.join(started)}")
-            # No network agent runs in the all-in-one (its taps are plugged into
-            # nothing): nobody would report a port ACTIVE, so guests are not waited for.
-            cfg.compute.vif_plugging_timeout = 0
+            if not networking:
+                # No network agent runs (its taps are plugged into nothing): nobody
+                # would report a port ACTIVE, so guests are not waited for.
+                cfg.compute.vif_plugging_timeout = 0
             agent = ComputeAgent(cfg, db, bus, LibvirtDriver(cfg.compute.libvirt_uri,
                                                               cfg.compute.virt_type), clients)
             agent.start()
             image_id = ensure_tiny_image(clients, build_tiny_image(cfg))
             notes.append(f"image '{TINY_IMAGE}' is {image_id}; flavors m1.tiny, m1.small; "
                          f"network '{cfg.network.provider_name}'")
-    except Exception:
+    except Exception as exc:
+        if local_net is not None:
+            local_net.stop()
         servers.stop()
+        from core.network.localnet import OutsideError
+
+        if isinstance(exc, OutsideError):
+            print(f"haven: error: guest networking: {exc} (network.allinone_networking: "
+                  "false runs without it)", file=sys.stderr)
+            return 1
         raise
     host, _, port = dict(servers.bound())["identity"].rpartition(":")
     auth_url = f"http://{cfg.catalog.public_host or host}:{port}/v3"
@@ -198,6 +223,8 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
     finally:
         if agent is not None:
             agent.stop()
+        if local_net is not None:
+            local_net.stop()
         servers.stop()
         bus.close()
         db.dispose()

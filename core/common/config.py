@@ -313,6 +313,13 @@ class NetworkConfig:
         "Seconds between two rounds of a hypervisor's network agent (data path, DHCP, "
         "security groups, port status); a bus nudge starts one sooner.",
         lambda v: None if 0.1 <= v <= 600 else f"must be between 0.1 and 600, got {v}"))
+    allinone_networking: bool = field(default=True, metadata=_doc(
+        "The all-in-one runs the network agent and the routers itself, its provider "
+        "network on a veth local to the machine with the host at the subnet's gateway "
+        "(core/network/localnet.py); nothing is routed or NATed onto the machine's "
+        "other interfaces unless datapath.physical_interface_mappings maps the "
+        "provider's physical network to one (an uplink). false: its guests' taps are "
+        "plugged into nothing (how tests run it on a machine's own network)."))
     agent_run_dir: str = field(default="/run/haven/network-agent", metadata=_doc(
         "The network agent's runtime files (dnsmasq's per network, its namespaces' "
         "markers): gone with a reboot, as the namespaces are; every directory down to it "

@@ -29,11 +29,11 @@ from core.network.views import subnet_view
 
 
 def create_subnet_row(s: Any, net: Network, name: str, cidr: str, gateway: str | None,
-                      project_id: str | None) -> Subnet:
+                      project_id: str | None, enable_dhcp: bool = False) -> Subnet:
     start, end = ipam.default_pool(cidr, gateway)
     ts = now()
     sub = Subnet(name=name, network_id=net.id, project_id=project_id, cidr=cidr,
-                 gateway_ip=gateway, pool_start=start, pool_end=end, enable_dhcp=False,
+                 gateway_ip=gateway, pool_start=start, pool_end=end, enable_dhcp=enable_dhcp,
                  description="", created_at=ts, updated_at=ts)
     s.add(sub)
     s.flush()

@@ -35,7 +35,10 @@ class AllInOne:
                       "network": free_port()}
         cmd = [str(BIN / "haven"), "all-in-one", "--state-dir", str(state), "--clouds-yaml",
                str(clouds), "--set", f"compute.demo_image_dir={TINY_CACHE}",
-               "--set", "compute.shutdown_timeout=10"]
+               "--set", "compute.shutdown_timeout=10",
+               # no veth or address on the machine's own network (test_allinone_net.py
+               # runs the all-in-one's networking in a namespace of its own)
+               "--set", "network.allinone_networking=false"]
         for service, p in self.ports.items():
             cmd += ["--set", f"{service}.listen=127.0.0.1:{p}"]
         for setting in settings:

@@ -223,7 +223,9 @@ def test_make_run_then_the_readme_examples_as_printed(sandbox: Path) -> None:
     config = sandbox / "haven.yaml"
     config.write_text(yaml.safe_dump({
         **{s: {"listen": f"127.0.0.1:{free_port()}"}
-           for s in ("identity", "image", "network")},
+           for s in ("identity", "image")},
+        # no veth or address on the machine's own network (see test_allinone_net.py)
+        "network": {"listen": f"127.0.0.1:{free_port()}", "allinone_networking": False},
         "compute": {"listen": f"127.0.0.1:{free_port()}", "shutdown_timeout": 10,
                     "demo_image_dir": str(TINY_CACHE)}}))
     env = user_env(home, config)
