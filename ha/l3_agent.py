@@ -10,6 +10,12 @@ addresses and MACs are never live on two nodes.
   legs on the node's bridges, addresses, routes, NAT; gratuitous ARP for each address
   taken, so the outside learns the new MAC at once after a failover), then a marker
   in ``state_dir`` records that this node holds the shard.
+* after a convergence that bound router ports to this node (a start after a failover
+  or a move, a router new in the shard), the network agents those ports concern
+  (this node's, the old node's, the VXLAN peers') get the nudge the network API
+  sends after a binding change, so this node's agent makes the routers' bridges at
+  once instead of at its next periodic round (best effort, bounded by
+  ``NUDGE_TIMEOUT``: a nudge that cannot be sent leaves the work to that round).
 * monitor (every 5 s): the same convergence again. This is how routers created,
   changed or deleted through the API reach the data plane: the monitor, not a
   companion loop, because then one process (Pacemaker's) decides when the shard runs
@@ -51,6 +57,9 @@ if TYPE_CHECKING:
 # How long a start waits for the network agent to make the routers' bridges: well
 # within the shard's start timeout (120 s), several of the agent's rounds.
 BRIDGE_WAIT = 60.0
+# How long nudging the network agents may try to reach a broker: short, since the
+# agents' periodic rounds do the same work anyway.
+NUDGE_TIMEOUT = 5.0
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -152,11 +161,33 @@ class L3Agent:
             self.agent.log.info("router %s is gone: its namespace removed", rid)
         if outcome.bound:
             self.agent.log.info("bound %d router ports here", len(outcome.bound))
+        self._nudge(cfg, outcome.nudge)
         for rid, why in sorted(outcome.waiting.items()):
             self.agent.log.warning("router %s waits for the network agent: %s", rid, why)
         for rid, why in sorted(outcome.unplannable.items()):
             self.agent.log.error("router %s cannot be carried out (on any node): %s", rid, why)
         return outcome
+
+    def _nudge(self, cfg: HavenConfig, hosts: set[str]) -> None:
+        """Nudge the network agents of ``hosts`` (the binding is committed by now)."""
+        if not hosts or cfg.bus.driver != "amqp":
+            return  # the local bus reaches no other process: the rounds do it
+        from core.common.bus import BusError
+        from core.common.bus.amqp import AmqpBus
+        from core.network.agent_nudges import send_now
+
+        try:
+            bus = AmqpBus(cfg.bus.urls, name=f"l3-{cfg.compute_host}",
+                          retry_timeout=NUDGE_TIMEOUT, ca_file=cfg.tls.ca_file)
+        except BusError as exc:
+            self.agent.log.warning("network agents not nudged (their rounds will do it): "
+                                   "%s", exc)
+            return
+        try:
+            send_now(bus, hosts)
+        finally:
+            bus.close()
+        self.agent.log.info("nudged the network agents of %s", ", ".join(sorted(hosts)))
 
     def _fail_on_node_problems(self, action: str, outcome: Outcome) -> None:
         if outcome.failed:

@@ -15,6 +15,8 @@ RULES: dict[str, Rule] = {
     "compute:servers:write": any_of(admin, member_of_project),
     "compute:servers:create": lambda ctx, _t: "member" in ctx.roles and ctx.project_id is not None,
     "compute:servers:all_tenants": admin,
+    # Nova's os_compute_api:os-security-groups:list (GET /servers/{id}/os-security-groups)
+    "compute:servers:security_groups": any_of(admin, reader_of_project),
     "compute:evacuate": admin,
     "compute:flavors:manage": admin,
     "compute:flavors:private": admin,  # see and boot flavors that are not public

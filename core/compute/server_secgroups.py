@@ -16,7 +16,10 @@ As Nova (``nova/network/neutron.py``, ``nova/network/security_group_api.py``):
   and absent for a server without a port;
 * ``addSecurityGroup``/``removeSecurityGroup`` rewrite the port's groups: 202, an
   unknown group or one the server does not have 404, a port that cannot carry
-  groups (no port security, no address) 400.
+  groups (no port security, no address) 400;
+* ``GET /servers/{id}/os-security-groups`` lists the groups of the server's ports
+  in full, in Nova's format (:mod:`core.compute.secgroup_format`), read with the
+  caller's token (a group the caller cannot see is left out, as in Nova).
 
 Unlike Nova, groups asked for together with a pre-made port (``networks: [{"port":
 ...}]``) or with no port at all are a 400: Nova ignores them silently, and a
@@ -31,9 +34,12 @@ from typing import Any
 
 import bottle
 
+from core.common import policy
 from core.common.clients import ServiceCallError, ServiceClients
 from core.common.faults import BadRequest, Conflict, Fault, NotFound
 from core.common.wsgi import auth, field
+from core.compute import secgroup_format
+from core.compute.api import ComputeContext
 from core.compute.instances import load_server
 from core.compute.models import Instance
 
@@ -152,13 +158,44 @@ def shown(clients: ServiceClients, instances: Sequence[Instance]
     return out
 
 
-def _all(clients: ServiceClients, path: str, key: str, ids: Sequence[str]
-         ) -> list[dict[str, Any]]:
+def _all(clients: ServiceClients, path: str, key: str, ids: Sequence[str],
+         token: str | None = None) -> list[dict[str, Any]]:
+    """The ``ids`` of ``path`` that ``token`` (default: the service user) may see."""
     found: list[dict[str, Any]] = []
     for start in range(0, len(ids), CHUNK):
-        found += clients.request("GET", "network", path, params=[
+        found += clients.request("GET", "network", path, token=token, params=[
             ("id", i) for i in ids[start:start + CHUNK]]).json()[key]
     return found
+
+
+# ---- GET /servers/{id}/os-security-groups --------------------------------------------
+def listed(clients: ServiceClients, token: str, inst: Instance) -> list[dict[str, Any]]:
+    """The groups of ``inst``'s ports (found by device id, as Nova finds them), each
+    once, in Nova's format, as far as ``token`` may see them; a server without a
+    port has none."""
+    groups_path = "/v2.0/security-groups"
+    try:
+        ports = clients.request("GET", "network", "/v2.0/ports", token=token,
+                                params=[("device_id", inst.id)]).json()["ports"]
+        ids = list(dict.fromkeys(str(g) for p in ports for g in p["security_groups"]))
+        groups = _all(clients, groups_path, "security_groups", ids, token)
+        others = sorted(secgroup_format.remote_ids(groups) - {str(g["id"]) for g in groups})
+        remotes = _all(clients, groups_path, "security_groups", others, token)
+    except ServiceCallError as exc:
+        raise _unavailable(exc) from None
+    return secgroup_format.groups_view(groups, {str(g["id"]): g for g in remotes})
+
+
+def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
+    """Nova's ``os-security-groups`` sub-resource of a server (list only)."""
+
+    @app.get("/v2.1/servers/<instance_id>/os-security-groups")
+    def server_security_groups(instance_id: str) -> dict[str, Any]:
+        inst = load_server(instance_id)
+        caller = auth()
+        policy.enforce(caller, "compute:servers:security_groups",
+                       {"project_id": inst.project_id})
+        return {"security_groups": listed(ctx.clients, caller.token, inst)}
 
 
 # ---- addSecurityGroup / removeSecurityGroup ------------------------------------------

@@ -186,6 +186,7 @@ def register(app: bottle.Bottle, ctx: ComputeContext) -> None:
     register_servers(app, ctx)
     server_metadata.register(app, ctx)
     server_actions.register(app, ctx)
+    server_secgroups.register(app, ctx)
 
 
 def register_servers(app: bottle.Bottle, ctx: ComputeContext) -> None:

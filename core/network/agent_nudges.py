@@ -173,6 +173,15 @@ class Nudger:
             LOG.exception("could not nudge the network agent of %s", host)
 
 
+def send_now(bus: Bus, hosts: Iterable[str]) -> None:
+    """Nudge each host's agent on ``bus`` now, on the caller's thread: for a process
+    that ends right after its change is committed (an OCF action binding a router's
+    ports), where a sender thread would die with it. Like :class:`Nudger`, a nudge
+    that cannot be sent is logged, never raised."""
+    for host in sorted({h for h in hosts if h}):
+        Nudger._send(bus, host)
+
+
 def after_commit(hosts: Iterable[str]) -> None:
     """Nudge these hosts' agents once the current request's transaction commits (never
     if it rolls back). Outside an app with a :class:`Nudger` (or without a bus) a no-op."""

@@ -1,15 +1,19 @@
 """IP address management: pick a free address of a subnet and hold it.
 
-Candidates are drawn at random from the free addresses (not the lowest), so
-concurrent creates on different API processes rarely pick the same one; when
-they do, the unique key on (subnet, address) makes one of them fail, inside a
-savepoint, and it simply tries another address.
+A subnet hands out addresses from its allocation pools (none, one or several,
+never overlapping: :mod:`core.network.allocation_pools`), never its gateway.
+Candidates are drawn at random from the free addresses of all its pools (not the
+lowest), so concurrent creates on different API processes rarely pick the same
+one; when they do, the unique key on (subnet, address) makes one of them fail,
+inside a savepoint, and it simply tries another address.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -17,30 +21,58 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.common.faults import BadRequest, Conflict
-from core.network.models import IPAllocation, Subnet
+from core.network.allocation_pools import Pool
+from core.network.models import AllocationPool, IPAllocation, Subnet
 
 
-def pool_addresses(subnet: Subnet) -> tuple[int, int]:
-    return int(ipaddress.ip_address(subnet.pool_start)), int(ipaddress.ip_address(subnet.pool_end))
+def pools_of(subnet: Subnet) -> list[Pool]:
+    """The subnet's pools as integer ranges, by address."""
+    return sorted((int(ipaddress.IPv4Address(p.first_ip)), int(ipaddress.IPv4Address(p.last_ip)))
+                  for p in subnet.allocation_pools)
 
 
-def default_pool(cidr: str, gateway: str | None) -> tuple[str, str]:
-    net = ipaddress.ip_network(cidr)
-    first = int(net.network_address) + 1
-    last = int(net.broadcast_address) - 1
-    if gateway is not None and int(ipaddress.ip_address(gateway)) == first:
-        first += 1
-    return str(ipaddress.ip_address(first)), str(ipaddress.ip_address(last))
+def set_pools(subnet: Subnet, pools: Sequence[Pool]) -> None:
+    """Make ``pools`` the subnet's (checked already). A pool keeping its first address
+    is the same row, changed in place (its key is the subnet and that address)."""
+    wanted = {str(ipaddress.IPv4Address(a)): str(ipaddress.IPv4Address(b)) for a, b in pools}
+    kept = []
+    for row in subnet.allocation_pools:
+        if row.first_ip in wanted:
+            row.last_ip = wanted.pop(row.first_ip)
+            kept.append(row)
+    subnet.allocation_pools = kept + [AllocationPool(first_ip=a, last_ip=b)
+                                      for a, b in wanted.items()]
+
+
+def _in_pools(pools: Sequence[Pool], addr: int) -> bool:
+    return any(first <= addr <= last for first, last in pools)
 
 
 def reserved(subnet: Subnet, address: str) -> bool:
-    """True for the subnet's gateway and addresses outside its allocation pool: the ones
-    an automatic allocation never hands out, so only an administrator may ask for them."""
+    """True for the subnet's gateway and addresses outside its allocation pools: the
+    ones an automatic allocation never hands out, so only an administrator may ask
+    for them."""
     addr = int(ipaddress.ip_address(address))
-    first, last = pool_addresses(subnet)
     gateway = subnet.gateway_ip
-    return not first <= addr <= last or (
+    return not _in_pools(pools_of(subnet), addr) or (
         gateway is not None and addr == int(ipaddress.ip_address(gateway)))
+
+
+class _Span:
+    """The addresses of several ranges numbered 0..size-1 (so one random index picks
+    uniformly among all of them)."""
+
+    def __init__(self, pools: Sequence[Pool]) -> None:
+        self.pools = list(pools)
+        self.offsets: list[int] = []
+        self.size = 0
+        for first, last in self.pools:
+            self.offsets.append(self.size)
+            self.size += last - first + 1
+
+    def address(self, index: int) -> int:
+        i = bisect.bisect_right(self.offsets, index) - 1
+        return self.pools[i][0] + index - self.offsets[i]
 
 
 def allocate(session: Session, subnet: Subnet, port_id: str, wanted: str | None = None) -> str:
@@ -55,23 +87,26 @@ def allocate(session: Session, subnet: Subnet, port_id: str, wanted: str | None 
         if not _try_hold(session, subnet.id, str(addr), port_id):
             raise Conflict(f"IP address {wanted} already allocated in subnet {subnet.id}.")
         return str(addr)
-    first, last = pool_addresses(subnet)
-    # only the pool's own: addresses held outside it (an admin's, or kept when the
-    # pool changed) must not count against what is left in it
+    pools = pools_of(subnet)
+    span = _Span(pools)
+    # only the pools' own: addresses held outside them (an admin's, or kept when the
+    # pools changed) must not count against what is left in them
     used = {n for n in (int(ipaddress.ip_address(a)) for a in session.scalars(
         select(IPAllocation.ip_address).where(IPAllocation.subnet_id == subnet.id)))
-        if first <= n <= last}
+        if _in_pools(pools, n)}
     gateway = int(ipaddress.ip_address(subnet.gateway_ip)) if subnet.gateway_ip else None
-    size = last - first + 1
+    size = span.size
     for _ in range(64):
         free = size - len(used)
         if free <= 0:
             break
-        candidate = first + random.randrange(size)
+        start = random.randrange(size)
+        candidate = span.address(start)
         if candidate in used or candidate == gateway:
-            # walk to the next free address from the random start
+            # walk to the next free address from the random start (a pool kept from
+            # before pools were checked may still hold the gateway: never hand it out)
             for step in range(size):
-                c = first + (candidate - first + step) % size
+                c = span.address((start + step) % size)
                 if c not in used and c != gateway:
                     candidate = c
                     break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.common.db import Base, Timestamp, part_metadata
 
@@ -46,13 +46,25 @@ class Subnet(NetworkTable):
     project_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cidr: Mapped[str] = mapped_column(String(64))
     gateway_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    pool_start: Mapped[str] = mapped_column(String(64))
-    pool_end: Mapped[str] = mapped_column(String(64))
+    # none, one or several, as Neutron's (core/network/allocation_pools.py checks them)
+    allocation_pools: Mapped[list[AllocationPool]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", passive_deletes=True)
     enable_dhcp: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Timestamp)
     updated_at: Mapped[float] = mapped_column(Timestamp)
     revision_number: Mapped[int] = mapped_column(Integer, default=0)  # +1 per update
+
+
+class AllocationPool(NetworkTable):
+    """One range a subnet hands addresses out of (Neutron's ``ipallocationpools``);
+    a subnet's pools never overlap, so a pool's first address identifies it."""
+
+    __tablename__ = "subnet_allocation_pools"
+    subnet_id: Mapped[str] = mapped_column(ForeignKey("subnets.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    first_ip: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_ip: Mapped[str] = mapped_column(String(64))
 
 
 class Port(NetworkTable):

@@ -1,7 +1,8 @@
 """Subnet update (``PUT /v2.0/subnets/{id}``), as Neutron's ``update_subnet`` does it.
 
 Only what Haven stores can change: ``name``, ``description``, ``enable_dhcp``,
-``gateway_ip`` and the (single) allocation pool. Everything is checked against the
+``gateway_ip`` and the allocation pools (the list given replaces the subnet's, checked
+as at create: :mod:`core.network.allocation_pools`). Everything is checked against the
 subnet as it will be before anything is assigned, so a refused update leaves the row
 as it was (and the request's one transaction rolls back all the same). Attributes
 Neutron makes read-only answer its "Cannot update read-only attribute" 400; ones
@@ -9,8 +10,8 @@ Neutron updates but Haven has no column for (``dns_nameservers``, ``host_routes`
 ``service_types``) are a 400 saying so unless they ask for what Haven is (none), so
 nothing a client asked for is silently dropped.
 
-Addresses already held outside a changed pool stay held (Neutron does the same): a
-pool only says what automatic allocation hands out next.
+Addresses already held outside the changed pools stay held (Neutron does the same):
+pools only say what automatic allocation hands out next.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.common.faults import BadRequest, Conflict
+from core.network import allocation_pools, ipam
+from core.network.allocation_pools import Pool
 from core.network.models import IPAllocation, Subnet
 
 UPDATABLE = frozenset({"name", "description", "enable_dhcp", "gateway_ip",
@@ -46,7 +49,7 @@ class SubnetChange:
     enable_dhcp: bool | None = None
     gateway_changed: bool = False
     gateway_ip: str | None = None
-    pool: tuple[str, str] | None = None
+    pools: list[Pool] | None = None
 
     def apply(self, sub: Subnet) -> None:
         if self.name is not None:
@@ -57,8 +60,8 @@ class SubnetChange:
             sub.enable_dhcp = self.enable_dhcp
         if self.gateway_changed:
             sub.gateway_ip = self.gateway_ip
-        if self.pool is not None:
-            sub.pool_start, sub.pool_end = self.pool
+        if self.pools is not None:
+            ipam.set_pools(sub, self.pools)
 
 
 def _text(body: dict[str, Any], key: str, limit: int) -> str:
@@ -89,34 +92,6 @@ def _gateway(value: Any, cidr: ipaddress.IPv4Network) -> str | None:
     return str(addr)
 
 
-def _pool(value: Any, cidr: ipaddress.IPv4Network) -> tuple[str, str]:
-    """The one pool of ``allocation_pools``, within the cidr's host addresses."""
-    if not isinstance(value, list):
-        raise BadRequest("Invalid input for field 'allocation_pools': a list of "
-                         "{start, end} objects.")
-    if len(value) != 1:
-        raise BadRequest("Invalid input for field 'allocation_pools': Haven keeps exactly "
-                         f"one allocation pool per subnet ({len(value)} given).")
-    pool = value[0]
-    if not isinstance(pool, dict) or set(pool) != {"start", "end"}:
-        raise BadRequest("Invalid input for field 'allocation_pools[0]': an object with "
-                         "'start' and 'end' only.")
-    try:
-        start = ipaddress.ip_address(str(pool["start"]))
-        end = ipaddress.ip_address(str(pool["end"]))
-    except ValueError as exc:
-        raise BadRequest(f"Invalid input for field 'allocation_pools[0]': {exc}") from None
-    first, last = int(cidr.network_address) + 1, int(cidr.broadcast_address) - 1
-    if not (start.version == end.version == 4 and first <= int(start) <= last
-            and first <= int(end) <= last):
-        raise BadRequest(f"Invalid input for field 'allocation_pools[0]': {start}-{end} is "
-                         f"not within the host addresses of {cidr}.")
-    if int(end) < int(start):
-        raise BadRequest(f"Invalid input for field 'allocation_pools[0]': end {end} is "
-                         f"before start {start}.")
-    return str(start), str(end)
-
-
 def _holder(session: Session, sub: Subnet, address: str) -> str | None:
     """The port holding ``address`` of the subnet, if any."""
     return session.scalars(select(IPAllocation.port_id).where(
@@ -144,14 +119,12 @@ def check(session: Session, sub: Subnet, body: dict[str, Any]) -> SubnetChange:
                          "a boolean.")
     gateway = _gateway(body["gateway_ip"], cidr) if "gateway_ip" in body else sub.gateway_ip
     gateway_changed = gateway != sub.gateway_ip
-    pool = _pool(body["allocation_pools"], cidr) if "allocation_pools" in body else None
-    start, end = pool or (sub.pool_start, sub.pool_end)
-    if gateway is not None and (gateway_changed or pool is not None) and int(
-            ipaddress.ip_address(start)) <= int(ipaddress.ip_address(gateway)) <= int(
-            ipaddress.ip_address(end)):
-        what = "allocation_pools" if pool is not None else "gateway_ip"
-        raise BadRequest(f"Invalid input for field '{what}': the gateway {gateway} is in the "
-                         f"allocation pool {start}-{end}.")
+    pools = (allocation_pools.parse(body["allocation_pools"], cidr)
+             if "allocation_pools" in body else None)
+    if gateway_changed or pools is not None:
+        allocation_pools.check_gateway(
+            gateway, ipam.pools_of(sub) if pools is None else pools,
+            "allocation_pools" if pools is not None else "gateway_ip")
     if gateway_changed:
         if sub.gateway_ip is not None:
             holder = _holder(session, sub, sub.gateway_ip)
@@ -168,4 +141,4 @@ def check(session: Session, sub: Subnet, body: dict[str, Any]) -> SubnetChange:
         name=_text(body, "name", 255) if "name" in body else None,
         description=_text(body, "description", 1024) if "description" in body else None,
         enable_dhcp=enable_dhcp, gateway_changed=gateway_changed, gateway_ip=gateway,
-        pool=pool)
+        pools=pools)

@@ -1,4 +1,5 @@
-"""Subnets (``/v2.0/subnets``): IPv4 ranges of a network, with their allocation pool."""
+"""Subnets (``/v2.0/subnets``): IPv4 ranges of a network, with their allocation pools
+(:mod:`core.network.allocation_pools`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from core.common.config import ApiConfig
 from core.common.faults import BadRequest, Conflict, NotFound
 from core.common.timeutil import now
 from core.common.wsgi import field, json_body, session
-from core.network import agent_nudges, ipam, subnet_update
+from core.network import agent_nudges, allocation_pools, ipam, subnet_update
 from core.network.access import (
     child_target,
     filtered,
@@ -29,12 +30,16 @@ from core.network.views import subnet_view
 
 
 def create_subnet_row(s: Any, net: Network, name: str, cidr: str, gateway: str | None,
-                      project_id: str | None, enable_dhcp: bool = False) -> Subnet:
-    start, end = ipam.default_pool(cidr, gateway)
+                      project_id: str | None,
+                      pools: list[allocation_pools.Pool] | None = None,
+                      enable_dhcp: bool = False) -> Subnet:
+    """The subnet row with ``pools`` (checked already; None: Neutron's default ones)."""
+    network = ipaddress.IPv4Network(cidr)
     ts = now()
     sub = Subnet(name=name, network_id=net.id, project_id=project_id, cidr=cidr,
-                 gateway_ip=gateway, pool_start=start, pool_end=end, enable_dhcp=enable_dhcp,
-                 description="", created_at=ts, updated_at=ts)
+                 gateway_ip=gateway, enable_dhcp=enable_dhcp, description="", created_at=ts,
+                 updated_at=ts)
+    ipam.set_pools(sub, allocation_pools.default(network, gateway) if pools is None else pools)
     s.add(sub)
     s.flush()
     return sub
@@ -77,7 +82,7 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
             cidr = ipaddress.ip_network(cidr_text, strict=True)
         except ValueError as exc:
             raise BadRequest(f"Invalid input for field 'cidr': {exc}") from None
-        if cidr.version != 4 or cidr.prefixlen > 30:
+        if not isinstance(cidr, ipaddress.IPv4Network) or cidr.prefixlen > 30:
             raise BadRequest("Invalid input for field 'cidr': an IPv4 network of /30 or larger.")
         gateway: str | None = field(body, "gateway_ip", str, str(next(cidr.hosts())))
         try:
@@ -96,21 +101,12 @@ def register(app: bottle.Bottle, api: ApiConfig) -> None:
                 raise BadRequest(f"Invalid input for field 'cidr': requested subnet with cidr: "
                                  f"{cidr} for network: {net.id} overlaps with another subnet "
                                  f"({other.id}, {other.cidr}).")
+        pools = None  # absent or null: Neutron's default pools; [] none at all
+        if body.get("allocation_pools") is not None:
+            pools = allocation_pools.parse(body["allocation_pools"], cidr)
+            allocation_pools.check_gateway(gateway, pools)
         sub = create_subnet_row(session(), net, field(body, "name", str, ""), str(cidr), gateway,
-                                owner_of(ctx, body, "subnet"))
-        pools = field(body, "allocation_pools", list, [])
-        if len(pools) > 1:  # never keep the first and drop the rest
-            raise BadRequest("Invalid input for field 'allocation_pools': Haven keeps exactly "
-                             f"one allocation pool per subnet ({len(pools)} given).")
-        if pools:
-            try:
-                start = ipaddress.ip_address(field(pools[0], "start", str))
-                end = ipaddress.ip_address(field(pools[0], "end", str))
-            except ValueError as exc:
-                raise BadRequest(f"Invalid input for field 'allocation_pools': {exc}") from None
-            if start not in cidr or end not in cidr or int(end) < int(start):
-                raise BadRequest("Invalid input for field 'allocation_pools': not in the cidr.")
-            sub.pool_start, sub.pool_end = str(start), str(end)
+                                owner_of(ctx, body, "subnet"), pools)
         sub.enable_dhcp = field(body, "enable_dhcp", bool, True)  # Neutron's default
         sub.description = field(body, "description", str, "")
         agent_nudges.after_commit(agent_nudges.network_hosts(session(), net.id))  # DHCP

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from core.common.timeutil import iso
@@ -27,7 +28,8 @@ def subnet_view(s: Subnet) -> dict[str, Any]:
         "id": s.id, "name": s.name, "network_id": s.network_id,
         "tenant_id": s.project_id or "", "project_id": s.project_id or "", "ip_version": 4,
         "cidr": s.cidr, "gateway_ip": s.gateway_ip,
-        "allocation_pools": [{"start": s.pool_start, "end": s.pool_end}],
+        "allocation_pools": [{"start": p.first_ip, "end": p.last_ip} for p in sorted(
+            s.allocation_pools, key=lambda p: int(ipaddress.IPv4Address(p.first_ip)))],
         "enable_dhcp": s.enable_dhcp, "dns_nameservers": [], "host_routes": [],
         "description": s.description, "subnetpool_id": None, "ipv6_ra_mode": None,
         "ipv6_address_mode": None, "service_types": [], "tags": [],

@@ -277,14 +277,20 @@ def test_a_subnet_has_dhcp_unless_asked_otherwise(services: Services) -> None:
     assert (shown[on]["enable_dhcp"], shown[off]["enable_dhcp"]) == (True, False)
 
 
-def test_a_subnet_with_two_allocation_pools_is_refused_not_cut_to_one(
+def test_a_subnet_with_two_allocation_pools_serves_both_and_nothing_else(
         services: Services) -> None:
-    net = services.call("POST", "network", "/v2.0/networks", json={"network": {"name": "p2"}})
-    net_id = net.json()["network"]["id"]
-    resp = services.call("POST", "network", "/v2.0/subnets", json={"subnet": {
-        "network_id": net_id, "cidr": "10.96.0.0/24", "ip_version": 4, "allocation_pools": [
-            {"start": "10.96.0.10", "end": "10.96.0.20"},
-            {"start": "10.96.0.30", "end": "10.96.0.40"}]}})
-    assert resp.status_code == 400 and "allocation_pools" in resp.text, resp.text
-    listed = services.call("GET", "network", f"/v2.0/subnets?network_id={net_id}")
-    assert listed.json()["subnets"] == []  # nothing half-made
+    """Bug: a second pool was refused (and before that, silently dropped)."""
+    net_id, sub_id = network_with_subnet(services, "10.96.0.0/24", allocation_pools=[
+        {"start": "10.96.0.30", "end": "10.96.0.31"},
+        {"start": "10.96.0.10", "end": "10.96.0.11"}])
+    shown = services.call("GET", "network", f"/v2.0/subnets/{sub_id}").json()["subnet"]
+    assert shown["allocation_pools"] == [{"start": "10.96.0.10", "end": "10.96.0.11"},
+                                         {"start": "10.96.0.30", "end": "10.96.0.31"}]
+    handed = set()
+    for _ in range(4):
+        port = services.call("POST", "network", "/v2.0/ports", json=port_body(net_id))
+        assert port.status_code == 201, port.text
+        handed.add(port.json()["port"]["fixed_ips"][0]["ip_address"])
+    assert handed == {"10.96.0.10", "10.96.0.11", "10.96.0.30", "10.96.0.31"}
+    full = services.call("POST", "network", "/v2.0/ports", json=port_body(net_id))
+    assert full.status_code == 409 and "No more IP addresses" in full.text, full.text

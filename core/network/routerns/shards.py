@@ -17,6 +17,16 @@ the shard made as the database says, and every namespace of the shard whose rout
 is gone (deleted since) removed. Start and the recurring monitor both run it, so a
 router created, changed or deleted through the API is carried out within one
 monitor interval. :func:`remove_all` is stop.
+
+When :func:`converge` binds a router's ports to its node (the shard started here,
+after a failover or a move), the outcome names the hosts whose network agents carry
+something of those ports, before and after the move, exactly as the network API
+nudges them after a port's binding changes
+(:func:`core.network.agent_nudges.port_hosts`): the new node (its agent makes the
+router's networks' bridges), the old one (it lets them go) and the VXLAN peers
+(their forwarding entries for the router's MACs now point here). The caller sends
+the nudges once the binding is committed, so the new node's agent does not wait
+for its next periodic round.
 """
 
 from __future__ import annotations
@@ -29,11 +39,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.common.db import Database
+from core.network.agent_nudges import port_hosts
 from core.network.l3_models import Router
 from core.network.routerns import lifecycle, netns
 from core.network.routerns.lifecycle import Health
 from core.network.routerns.plan import PlanError, RouterSpec
-from core.network.routerns.source import bind_to, router_spec
+from core.network.routerns.source import bind_to, router_port_list, router_spec
 
 DEFAULT_PREFIX = "qrouter-"
 
@@ -69,10 +80,12 @@ class Outcome:
     could not make as planned (``failed``: another node might), routers whose own
     description cannot be carried out (``unplannable``: no node can), routers waiting
     for a network's bridge that this node's network agent has not made yet
-    (``waiting``: it makes it at its next round, for the ports just ``bound`` here)."""
+    (``waiting``: it makes it at its next round, for the ports just ``bound`` here),
+    and the hosts whose network agents those bindings concern (``nudge``)."""
 
     converged: list[str] = field(default_factory=list)
     bound: list[str] = field(default_factory=list)
+    nudge: set[str] = field(default_factory=set)
     waiting: dict[str, str] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
@@ -90,9 +103,10 @@ def converge(db: Database, shard: int, shards: int, bridge_for: Callable[[str], 
     transaction (:func:`~core.network.routerns.source.bind_to`).
     One router that cannot be made does not stop the others: its error is in the outcome.
     """
-    def read(s: Session) -> tuple[dict[str, RouterSpec | LookupError], list[str]]:
+    def read(s: Session) -> tuple[dict[str, RouterSpec | LookupError], list[str], set[str]]:
         specs: dict[str, RouterSpec | LookupError] = {}
         bound: list[str] = []
+        hosts: set[str] = set()
         for rid in routers_of(s, shard, shards):
             try:
                 specs[rid] = router_spec(s, rid, bridge_for, namespace=prefix + rid)
@@ -100,11 +114,11 @@ def converge(db: Database, shard: int, shards: int, bridge_for: Callable[[str], 
                 specs[rid] = exc
                 continue
             if host is not None:
-                bound.extend(bind_to(s, rid, host))
-        return specs, bound
+                bound.extend(_bind(s, rid, host, hosts))
+        return specs, bound, hosts
 
-    specs, bound = db.run_in_transaction(read)
-    outcome = Outcome(bound=bound)
+    specs, bound, hosts = db.run_in_transaction(read)
+    outcome = Outcome(bound=bound, nudge=hosts)
     for ns, rid in sorted(namespaces_of(shard, shards, prefix).items()):
         if rid not in specs:
             lifecycle.stop(ns)  # the router was deleted: its addresses must go too
@@ -133,6 +147,20 @@ def converge(db: Database, shard: int, shards: int, bridge_for: Callable[[str], 
         else:
             outcome.failed[rid] = "; ".join(status.problems) or status.health.value
     return outcome
+
+
+def _bind(s: Session, router_id: str, host: str, hosts: set[str]) -> list[str]:
+    """Bind the router's ports to ``host`` (:func:`bind_to`); adds to ``hosts`` those
+    whose agents carry something of a port that moved, before and after its move."""
+    moving = [p for p in router_port_list(s, router_id) if p.host_id != host]
+    if not moving:
+        return []  # the usual round: nothing read beyond the ports
+    for port in moving:
+        hosts |= port_hosts(s, port)  # the old host, its VXLAN peers, the watchers
+    moved = bind_to(s, router_id, host)
+    for port in moving:
+        hosts |= port_hosts(s, port)  # the new host and the same peers
+    return moved
 
 
 def remove_all(shard: int, shards: int, prefix: str = DEFAULT_PREFIX) -> list[str]:
