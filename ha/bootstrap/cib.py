@@ -17,7 +17,12 @@ What the commands build, and why:
   with two monitors: depth 0 (process) often, depth 10 (healthcheck) less often;
 * the VIP (``IPaddr2``) colocated with a running identity API and started after
   it, so clients are only sent where an API answers;
-* order constraints: the database (promoted) and the bus before the services;
+* order constraints: the database (promoted) before the services. The bus orders
+  nothing but its own membership helper: Haven's bus clients try every broker and
+  retry (consumers for ever), so a service needs a broker somewhere, not its node's;
+  an order after the bus, even an Optional one, held a rejoining node's services
+  until its broker had wiped and rejoined (``rabbitmq-cluster``: some 40 s, in the
+  same transition as the Galera promote they really wait for);
 * the routers in ``l3_shards`` shards ``haven-l3-0 .. haven-l3-{K-1}``
   (``ocf:haven:haven-l3``, see ha/l3_agent.py): primitives, so each runs on one node
   at a time and moves only after fencing; only on the plan's ``network_nodes``
@@ -317,10 +322,6 @@ def constraints(plan: ClusterPlan) -> list[Command]:
         # (synced, in the primary component), started after it.
         commands.append(order("promote", "galera-clone", "start", svc))
         commands.append(colocate(svc, "galera-clone", "Promoted"))
-        # The bus only orders the start: Haven's clients move to another broker on their
-        # own, so a broker restart (rabbitmq-cluster's monitor fails now and then on a
-        # loaded node) must not restart every API of that node and move the VIP with it.
-        commands.append(order("start", "rabbitmq-clone", "start", svc, kind="Optional"))
     if plan.hypervisors:
         commands.append(order("start", "haven-compute-api-clone", "start", "haven-evacuator"))
         commands.append(colocate("haven-evacuator", "galera-clone", "Promoted"))
@@ -341,12 +342,16 @@ def constraints(plan: ClusterPlan) -> list[Command]:
 def retired_constraints(plan: ClusterPlan) -> list[Command]:
     """Deletes of the constraints earlier releases created and this one does not: a
     rerun of the bootstrap on an older cluster removes them (it skips a delete whose id
-    is not in the CIB). The mandatory orders after the bus restarted every API with it."""
+    is not in the CIB). The services' orders after the bus: the mandatory ones
+    restarted every API with its node's broker, the Optional ones held a rejoining
+    node's services until its broker had rejoined."""
     services = [f"haven-{s}-clone" for s in API_SERVICES]
     if plan.hypervisors:
         services.append("haven-compute-clone")
-    return [delete_constraint(xml_id(f"order-rabbitmq-clone-{svc}-mandatory"))
-            for svc in services]
+    if plan.hypervisors and plan.network_agents:
+        services.append("haven-network-agent-clone")
+    return [delete_constraint(xml_id(f"order-rabbitmq-clone-{svc}-{kind}"))
+            for svc in services for kind in ("mandatory", "Optional")]
 
 
 def all_commands(plan: ClusterPlan) -> list[Command]:

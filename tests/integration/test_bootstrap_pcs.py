@@ -164,32 +164,29 @@ def test_a_failing_pcs_command_stops_the_bootstrap_with_pcs_own_words(
                                                           "vip"))
 
 
-def test_a_rerun_retires_the_mandatory_bus_orders_of_an_older_cluster(
-        loaded: FileCluster) -> None:
-    """Before, every service was ordered after the bus as Mandatory, so a broker restart
-    restarted the node's APIs and moved the VIP. A rerun of the bootstrap deletes those
-    constraints (by id) and creates the Optional ones; a second rerun deletes nothing."""
+def test_a_rerun_retires_the_bus_orders_of_an_older_cluster(loaded: FileCluster) -> None:
+    """Before, every service was ordered after the bus: as Mandatory (a broker restart
+    restarted the node's APIs and moved the VIP), then as Optional (a rejoining node's
+    services waited for its broker's rejoin). A rerun of the bootstrap deletes those
+    constraints (by id); a second rerun deletes nothing."""
     cluster = loaded
-    delete_constraints(cluster, {obj.id for c in cib.all_commands(PLAN)
-                                 if "kind=Optional" in c
-                                 and (obj := cib.created_object(c)) is not None})
-    old = Bootstrap(PLAN, runner=cluster)
-    for svc in ("haven-identity-clone", "haven-compute-clone"):
+    old = {"haven-identity-clone": [], "haven-compute-clone": [],  # the old commands
+           "haven-image-clone": ["kind=Optional"]}
+    for svc, kind in old.items():
         done = cluster(["pcs", "constraint", "order", "start", "rabbitmq-clone", "then",
-                        "start", svc])  # the old command: pcs names it ...-mandatory
+                        "start", svc, *kind])  # pcs names them ...-mandatory, ...-Optional
         assert done.returncode == 0, done.stderr
-    before = old.cib_ids("constraints")
-    assert "order-rabbitmq-clone-haven-identity-clone-mandatory" in before
+    before = Bootstrap(PLAN, runner=cluster).cib_ids("constraints")
+    assert {"order-rabbitmq-clone-haven-identity-clone-mandatory",
+            "order-rabbitmq-clone-haven-image-clone-Optional"} <= before
     cluster.pcs.clear()
     rerun = Bootstrap(PLAN, runner=cluster)
     for command in cib.retired_constraints(PLAN) + cib.all_commands(PLAN):
         rerun.execute(command)
     after = rerun.cib_ids("constraints")
-    assert not {i for i in after if i.startswith("order-rabbitmq-clone-haven-")
-                and i.endswith("-mandatory")}
-    assert "order-rabbitmq-clone-haven-identity-clone-Optional" in after
+    assert not {i for i in after if i.startswith("order-rabbitmq-clone-haven-")}
     deletes = [c for c in cluster.pcs if cib.deleted_object(c) is not None]
-    assert len(deletes) == 2  # only the two that existed
+    assert len(deletes) == 3  # only the three that existed
     cluster.pcs.clear()
     again = Bootstrap(PLAN, runner=cluster)
     for command in cib.retired_constraints(PLAN) + cib.all_commands(PLAN):

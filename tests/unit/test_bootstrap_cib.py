@@ -44,8 +44,6 @@ def test_services_are_clones_with_two_monitor_depths_after_db_and_bus() -> None:
     assert ("pcs constraint order promote galera-clone then start haven-identity-clone "
             "id=order-galera-clone-haven-identity-clone-mandatory"
             in text)
-    assert ("pcs constraint order start rabbitmq-clone then start haven-compute-api-clone "
-            "kind=Optional id=order-rabbitmq-clone-haven-compute-api-clone-Optional") in text
 
 
 def test_vip_follows_a_running_identity_api() -> None:
@@ -78,8 +76,6 @@ def test_network_agents_run_as_a_clone_only_on_hypervisors_after_their_database(
                    for t in text)
     assert ("pcs constraint order promote galera-clone then start haven-network-agent-clone "
             "id=order-galera-clone-haven-network-agent-clone-mandatory") in text
-    assert ("pcs constraint order start rabbitmq-clone then start haven-network-agent-clone "
-            "kind=Optional id=order-rabbitmq-clone-haven-network-agent-clone-Optional") in text
     assert not any("haven-network-agent" in t for t in lines(plan(hypervisors=())))
 
 
@@ -166,25 +162,25 @@ def test_every_created_object_is_named_by_id_and_no_id_is_used_twice() -> None:
         created_object(["pcs", "constraint", "order", "start", "a", "then", "start", "b"])
 
 
-def test_no_service_is_stopped_by_a_broker_restart() -> None:
+def test_no_service_waits_for_or_stops_with_its_nodes_broker() -> None:
     """A broker restart (rabbitmq-cluster's monitor fails now and then under load) must
-    not restart the APIs of that node and move the VIP with them: the bus only orders
-    their start (Optional); a mandatory order after rabbitmq-clone is only the bus's own
-    membership helper's."""
+    not restart the APIs of that node and move the VIP with them, and a rejoining node's
+    services must not wait for its broker's wipe-and-rejoin (any broker serves them):
+    the only order after rabbitmq-clone is the bus's own membership helper's."""
     commands = all_commands(plan())
     after_bus = [c for c in commands if c[:5] == ["pcs", "constraint", "order", "start",
                                                    "rabbitmq-clone"]]
-    assert after_bus
-    mandatory = [c[7] for c in after_bus if "kind=Optional" not in c]
-    assert mandatory == ["bus-members-clone"]
+    assert [c[7] for c in after_bus] == ["bus-members-clone"]
 
 
-def test_a_rerun_retires_the_mandatory_bus_orders_of_before() -> None:
+def test_a_rerun_retires_the_bus_orders_of_before() -> None:
     from ha.bootstrap.cib import created_object, deleted_object, retired_constraints
     retired = retired_constraints(plan())
     ids = {obj.id for c in retired if (obj := deleted_object(c)) is not None}
     assert "order-rabbitmq-clone-haven-identity-clone-mandatory" in ids
     assert "order-rabbitmq-clone-haven-compute-clone-mandatory" in ids
+    assert "order-rabbitmq-clone-haven-identity-clone-Optional" in ids
+    assert "order-rabbitmq-clone-haven-network-agent-clone-Optional" in ids
     created = {obj.id for c in all_commands(plan()) if (obj := created_object(c))}
     assert ids.isdisjoint(created)
 
