@@ -35,7 +35,9 @@ from tests.integration.test_datapath_netns import (
     Hypervisors,
     Namespaces,
     assert_isolated,
+    bound_port,
     flat_network_rides_the_physical_link,
+    network,
     reaches,
     sh,
     sync_all,
@@ -43,7 +45,7 @@ from tests.integration.test_datapath_netns import (
     unreachable,
     wired_hosts,
 )
-from tests.integration.wire_frames import WireCapture
+from tests.integration.wire_frames import WireCapture, ethernet, send_frames
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not have_ovs(),
@@ -240,3 +242,31 @@ def test_sync_repairs_a_vlan_host_that_drifted(cloud: Services,
     assert "mod_vlan_vid:150" in repaired[flood.key]
     assert "phys" in two.ctl().observe().ports
     assert_isolated(guests)
+
+
+def test_a_flat_guest_cannot_put_a_vlan_networks_id_on_the_wire(
+        cloud: Services, hypervisors: OvsHypervisors) -> None:
+    """The flat network and VLAN network B share the physical network. A guest of the
+    flat network sends broadcasts tagged with B's VLAN id, made by hand (its ports are
+    access ports, as Neutron's are): none reaches the wire or B's guest, while its
+    untagged ones do cross."""
+    flat = network(cloud, **{"provider:network_type": "flat",
+                             "provider:physical_network": "physnet1"})
+    vlan_b = network(cloud, **{**VLAN_A, "provider:segmentation_id": 151})
+    guests = {name: hypervisors.guest(host, bound_port(cloud, net, host), address)
+              for name, net, host, address in (("f1", flat, "hv1", "10.0.0.11"),
+                                                ("f2", flat, "hv2", "10.0.0.12"),
+                                                ("b1", vlan_b, "hv1", "10.0.0.21"),
+                                                ("b2", vlan_b, "hv2", "10.0.0.22"))}
+    sync_all(cloud, hypervisors)
+    assert reaches(guests["f1"], "10.0.0.12") and reaches(guests["b1"], "10.0.0.22")
+    mac = guest_mac(guests["f1"])
+    with WireCapture(hypervisors.hosts["hv2"], "phys") as wire, \
+            WireCapture(guests["b2"], "eth0") as b2, WireCapture(guests["f2"], "eth0") as f2:
+        send_frames(guests["f1"], "eth0", [ethernet(mac, 151)] * 5 + [ethernet(mac, None)] * 5)
+        assert reaches(guests["f1"], "10.0.0.12")  # the untagged ones are through by now
+        assert reaches(guests["b1"], "10.0.0.22")
+    assert wire.frames.get((mac, None), 0) >= 5, wire.frames
+    assert (mac, 151) not in wire.frames, wire.frames
+    assert not [k for k in b2.frames if k[0] == mac], b2.frames
+    assert f2.frames.get((mac, None), 0) >= 5, f2.frames

@@ -5,6 +5,9 @@ Run in the namespace that holds the device, by :class:`WireCapture`::
 
     ip netns exec NS python -m tests.integration.wire_frames DEVICE
 
+(``--send DEVICE HEX...`` sends those frames instead: :func:`send_frames`, a guest
+putting on its wire what its kernel could not make, like an 802.1Q frame).
+
 It prints ``ready`` once the socket is bound, then counts frames until SIGTERM, then
 prints the counts as JSON (``{"<source MAC> <VLAN id or untagged>": n}``). The
 kernel takes a received frame's tag out of the frame into the packet's metadata (even
@@ -14,6 +17,7 @@ frame whose tag is still in its bytes (one sent from this host), from the frame.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,9 +73,35 @@ def capture(device: str) -> None:
         while True:
             data, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(64))
             counts[frame_key(data, ancdata)] += 1
-    except Stopped:
-        pass
+    except Stopped:  # what the socket holds already is counted too
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                data, ancdata, _flags, _addr = sock.recvmsg(65536, socket.CMSG_SPACE(64))
+                counts[frame_key(data, ancdata)] += 1
     print(json.dumps(dict(counts)), flush=True)
+
+
+def send(device: str, frames: list[str]) -> None:
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((device, 0))
+        for frame in frames:
+            sock.send(bytes.fromhex(frame))
+
+
+def ethernet(src: str, vid: int | None, dst: str = "ff:ff:ff:ff:ff:ff") -> bytes:
+    """A minimal frame (the local experimental EtherType 0x88b5), tagged with ``vid``."""
+    tag = b"" if vid is None else b"\x81\x00" + vid.to_bytes(2, "big")
+    head = bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", ""))
+    return (head + tag + b"\x88\xb5").ljust(64, b"\x00")
+
+
+def send_frames(netns: str, device: str, frames: list[bytes]) -> None:
+    """Send raw ``frames`` out of ``device`` in ``netns``."""
+    subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m",
+                    "tests.integration.wire_frames", "--send", device,
+                    *(f.hex() for f in frames)], check=True, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 class WireCapture:
@@ -108,4 +138,7 @@ class WireCapture:
 
 
 if __name__ == "__main__":
-    capture(sys.argv[1])
+    if sys.argv[1] == "--send":
+        send(sys.argv[2], sys.argv[3:])
+    else:
+        capture(sys.argv[1])
