@@ -283,3 +283,16 @@ def test_an_instances_port_carries_the_ids_neutrons_agent_reads() -> None:
     assert text(plan(desired, replace(observed, ports=ports), CFG)) == [
         'ovs-vsctl set interface tappa external_ids={"attached-mac"="fa:16:3e:00:00:01",'
         '"iface-id"="pa","iface-status"="active","vm-uuid"="vm-1"}']
+
+
+def test_a_flat_hosts_access_port_becomes_the_physical_networks_trunk() -> None:
+    """A host converged before VLAN networks had the flat network's interface as an
+    access port of that network: one sync makes it the physical network's trunk."""
+    flat = NetworkSpec(FLAT, "flat", "physnet1", None, 1500)
+    desired = HostState("hv1", (flat,), (LocalPort("pf", FLAT, "fa:16:3e:00:00:0f",
+                                                   "tappa"),))
+    observed = converge(desired)
+    ports = dict(observed.ports)
+    ports["eth1"] = replace(ports["eth1"], tag=1, external_ids={"haven-net": FLAT})
+    assert text(plan(desired, replace(observed, ports=ports), CFG)) == [
+        'ovs-vsctl set port eth1 tag=[] external_ids={"haven-physnet"="physnet1"}']
