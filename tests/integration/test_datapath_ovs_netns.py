@@ -11,6 +11,7 @@ machine's own namespace and no packet leaves the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -34,7 +35,9 @@ from tests.integration.test_datapath_netns import (
     Hypervisors,
     Namespaces,
     assert_isolated,
+    bound_port,
     flat_network_rides_the_physical_link,
+    network,
     reaches,
     sh,
     sync_all,
@@ -42,6 +45,7 @@ from tests.integration.test_datapath_netns import (
     unreachable,
     wired_hosts,
 )
+from tests.integration.wire_frames import WireCapture, ethernet, send_frames
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not have_ovs(),
@@ -181,3 +185,88 @@ def test_sync_repairs_a_host_that_drifted(cloud: Services,
     assert not [f for f in repaired.flows if f.priority == 30]
     assert sorted({repaired.ports[qvo_name(p)].tag or 0 for p in ports}) == tags
     assert_isolated(guests)
+
+
+VLAN_A = {"provider:network_type": "vlan", "provider:physical_network": "physnet1",
+          "provider:segmentation_id": 150}  # two_tenants gives B the next id, 151
+
+
+def guest_mac(guest: str) -> str:
+    return str(json.loads(sh("ip", "-n", guest, "-j", "link", "show", "eth0").stdout)[0][
+        "address"])
+
+
+def test_vlan_tenants_share_the_physical_link_each_with_its_tag(
+        cloud: Services, hypervisors: OvsHypervisors) -> None:
+    """Two VLAN networks on one physical network: each reaches its own guests across
+    the hosts and never the other's, and on the "physical" link between the hosts
+    every guest frame carries its network's 802.1Q tag (read off the wire by a raw
+    socket in hv2, not through Open vSwitch); no kernel 802.1Q module is used."""
+    guests = two_tenants(cloud, hypervisors, **VLAN_A)
+    with WireCapture(hypervisors.hosts["hv2"], "phys") as wire:
+        assert_isolated(guests)
+        assert reaches(guests["a1"], "10.0.0.12", size=1500 - 28)  # the full MTU, tagged
+        assert reaches(guests["b1"], "10.0.0.22")
+    vids = {"a1": 150, "a2": 150, "b1": 151, "b2": 151}
+    for name, vid in vids.items():
+        mac = guest_mac(guests[name])
+        seen = {v: n for (m, v), n in wire.frames.items() if m == mac}
+        assert set(seen) == {vid}, (name, seen)  # every frame of the guest, its tag only
+    for host in hypervisors.hosts:
+        observed = hypervisors.switches[host].ctl().observe()
+        phys = observed.ports["phys"]  # one trunk port for the physical network
+        assert phys.tag is None and dict(phys.external_ids) == {"haven-physnet": "physnet1"}
+        matches = {f.match for f in observed.flows if "in_port=phys" in f.match}
+        assert matches == {("dl_vlan=150", "in_port=phys"), ("dl_vlan=151", "in_port=phys")}
+        qvos = [p for n, p in observed.ports.items() if n.startswith("qvo")]
+        assert len({p.tag for p in qvos}) == 2 and {p.mtu_request for p in qvos} == {1500}
+
+
+def test_sync_repairs_a_vlan_host_that_drifted(cloud: Services,
+                                               hypervisors: OvsHypervisors) -> None:
+    """hv1's flood of network A retagged by hand with B's VLAN id (A's frames would
+    land in B), hv2's physical port taken off br-int and its VLAN 150 flow gone: A is
+    cut off; one sync puts back the tags, the port and the flows, the next plans
+    nothing, and the tenants are apart again."""
+    guests = two_tenants(cloud, hypervisors, **VLAN_A)
+    one, two = hypervisors.switches["hv1"], hypervisors.switches["hv2"]
+    flood = next(f for f in one.ctl().observe().flows
+                 if f.table == 1 and "mod_vlan_vid:150" in f.actions)
+    one.ofctl("add-flow", "br-int", f"{flood.match_text()} actions="
+              + flood.actions.replace("mod_vlan_vid:150", "mod_vlan_vid:151"))
+    two.ofctl("--strict", "del-flows", "br-int", "table=0,priority=10,in_port=phys,dl_vlan=150")
+    two.vsctl("del-port", "br-int", "phys")
+    assert unreachable(guests["a1"], "10.0.0.12")
+    sync_all(cloud, hypervisors)  # asserts the second sync plans nothing
+    repaired = {f.key: f.actions for f in one.ctl().observe().flows}
+    assert "mod_vlan_vid:150" in repaired[flood.key]
+    assert "phys" in two.ctl().observe().ports
+    assert_isolated(guests)
+
+
+def test_a_flat_guest_cannot_put_a_vlan_networks_id_on_the_wire(
+        cloud: Services, hypervisors: OvsHypervisors) -> None:
+    """The flat network and VLAN network B share the physical network. A guest of the
+    flat network sends broadcasts tagged with B's VLAN id, made by hand (its ports are
+    access ports, as Neutron's are): none reaches the wire or B's guest, while its
+    untagged ones do cross."""
+    flat = network(cloud, **{"provider:network_type": "flat",
+                             "provider:physical_network": "physnet1"})
+    vlan_b = network(cloud, **{**VLAN_A, "provider:segmentation_id": 151})
+    guests = {name: hypervisors.guest(host, bound_port(cloud, net, host), address)
+              for name, net, host, address in (("f1", flat, "hv1", "10.0.0.11"),
+                                                ("f2", flat, "hv2", "10.0.0.12"),
+                                                ("b1", vlan_b, "hv1", "10.0.0.21"),
+                                                ("b2", vlan_b, "hv2", "10.0.0.22"))}
+    sync_all(cloud, hypervisors)
+    assert reaches(guests["f1"], "10.0.0.12") and reaches(guests["b1"], "10.0.0.22")
+    mac = guest_mac(guests["f1"])
+    with WireCapture(hypervisors.hosts["hv2"], "phys") as wire, \
+            WireCapture(guests["b2"], "eth0") as b2, WireCapture(guests["f2"], "eth0") as f2:
+        send_frames(guests["f1"], "eth0", [ethernet(mac, 151)] * 5 + [ethernet(mac, None)] * 5)
+        assert reaches(guests["f1"], "10.0.0.12")  # the untagged ones are through by now
+        assert reaches(guests["b1"], "10.0.0.22")
+    assert wire.frames.get((mac, None), 0) >= 5, wire.frames
+    assert (mac, 151) not in wire.frames, wire.frames
+    assert not [k for k in b2.frames if k[0] == mac], b2.frames
+    assert f2.frames.get((mac, None), 0) >= 5, f2.frames

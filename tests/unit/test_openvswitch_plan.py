@@ -14,6 +14,7 @@ from core.common.config import ConfigError, DataPathConfig, load_config
 from core.network.agent.driver import HostState, LocalPort, NetworkSpec, RemotePort
 from core.network.agent.mechanism import build_driver, ovs_datapath_type, ovs_host_config
 from core.network.agent.openvswitch import (
+    UNTAGGED,
     Flow,
     Observed,
     OvsHostConfig,
@@ -167,21 +168,69 @@ def test_a_tap_the_hypervisor_has_not_made_waits() -> None:
     assert "tappa" not in ports and "tappb" in ports
 
 
-def test_a_flat_network_uses_the_physical_interface_as_an_access_port() -> None:
+def test_a_flat_network_uses_the_physical_interface_untagged() -> None:
     flat = NetworkSpec(FLAT, "flat", "physnet1", None, 1500)
     desired = HostState("hv1", (flat,), (LocalPort("pf", FLAT, "fa:16:3e:00:00:0f",
                                                    "tappa"),))
     observed = converge(desired)
-    assert observed.ports["eth1"].tag == 1 and observed.ports["eth1"].mtu_request is None
+    eth1 = observed.ports["eth1"]
+    assert eth1.tag is None and eth1.mtu_request is None  # a trunk, the underlay's MTU
+    assert dict(eth1.external_ids) == {"haven-physnet": "physnet1"}
     flows = {(f.table, f.match): f.actions for f in observed.flows}
-    assert flows[(0, ("in_port=eth1",))] == "load:0x1->NXM_NX_REG0[],resubmit(,2)"
+    assert flows[(0, ("in_port=eth1", UNTAGGED))] == "load:0x1->NXM_NX_REG0[],resubmit(,2)"
     assert flows[(1, ("reg0=0x1",))] == "output:tappa,output:eth1"
     with pytest.raises(PlanError, match=r"eth1 of network .* is missing"):
         plan(desired, replace(observed, devices=frozenset({"tappa"})), CFG)
 
 
+VLAN_A = NetworkSpec(NET_A, "vlan", "physnet1", 150, 1500)
+VLAN_B = NetworkSpec(NET_B, "vlan", "physnet1", 151, 1500)
+
+
+def test_vlan_networks_share_the_physical_port_each_with_its_id() -> None:
+    """The VLAN id is pushed on the way out (after the taps' outputs, which stay
+    untagged) and matched and stripped on the way in; the flat network on the same
+    physical network takes only untagged frames."""
+    flat = NetworkSpec(FLAT, "flat", "physnet1", None, 1500)
+    desired = HostState("hv1", (VLAN_A, VLAN_B, flat), (
+        TAP_A, TAP_B, LocalPort("pf", FLAT, "fa:16:3e:00:00:0f", "tappf")))
+    observed = converge(desired, devices=frozenset({"tappa", "tappb", "tappf", "eth1"}))
+    assert plan(desired, observed, CFG) == []
+    assert [n for n, p in observed.ports.items() if "haven-physnet" in p.external_ids] == [
+        "eth1"]
+    flows = {(f.table, f.match): f.actions for f in observed.flows}
+    assert flows[(0, ("dl_vlan=150", "in_port=eth1"))] == \
+        "strip_vlan,load:0x1->NXM_NX_REG0[],resubmit(,2)"
+    assert flows[(0, ("dl_vlan=151", "in_port=eth1"))] == \
+        "strip_vlan,load:0x2->NXM_NX_REG0[],resubmit(,2)"
+    assert flows[(0, ("in_port=eth1", UNTAGGED))] == "load:0x3->NXM_NX_REG0[],resubmit(,2)"
+    assert flows[(1, ("reg0=0x1",))] == "output:tappa,mod_vlan_vid:150,output:eth1"
+    assert flows[(1, ("reg0=0x2",))] == "output:tappb,mod_vlan_vid:151,output:eth1"
+    assert flows[(2, ("reg0=0x1",))] == "output:tappa"
+    # a guest's own 802.1Q frame is dropped: a flat guest cannot put VLAN 151 on the wire
+    for tap in ("tappa", "tappb", "tappf"):
+        assert (0, (f"in_port={tap}",)) not in flows
+        assert (0, (f"in_port={tap}", UNTAGGED)) in flows
+
+
+def test_a_vxlan_guest_keeps_its_own_vlans() -> None:
+    """Inside a VNI a guest's tag meets no other network: its frames are taken as
+    they are (as before VLAN networks existed)."""
+    flows = {(f.table, f.match) for f in converge(two_tenants()).flows}
+    assert (0, ("in_port=tappa",)) in flows
+
+
+def test_two_networks_on_one_segment_are_refused() -> None:
+    twin = NetworkSpec(NET_B, "vlan", "physnet1", 150, 1500)
+    with pytest.raises(PlanError, match="share physical network 'physnet1' VLAN 150"):
+        plan(HostState("hv1", (VLAN_A, twin), (TAP_A, TAP_B)),
+             Observed(BRIDGE, devices=frozenset({"tappa", "tappb", "eth1"})), CFG)
+
+
 @pytest.mark.parametrize("net, message", [
-    (NetworkSpec(NET_A, "vlan", "physnet1", 150, 1500), "flat and vxlan networks, not 'vlan'"),
+    (NetworkSpec(NET_A, "vlan", "physnet9", 150, 1500), "no interface for physical network"),
+    (NetworkSpec(NET_A, "vlan", "physnet1", None, 1500), "vlan without a VLAN id"),
+    (NetworkSpec(NET_A, "gre", None, 5, 1500), "flat, vlan and vxlan networks, not 'gre'"),
     (NetworkSpec(NET_A, "flat", "physnet9", None, 1500), "no interface for physical network"),
     (NetworkSpec(NET_A, "vxlan", None, None, 1450), "without a VNI"),
 ])
@@ -234,3 +283,16 @@ def test_an_instances_port_carries_the_ids_neutrons_agent_reads() -> None:
     assert text(plan(desired, replace(observed, ports=ports), CFG)) == [
         'ovs-vsctl set interface tappa external_ids={"attached-mac"="fa:16:3e:00:00:01",'
         '"iface-id"="pa","iface-status"="active","vm-uuid"="vm-1"}']
+
+
+def test_a_flat_hosts_access_port_becomes_the_physical_networks_trunk() -> None:
+    """A host converged before VLAN networks had the flat network's interface as an
+    access port of that network: one sync makes it the physical network's trunk."""
+    flat = NetworkSpec(FLAT, "flat", "physnet1", None, 1500)
+    desired = HostState("hv1", (flat,), (LocalPort("pf", FLAT, "fa:16:3e:00:00:0f",
+                                                   "tappa"),))
+    observed = converge(desired)
+    ports = dict(observed.ports)
+    ports["eth1"] = replace(ports["eth1"], tag=1, external_ids={"haven-net": FLAT})
+    assert text(plan(desired, replace(observed, ports=ports), CFG)) == [
+        'ovs-vsctl set port eth1 tag=[] external_ids={"haven-physnet"="physnet1"}']

@@ -13,8 +13,11 @@ Laid out as Neutron's openvswitch agent does it in spirit, on one bridge:
   Neutron (``iface-id``, ``iface-status``, ``attached-mac``, ``vm-uuid``); the device
   is the port's ``qvo`` veth end, never the tap itself: the driver plugs each tap into
   a Linux bridge of its own where the security groups filter it
-  (:mod:`core.network.agent.hybrid`); a flat network's physical interface an access
-  port too (its MTU left alone: it is the underlay's);
+  (:mod:`core.network.agent.hybrid`);
+* each physical network's interface (``physical_interface_mappings``) a trunk port
+  (no tag, ``external_ids:haven-physnet``, its MTU left alone: it is the underlay's)
+  shared by that physical network's flat network (untagged frames) and its VLAN
+  networks (802.1Q frames, the VLAN id the network's segmentation id);
 * one VXLAN port per peer hypervisor (``vx`` + the peer's address), ``options:key=flow``
   with ``remote_ip`` and ``local_ip``: ports grow with the peers, not with
   peers x networks, and the VNI is chosen per frame by the flows below.
@@ -24,19 +27,31 @@ learned: a frame belongs to the network of the port it came in on (register 0
 holds the network's local tag) and only that network's ports and VNI are ever
 output to.
 
-* table 0: a tap, the flat physical port, or a tunnel port with a VNI this host
+* table 0: a tap, the physical port with a VLAN id this host carries (the tag
+  stripped) or untagged (the flat network), or a tunnel port with a VNI this host
   carries from that peer sets reg0 to the network's tag and goes to table 1 (from a
-  local port) or 2 (from an uplink); anything else is dropped;
+  local port) or 2 (from an uplink); anything else is dropped. A tap of a flat or
+  VLAN network is an access port as Neutron's are: a frame the guest tagged itself
+  is dropped, so no guest of a flat network puts a VLAN network's id on the wire;
 * table 1 (from a local port): a known MAC (local tap, or remote port on a peer, from
   the database) goes to its port or its peer's tunnel with the VNI; any other
   destination (broadcast, multicast, unknown unicast) is flooded to the network's
-  other taps, its physical port and every peer with a port on it;
+  other taps, then to its physical port (a VLAN network's frame tagged with its
+  VLAN id on the way: ``mod_vlan_vid``, after the taps' outputs) and every peer with
+  a port on it;
 * table 2 (from an uplink): a local MAC to its tap, else flooded to the local taps
   only (never back out of an uplink: no loops between peers).
 
 Flooding unknown unicast to every peer is this first version's simplification
-(Neutron's l2population with ARP responders would avoid it). VLAN networks are
-refused (:class:`PlanError`): this driver does not translate segment ids yet.
+(Neutron's l2population with ARP responders would avoid it).
+
+VLAN networks are Neutron's layout folded into one bridge: where Neutron's agent
+tags a frame with the local VLAN on br-int and a provider bridge per physical
+network (patched to br-int) rewrites it to the segmentation id, here the network is
+register 0 inside br-int and the flows of the physical port do that translation
+(push on the way out, match and strip on the way in). Open vSwitch tags and untags
+itself, so the kernel's 802.1Q module is not needed (the userspace datapath is
+enough).
 
 :func:`plan` returns ``ovs-vsctl``/``ovs-ofctl`` argv. A flow names ports, so it is
 planned only for ports the bridge already has (with an OpenFlow port number); the
@@ -58,6 +73,8 @@ from core.network.agent.driver import DataPathError, HostState, LocalPort, Netwo
 INTEGRATION_BRIDGE = "br-int"
 NET_KEY = "haven-net"
 PORT_KEY = "haven-port"
+PHYSNET_KEY = "haven-physnet"
+UNTAGGED = "vlan_tci=0x0000/0x1fff"  # no 802.1Q tag, or a priority tag (VLAN id 0)
 PEER_KEY = "haven-peer"
 Command = tuple[str, ...]
 
@@ -168,13 +185,16 @@ def _check(net: NetworkSpec, cfg: OvsHostConfig) -> None:
         if not cfg.local_vtep:
             raise PlanError(f"network {net.network_id} is vxlan but this host has no "
                             "VTEP address configured")
-    elif net.network_type == "flat":
+    elif net.network_type in ("flat", "vlan"):
         if (net.physical_network or "") not in cfg.physical_interfaces:
             raise PlanError(f"network {net.network_id}: this host has no interface for "
                             f"physical network {net.physical_network!r}")
+        if net.network_type == "vlan" and not 1 <= (net.segmentation_id or 0) <= 4094:
+            raise PlanError(f"network {net.network_id}: vlan without a VLAN id 1..4094 "
+                            f"({net.segmentation_id!r})")
     else:
-        raise PlanError(f"network {net.network_id}: the openvswitch mechanism carries flat "
-                        f"and vxlan networks, not {net.network_type!r}")
+        raise PlanError(f"network {net.network_id}: the openvswitch mechanism carries flat, "
+                        f"vlan and vxlan networks, not {net.network_type!r}")
 
 
 def allocate_tags(desired: HostState, observed: Observed) -> dict[str, int]:
@@ -215,18 +235,25 @@ def desired_ports(desired: HostState, observed: Observed, cfg: OvsHostConfig,
         out[port.device] = OvsPort(port.device, tags[net.network_id], "", {}, net.mtu,
                                    {NET_KEY: net.network_id, PORT_KEY: port.port_id},
                                    iface_external_ids=neutron_ids(port))
-    for net in nets.values():
-        if net.network_type == "flat":
-            interface = cfg.physical_interfaces[net.physical_network or ""]
-            if interface in out:
-                raise PlanError(f"physical interface {interface} would carry two flat "
-                                f"networks ({out[interface].external_ids[NET_KEY]} and "
-                                f"{net.network_id})")
-            if interface not in observed.devices:
-                raise PlanError(f"physical interface {interface} of network "
-                                f"{net.network_id} is missing")
-            out[interface] = OvsPort(interface, tags[net.network_id], "", {}, None,
-                                     {NET_KEY: net.network_id})
+    segments: dict[tuple[str, int | None], str] = {}  # (physnet, VLAN id or None) -> net
+    for net in sorted(nets.values(), key=lambda n: n.network_id):
+        if net.network_type not in ("flat", "vlan"):
+            continue
+        physnet = net.physical_network or ""
+        segment = (physnet, net.segmentation_id if net.network_type == "vlan" else None)
+        if segment in segments:
+            raise PlanError(f"networks {segments[segment]} and {net.network_id} would share "
+                            f"physical network {physnet!r} "
+                            + (f"VLAN {segment[1]}" if segment[1] else "untagged"))
+        segments[segment] = net.network_id
+        interface = cfg.physical_interfaces[physnet]
+        if interface in out and out[interface].external_ids.get(PHYSNET_KEY) != physnet:
+            raise PlanError(f"physical interface {interface} would carry two physical "
+                            f"networks or be a port as well")
+        if interface not in observed.devices:
+            raise PlanError(f"physical interface {interface} of network "
+                            f"{net.network_id} is missing")
+        out[interface] = OvsPort(interface, None, "", {}, None, {PHYSNET_KEY: physnet})
     peers = {peer for n in nets.values() if n.network_type == "vxlan"
              for peer in desired.peers(n.network_id)}
     for peer in sorted(peers):
@@ -282,13 +309,20 @@ def desired_flows(desired: HostState, ports: Mapping[str, OvsPort],
                        if p.network_id == net.network_id and live(p.device)),
                       key=lambda p: p.device)
         uplinks: list[str] = []  # output actions towards the other hosts
-        if net.network_type == "flat":
+        access: list[str] = []  # what a tap's frame must be to be taken in
+        if net.network_type in ("flat", "vlan"):
+            access = [UNTAGGED]
             phys = next(p.name for p in ports.values()
-                        if p.type == "" and p.external_ids.get(NET_KEY) == net.network_id
-                        and PORT_KEY not in p.external_ids)
-            if live(phys):
-                flows.add(_flow(0, 10, [f"in_port={phys}"], [load, "resubmit(,2)"]))
+                        if p.external_ids.get(PHYSNET_KEY) == (net.physical_network or ""))
+            if live(phys) and net.network_type == "flat":
+                flows.add(_flow(0, 10, [f"in_port={phys}", UNTAGGED],
+                                [load, "resubmit(,2)"]))
                 uplinks.append(f"output:{phys}")
+            elif live(phys):
+                vid = net.segmentation_id or 0
+                flows.add(_flow(0, 10, [f"in_port={phys}", f"dl_vlan={vid}"],
+                                ["strip_vlan", load, "resubmit(,2)"]))
+                uplinks += [f"mod_vlan_vid:{vid}", f"output:{phys}"]
         else:
             vni = f"{net.segmentation_id or 0:#x}"
             tunnels = [tunnel_port_name(p) for p in sorted(desired.peers(net.network_id))]
@@ -305,7 +339,8 @@ def desired_flows(desired: HostState, ports: Mapping[str, OvsPort],
                     flows.add(_flow(1, 20, [reg, f"dl_dst={remote.mac.lower()}"],
                                     [f"load:{vni}->NXM_NX_TUN_ID[]", f"output:{tunnel}"]))
         for tap in taps:
-            flows.add(_flow(0, 10, [f"in_port={tap.device}"], [load, "resubmit(,1)"]))
+            flows.add(_flow(0, 10, [f"in_port={tap.device}", *access],
+                            [load, "resubmit(,1)"]))
             for table in (1, 2):
                 flows.add(_flow(table, 20, [reg, f"dl_dst={tap.mac.lower()}"],
                                 [f"output:{tap.device}"]))
