@@ -139,14 +139,19 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
     created = bootstrap_cloud(cfg, db, password, provider_dhcp=networking)
     bus = make_bus("local")
     clients = ServiceClients(cfg)
+    # the network agent here consumes its nudges on the local bus (localnet); without
+    # it, nobody would, so nothing is sent
+    nudges = None
+    if networking:
+        from core.network.localnet import nudger
+
+        nudges = nudger(cfg, bus)
     servers = AppServers([
         Listener("identity", cfg.identity.listen, identity_app(cfg, db)),
         Listener("compute", cfg.compute.listen, compute_app(cfg, db, bus, clients,
                                                          extensions.compute_api)),
         Listener("image", cfg.image.listen, image_app(cfg, db)),
-        # the network agent here (if any) runs its rounds every agent_interval seconds
-        # and is not nudged: nudges on the local bus nobody consumes would queue for ever
-        Listener("network", cfg.network.listen, network_app(cfg, db)),
+        Listener("network", cfg.network.listen, network_app(cfg, db, nudges)),
     ])
     try:
         servers.start()
@@ -160,7 +165,7 @@ def run_all_in_one(cfg: HavenConfig, clouds_yaml: Path, password: str,
         if networking:
             from core.network.localnet import OUTSIDE_HOST, LocalNetworking
 
-            local_net = LocalNetworking(cfg, db)
+            local_net = LocalNetworking(cfg, db, bus)
             local_net.start()
             outside = local_net.outside
             notes.append(f"network agent and routers here; '{cfg.network.provider_name}' is "

@@ -218,7 +218,7 @@ def cmd_network_agent(args: argparse.Namespace) -> int:
     from core.common.server import wait_for_signal
     from core.network.agent.agent import NetworkAgent, heartbeat_path
     from core.network.agent.mechanism import build_driver
-    from core.network.agent_nudges import topic
+    from core.network.agent_nudges import consume
 
     cfg = config_from_args(args)
     setup_logging(cfg.log.level, cfg.log.file)
@@ -235,8 +235,7 @@ def cmd_network_agent(args: argparse.Namespace) -> int:
     # without a bus (the local one cannot reach another process) rounds just wait.
     bus = None if cfg.bus.driver == "local" else make_bus(
         cfg.bus.driver, cfg.bus.urls, f"network-{cfg.compute_host}", cfg.tls.ca_file)
-    subscription = None if bus is None else bus.subscribe(
-        topic(cfg.compute_host), lambda _message: agent.nudge())
+    subscription = None if bus is None else consume(bus, agent)
     loop = threading.Thread(target=agent.run, name="network-agent", daemon=True,
                             args=(cfg.network.agent_interval, heartbeat_path(cfg.state_path)))
     loop.start()

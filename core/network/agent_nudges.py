@@ -18,6 +18,11 @@ security group rule reaches a running VM within a second instead of an interval:
   them to the :class:`Nudger` only once that session committed. A rolled-back
   request nudges nobody; one nudged before its commit could be read by a round
   that does not see the change yet, which then sleeps a whole interval;
+* **who hears them**: each agent consumes its host's topic through :func:`consume`
+  (``haven network-agent`` on the cloud's bus, the all-in-one on its local bus). A
+  :class:`Nudger` told which hosts have an agent on its bus (``reachable``: the
+  all-in-one's one host) sends nothing to others, whose messages would otherwise
+  wait on a queue nobody reads;
 * **never the request's failure**: the :class:`Nudger` sends on a thread of its
   own, so a bus that is down (an AMQP cast retries for up to 30 s) neither slows
   nor fails the request; a nudge that cannot be sent is logged, and the agent's
@@ -29,16 +34,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING
 
 import bottle
 from sqlalchemy import ColumnElement, event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
-from core.common.bus import Bus, BusError
+from core.common.bus import Bus, BusError, Subscription
 from core.common.wsgi import session
 from core.network.models import Port
 from core.network.secgroup_models import PortSecurityGroup, SecurityGroupRule
 from core.network.segment_models import NetworkSegment
+
+if TYPE_CHECKING:
+    from core.network.agent.agent import NetworkAgent
 
 LOG = logging.getLogger(__name__)
 
@@ -50,6 +59,13 @@ def topic(host: str) -> str:
     """The bus topic ``host``'s network agent consumes (the agent and the API's one
     name for it)."""
     return f"network-agent.{host}"
+
+
+def consume(bus: Bus, agent: NetworkAgent) -> Subscription:
+    """Subscribe ``agent`` to its host's topic: a message only wakes its loop for its
+    next round, whatever it says (the database stays the truth). How every network
+    agent hears its nudges, ``haven network-agent``'s and the all-in-one's."""
+    return bus.subscribe(topic(agent.host), lambda _message: agent.nudge())
 
 
 # ---- which hosts -----------------------------------------------------------------------
@@ -115,11 +131,13 @@ class Nudger:
 
     Hosts queued while a send is under way are merged: one nudge per host then covers
     every change committed before it was sent. With no bus (an API that no agent can
-    hear) nothing is sent.
+    hear) nothing is sent; with ``reachable``, only those hosts are nudged (the others
+    have no agent on this bus: the all-in-one's local bus carries its own host's only).
     """
 
-    def __init__(self, bus: Bus | None) -> None:
+    def __init__(self, bus: Bus | None, reachable: Collection[str] | None = None) -> None:
         self.bus = bus
+        self.reachable = None if reachable is None else frozenset(reachable)
         self._cond = threading.Condition()
         self._pending: set[str] = set()
         self._sending = False
@@ -131,7 +149,7 @@ class Nudger:
 
     def nudge(self, hosts: Iterable[str]) -> None:
         """Queue a nudge for each host; returns at once."""
-        wanted = {h for h in hosts if h}
+        wanted = {h for h in hosts if h and (self.reachable is None or h in self.reachable)}
         if self.bus is None or not wanted:
             return
         with self._cond:

@@ -12,6 +12,12 @@ the same code:
   in a cluster, repeated every ``network.agent_interval`` seconds. It binds the
   routers' ports to this host, so the network agent carries their networks.
 
+Both are nudged as in a cluster, on the all-in-one's local bus
+(:mod:`core.common.bus.local`): the network API's :func:`nudger` sends to this
+host's topic, which the agent consumes (:func:`~core.network.agent_nudges.consume`),
+so a security group rule changes on a running guest at the round its nudge starts,
+not an interval later. The nudger sends to no other host: nobody would read it.
+
 The outside (the shared ``provider`` network, flat on physical network
 :data:`~core.network.networks.PROVIDER_PHYSNET`) is local to the machine unless an
 operator says otherwise::
@@ -49,11 +55,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.common.bus import Bus, Subscription
 from core.common.config import DataPathConfig, HavenConfig
 from core.common.db import Database
 from core.network.agent.agent import NetworkAgent, heartbeat_path
 from core.network.agent.iproute import LinuxBridgeDriver
 from core.network.agent.linuxbridge import bridge_name, host_config
+from core.network.agent_nudges import Nudger, consume
 from core.network.models import Network, Subnet
 from core.network.networks import PROVIDER_PHYSNET
 from core.network.routerns import shards
@@ -98,6 +106,12 @@ def datapath_config(cfg: DataPathConfig) -> DataPathConfig:
     return dataclasses.replace(cfg, mechanism="linuxbridge",
                                local_ip=cfg.local_ip or LOOPBACK_VTEP,
                                physical_interface_mappings=mappings)
+
+
+def nudger(cfg: HavenConfig, bus: Bus) -> Nudger:
+    """The all-in-one network API's nudger: on its local bus, to this host's agent
+    only (a nudge for a host no agent here consumes would wait on the bus for ever)."""
+    return Nudger(bus, reachable={cfg.compute_host})
 
 
 def provider_gateway(db: Database, provider_name: str) -> str:
@@ -166,11 +180,14 @@ def ensure_local_outside(host_address: str) -> None:
 
 
 class LocalNetworking:
-    """The network agent and the router loop of the all-in-one, each on a thread."""
+    """The network agent and the router loop of the all-in-one, each on a thread; the
+    agent consumes its nudges on ``bus`` (the one :func:`nudger` sends on)."""
 
-    def __init__(self, cfg: HavenConfig, db: Database) -> None:
+    def __init__(self, cfg: HavenConfig, db: Database, bus: Bus) -> None:
         self.cfg = cfg
         self.db = db
+        self.bus = bus
+        self._subscription: Subscription | None = None
         datapath = datapath_config(cfg.network.datapath)
         uplink = operator_uplink(cfg.network.datapath)
         self.outside = Outside(uplink, None if uplink else provider_gateway(
@@ -185,6 +202,8 @@ class LocalNetworking:
     def start(self) -> None:
         if self.outside.host_address is not None:
             ensure_local_outside(self.outside.host_address)
+        # before the loop: nudges sent meanwhile wait on the bus for it, none is lost
+        self._subscription = consume(self.bus, self.agent)
         interval = self.cfg.network.agent_interval
         self._threads = [
             threading.Thread(target=self.agent.run, name="network-agent", daemon=True,
@@ -218,6 +237,9 @@ class LocalNetworking:
         """Stop both loops; routers, namespaces and guests' data path stay (guests keep
         running after the all-in-one stops, and a restart converges them again)."""
         self._stop.set()
+        if self._subscription is not None:
+            self._subscription.stop()
+            self._subscription = None
         self.agent.stop()
         for thread in self._threads:
             thread.join(timeout=30)
