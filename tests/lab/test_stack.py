@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from core.network.routerns import shards
 from ha import crm, service_agent
 from ha.bootstrap import nodeconf
 from ha.lab import faults, node, proc, stack, state
@@ -36,6 +35,7 @@ from ha.lab.commands import wait_until
 from tests.lab.conftest import lab_unavailable
 from tests.lab.labtools import StackLab, stack_session
 from tests.lab.ledger import Outcome, Seen, Verdict, judge, outcome, read_ledger
+from tests.lab.tenant import Tenant, shard_node, shard_resource
 
 pytestmark = [pytest.mark.lab,
               pytest.mark.skipif(lab_unavailable() is not None,
@@ -270,89 +270,6 @@ def rows_on(lab: StackLab, name: str, table: str) -> set[int]:
     return {int(x) for x in out.split()}
 
 
-class Tenant:
-    """A VM on a tenant network behind a router, with a floating IP, an injected key
-    and user data: the way a tenant reaches a pet VM, driven by the stock CLI."""
-
-    def __init__(self, lab: StackLab, tmp: Path) -> None:
-        self.lab, self.key, self.known = lab, tmp / "id_ed25519", tmp / "known_hosts"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)],
-                       check=True)
-        self.token = os.urandom(8).hex()
-        self.user_data = tmp / "init.sh"
-        self.user_data.write_text(f"#!/bin/sh\necho {self.token} > /root/proof\n")
-        self.fip = ""
-
-    def build(self, image: str) -> dict[str, str]:
-        os_ = self.lab.openstack
-        os_("keypair", "create", "--public-key", f"{self.key}.pub", "k1")
-        os_("network", "create", "net1")
-        os_("subnet", "create", "--network", "net1", "--subnet-range", "10.0.0.0/24", "sub1")
-        os_("router", "create", "r1")
-        os_("router", "set", "--external-gateway", "provider", "r1")
-        os_("router", "add", "subnet", "r1", "sub1")
-        # the lab's client is the admin, who sees every project's "default" group (as in
-        # Neutron, the name alone is ambiguous for an admin): its own project's, by id
-        admin = os_("project", "show", "admin", "-f", "value", "-c", "id").strip()
-        [default] = [g["ID"] for g in json.loads(os_("security", "group", "list", "-f", "json"))
-                     if g["Name"] == "default" and g["Project"] == admin]
-        os_("security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "22",
-            default)
-        server = json.loads(os_("server", "create", "--image", image, "--flavor", "m1.tiny",
-                                "--network", "net1", "--key-name", "k1", "--user-data",
-                                str(self.user_data), "--wait", "vm1", "-f", "json",
-                                timeout=240))
-        assert server["status"] == "ACTIVE", server
-        self.fip = os_("floating", "ip", "create", "provider", "-f", "value", "-c",
-                       "floating_ip_address").strip()
-        os_("server", "add", "floating", "ip", "vm1", self.fip)
-        return dict(server)
-
-    def trust_host_key(self, seen: int = 0) -> int:
-        """known_hosts from the newest HAVEN-TINY-HOSTKEY console line, as a careful
-        user does, once the console shows more than ``seen`` of them (the guest's root
-        is a RAM disk: every boot makes a new host key). Returns how many it saw."""
-        found: list[str] = []
-
-        def printed() -> bool:
-            log = self.lab.openstack("console", "log", "show", "vm1")
-            found[:] = [ln.split(" ", 1)[1].strip() for ln in log.splitlines()
-                        if ln.startswith("HAVEN-TINY-HOSTKEY ")]
-            return len(found) > seen
-        wait_until(printed, 300, "vm1's host key on its console", interval=3)
-        self.known.write_text(f"{self.fip} {found[-1]}\n")
-        return len(found)
-
-    def ssh(self, command: str) -> subprocess.CompletedProcess[str]:
-        """OpenSSH from the outside (the switch namespace, on the provider network) to
-        the floating IP, with the tenant's key, trusting only the console's host key."""
-        return self.lab.client(
-            "ssh", "-i", str(self.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={self.known}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", f"root@{self.fip}", command,
-            timeout=60, check=False)
-
-    def wait_reachable(self, timeout: float, what: str) -> list[str]:
-        """Wait until SSH at the floating IP works; the guest's fixed address, the user
-        data's proof and its hostname, as it answers."""
-        answer: list[str] = []
-
-        def logged_in() -> bool:
-            done = self.ssh(r"ip -4 addr show eth0 | sed -n 's/.*inet \([0-9.]*\).*/\1/p'; "
-                            "cat /root/proof; hostname")
-            answer[:] = done.stdout.split() if done.returncode == 0 else []
-            return bool(answer)
-        wait_until(logged_in, timeout, what, interval=1)
-        return answer
-
-
-def shard_node(lab: StackLab, router_id: str) -> str:
-    view = lab.view()
-    assert view is not None
-    [where] = view.running_on(f"haven-l3-{shards.shard_of(router_id, 2)}")
-    return str(where)
-
-
 def test_a_tenant_vm_is_reached_at_its_floating_ip_and_keeps_it_when_its_node_dies(
         lab: StackLab, tmp_path: Path) -> None:
     """The issue's tenant walk-through, verbatim CLI: key, network, router to the
@@ -375,7 +292,7 @@ def test_a_tenant_vm_is_reached_at_its_floating_ip_and_keeps_it_when_its_node_di
 
     # the router onto the VM's node, so one power loss takes both
     nd = lab.state().nodes[host]
-    shard = f"haven-l3-{shards.shard_of(router_id, 2)}"
+    shard = shard_resource(router_id)
     if shard_node(lab, router_id) != host:
         node.exec_in(nd, ["pcs", "resource", "move", shard, host], timeout=60)
         lab.wait_view(lambda v: list(v.running_on(shard)) == [host], 120, f"{shard} on {host}")
