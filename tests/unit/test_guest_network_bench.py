@@ -34,3 +34,12 @@ def test_metadata_rate_sums_each_guests_own_window_and_p99_is_of_answered_reques
     assert figures["answered"] == 12 and figures["errors"] == 1
     assert figures["requests_per_s"] == round(10 / 0.95 + 2 / 1.0, 1)
     assert figures["latency_p99_s"] == 0.5
+
+
+def test_a_console_names_its_guest_once_dropbear_listens() -> None:
+    from tests.bench.guest_network import console_listening
+
+    booting = "HAVEN-TINY-BOOTED\nHAVEN-TINY-HOSTNAME r10-3\nHAVEN-TINY-KEYS 1\n"
+    assert console_listening(booting) is None
+    assert console_listening(booting + "HAVEN-TINY-SSH 22\n") == "r10-3"
+    assert console_listening("HAVEN-TINY-SSH 22\n") is None
