@@ -11,7 +11,10 @@ by the same probe loop at the same interval, on this host's clock.
 
 ``--reachable``: from ``server create`` (the ``POST /servers`` of a server whose
   port already has a floating IP) to the first SSH answer at the floating IP, p50 over
-  the guests, at N=1 and N=10 created at once (``--reach-sizes``).
+  the guests, at N=1 and N=10 created at once (``--reach-sizes``). Split by the
+  guest's console (shared/instances/*/console.log, polled every 0.5 s): to
+  ``HAVEN-TINY-SSH`` (the guest's own boot to dropbear listening), and from there to
+  the answer at the floating IP (the network's share).
 ``--failover``: the probe (every 0.1 s) on a guest's floating IP and on the API. Kill 1:
   the router's shard node (neither the guest's hypervisor nor the VIP's node) loses
   power: the SSH probe's gap (last answer before to first answer after). Kill 2: the
@@ -22,7 +25,8 @@ by the same probe loop at the same interval, on this host's clock.
   every 0.5 s; that node loses power. Per guest: from the kill to its first SSH
   answer at its floating IP, vs to every domain running on a survivor (``virsh list
   --state-running`` polled every 0.5 s, as tests/bench/evacuation.py observes). Goal:
-  the answers' p50 within 3 s of every domain running.
+  the answers' p50 within 3 s of every domain running. Split as ``--reachable`` is:
+  the guest's own boot to dropbear (its console) and the network's share after it.
 ``--metadata``: requests/s and p99 latency of ``GET
   http://169.254.169.254/openstack/latest/meta_data.json`` as guests see it: REAL
   guests (``--md-guests``, default 4), each running ``--md-clients`` (default 5)
